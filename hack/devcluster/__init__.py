@@ -1,0 +1,198 @@
+"""A local Kubernetes for tests and `make demo`: real control plane, local-process "nodes", the operator.
+
+Development tooling, not part of the product. See controlplane.py and nodeagent.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from .controlplane import REPO_ROOT, ControlPlane, ToolMissingError, free_port, tool_path
+from .nodeagent import DEFAULT_NODES, LocalNodeAgent, NodeSpec
+
+__all__ = [
+    "DEFAULT_NODES",
+    "REPO_ROOT",
+    "ControlPlane",
+    "LocalCluster",
+    "LocalNodeAgent",
+    "NodeSpec",
+    "OperatorProcess",
+    "ToolMissingError",
+    "apply_objects",
+    "tool_path",
+    "wait_for",
+]
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float,
+    expected: str,
+    describe: Callable[[], str] | None = None,
+    interval: float = 0.2,
+) -> T:
+    """Poll `probe` until it returns something truthy; on timeout say what was expected and what was seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            seen = describe() if describe else repr(value)
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {expected}; last seen: {seen}")
+        time.sleep(interval)
+
+
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def apply_objects(api: client.ApiClient, objects: Iterable[dict[str, Any]], manager: str = "devcluster") -> None:
+    """Server-side apply each object, custom resources included (what `kubectl apply --server-side` does)."""
+    dynamic = DynamicClient(api)
+    for obj in objects:
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        namespace = obj.get("metadata", {}).get("namespace") if resource.namespaced else None
+        resource.server_side_apply(body=obj, namespace=namespace, field_manager=manager, force_conflicts=True)
+
+
+def install_crds(api: client.ApiClient, crd_dir: Path = REPO_ROOT / "crds") -> None:
+    docs = [yaml.safe_load(path.read_text()) for path in sorted(crd_dir.glob("*.yaml"))]
+    apply_objects(api, docs)
+    ext = client.ApiextensionsV1Api(api)
+
+    def established() -> bool:
+        for doc in docs:
+            crd = ext.read_custom_resource_definition(doc["metadata"]["name"])
+            if not any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
+                return False
+        return True
+
+    wait_for(established, 30, "CRDs to be Established")
+
+
+@dataclass
+class LocalCluster:
+    """Control plane + local node agent. `start()`/`stop()` or a `with` block."""
+
+    workdir: Path
+    path_prepend: tuple[str, ...] = ()
+    control_plane: ControlPlane = field(init=False)
+    agent: LocalNodeAgent = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.control_plane = ControlPlane(self.workdir)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
+
+    def api(self) -> client.ApiClient:
+        return api_client(self.kubeconfig)
+
+    def start(self) -> LocalCluster:
+        self.control_plane.start()
+        try:
+            self.agent = LocalNodeAgent(
+                api=self.api(),
+                workdir=self.workdir,
+                server=self.control_plane.url,
+                ca_file=self.control_plane.pki / "ca.crt",
+                path_prepend=self.path_prepend,
+            )
+            self.agent.start()
+            install_crds(self.api())
+            wait_for(lambda: _default_service_account(self.api()), 30, "the default ServiceAccount")
+        except BaseException:
+            self.control_plane.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if hasattr(self, "agent"):
+            self.agent.stop()
+        self.control_plane.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _default_service_account(api: client.ApiClient) -> bool:
+    try:
+        client.CoreV1Api(api).read_namespaced_service_account("default", "default")
+        return True
+    except ApiException:
+        return False
+
+
+@dataclass
+class OperatorProcess:
+    """The operator as users run it (`python -m finetune_operator`), in a subprocess."""
+
+    kubeconfig: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "FINETUNE_METRICS_PORT": str(self.metrics_port),
+            "FINETUNE_HEALTH_PORT": str(self.health_port),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "operator"), env.get("PYTHONPATH")]))
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "finetune_operator", "--standalone"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> OperatorProcess:
+        def healthy() -> bool:
+            try:
+                url = f"http://127.0.0.1:{self.health_port}/healthz"
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout, "the operator's /healthz", describe=lambda: self.log()[-2000:])
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

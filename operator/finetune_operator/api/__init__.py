@@ -1,0 +1,119 @@
+"""API models of FineTuneJob and EvalRun (group finetune.dev, version v1alpha1).
+
+Importable without kopf, kubernetes or torch: the trainer validates its run spec with these models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from .common import TERMINAL_PHASES, Condition, Phase
+from .evalrun import EvalRunSpec, EvalRunStatus
+from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from .schema import API_VERSION, GROUP, VERSION, ApiModel
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: str
+    description: str
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Everything crdgen and the operator need to know about one custom resource kind."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    spec_model: type[ApiModel]
+    status_model: type[ApiModel]
+    description: str
+    columns: tuple[PrinterColumn, ...]
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+_AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since creation.")
+_PHASE = PrinterColumn("Phase", ".status.phase", "string", "Pending, Queued, Running, Succeeded, Failed or Suspended.")
+
+FINETUNEJOB = Kind(
+    kind="FineTuneJob",
+    plural="finetunejobs",
+    singular="finetunejob",
+    short_names=("ftj",),
+    spec_model=FineTuneJobSpec,
+    status_model=FineTuneJobStatus,
+    description="FineTuneJob fine-tunes a base model with QLoRA/LoRA on a dataset and publishes the adapter "
+    "to an object store; progress, loss, conditions and the adapter URI appear in its status.",
+    columns=(
+        _PHASE,
+        PrinterColumn("Progress", ".status.progress.percent", "integer", "Training progress in percent."),
+        PrinterColumn("Loss", ".status.progress.loss", "number", "Latest training loss."),
+        PrinterColumn("Adapter", ".status.adapter.uri", "string", "URI of the published adapter."),
+        _AGE,
+    ),
+)
+
+EVALRUN = Kind(
+    kind="EvalRun",
+    plural="evalruns",
+    singular="evalrun",
+    short_names=("evr",),
+    spec_model=EvalRunSpec,
+    status_model=EvalRunStatus,
+    description="EvalRun benchmarks an adapter (and its base model as baseline) on QA, completion and "
+    "perplexity tasks, gates on thresholds and publishes a report.",
+    columns=(
+        _PHASE,
+        PrinterColumn("Score", ".status.score", "number", "Headline score."),
+        PrinterColumn("Passed", ".status.passed", "boolean", "Whether every threshold was met."),
+        _AGE,
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN)
+CATEGORY = "finetune"
+
+
+def format_validation_error(error: ValidationError, root: str = "spec") -> str:
+    """One line per problem, each naming the field the way the user wrote it (camelCase path)."""
+    lines = []
+    for item in error.errors():
+        parts = [root, *(str(part) for part in item["loc"])]
+        field = (item.get("ctx") or {}).get("field") if item["type"] == "cross_field" else None
+        if field:
+            parts.append(field)
+        path = ".".join(parts)
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)
+
+
+__all__ = [
+    "API_VERSION",
+    "CATEGORY",
+    "EVALRUN",
+    "FINETUNEJOB",
+    "GROUP",
+    "KINDS",
+    "TERMINAL_PHASES",
+    "VERSION",
+    "Condition",
+    "EvalRunSpec",
+    "EvalRunStatus",
+    "FineTuneJobSpec",
+    "FineTuneJobStatus",
+    "Kind",
+    "Phase",
+    "PrinterColumn",
+    "format_validation_error",
+]

@@ -1,0 +1,100 @@
+"""The operator <-> trainer contract (change both sides in one commit).
+
+- The Job runs `finetune-trainer train` with a `TrainingRunSpec` as JSON in `FINETUNE_RUN_SPEC`.
+- Credentials arrive only as `secretKeyRef` env vars named by `secret_env_name`.
+- The trainer patches `status.progress` of `resource` (its ServiceAccount may do nothing else), and
+  writes a `TrainerResult` (< 4 KiB) to the termination-message file. The operator trusts that result,
+  not the progress patches, for the final status.
+- Exit codes: 0 success, `EXIT_INVALID_INPUT` (2) bad input or data (not retried), anything else retried.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from .finetunejob import Artifact, Checkpoint, FineTuneJobSpec, Provenance, TrainingMetrics
+from .schema import ApiModel
+
+RUN_SPEC_ENV = "FINETUNE_RUN_SPEC"
+EXIT_INVALID_INPUT = 2
+TERMINATION_MESSAGE_LIMIT = 4096
+# pvc://claim/path is mounted at PVC_MOUNT_ROOT/claim, so the trainer reads PVC_MOUNT_ROOT/claim/path.
+PVC_MOUNT_ROOT = "/mnt/pvc"
+
+SecretRole = Literal["BASE_MODEL", "DATASET", "OUTPUT"]
+
+# Keys a storage Secret may hold, per URI scheme: (key, required).
+SECRET_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "s3": (
+        ("AWS_ACCESS_KEY_ID", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("AWS_SESSION_TOKEN", False),
+        ("AWS_ENDPOINT_URL", False),
+    ),
+    "hf": (("HF_TOKEN", True),),
+}
+
+
+def secret_env_name(role: SecretRole, key: str) -> str:
+    """Env var carrying `key` of the Secret for `role`, e.g. FINETUNE_DATASET_AWS_ACCESS_KEY_ID."""
+    return f"FINETUNE_{role}_{key}"
+
+
+class ResourceRef(ApiModel):
+    """The custom resource the run reports to."""
+
+    group: str = Field(description="API group.")
+    version: str = Field(description="API version.")
+    plural: str = Field(description="Resource plural, e.g. finetunejobs.")
+    namespace: str = Field(description="Namespace of the resource.")
+    name: str = Field(description="Name of the resource.")
+    uid: str = Field(description="UID of the resource.")
+
+
+class StorageSettings(ApiModel):
+    """How to reach the S3-compatible store."""
+
+    s3_endpoint: str | None = Field(default=None, description="host:port or URL of the S3 endpoint (unset: AWS).")
+    s3_region: str | None = Field(default=None, description="S3 region.")
+    s3_secure: bool = Field(default=True, description="Use HTTPS.")
+
+
+class RunOutput(ApiModel):
+    """Resolved output locations of this attempt."""
+
+    uri: str = Field(description="Prefix of this attempt: <output>/<namespace>/<name>/<uid>/attempt-<n>/.")
+    adapter_uri: str = Field(description="Where the adapter is published.")
+    checkpoints_uri: str = Field(description="Where checkpoints are synced.")
+    merged_model_uri: str | None = Field(default=None, description="Where the merged model goes, with output.merge.")
+
+
+class TrainingRunSpec(ApiModel):
+    """Everything the trainer needs, resolved by the operator (defaults applied)."""
+
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        default="finetune.dev/v1alpha1", description="Contract version."
+    )
+    kind: Literal["TrainingRun"] = Field(default="TrainingRun", description="Run kind.")
+    resource: ResourceRef = Field(description="The FineTuneJob to report to.")
+    attempt: int = Field(ge=1, description="Attempt number.")
+    job: FineTuneJobSpec = Field(description="The FineTuneJob spec, defaults applied.")
+    output: RunOutput = Field(description="Resolved output locations.")
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
+    trainer_image: str = Field(description="Image the Job runs (recorded in provenance).")
+
+
+class TrainerResult(ApiModel):
+    """The termination message: the trainer's final word on the attempt."""
+
+    result: Literal["succeeded", "failed"] = Field(description="Outcome.")
+    reason: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        default=None, description="CamelCase reason on failure, e.g. DataError, OutOfMemory, StorageUnavailable."
+    )
+    message: Annotated[str, StringConstraints(max_length=2048)] | None = Field(default=None, description="Detail.")
+    adapter: Artifact | None = Field(default=None, description="Published adapter.")
+    merged_model: Artifact | None = Field(default=None, description="Published merged model.")
+    checkpoint: Checkpoint | None = Field(default=None, description="Last synced checkpoint.")
+    metrics: TrainingMetrics | None = Field(default=None, description="Final figures.")
+    provenance: Provenance | None = Field(default=None, description="What produced the adapter.")

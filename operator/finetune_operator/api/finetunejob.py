@@ -1,0 +1,410 @@
+"""FineTuneJob: fine-tune a base model with (Q)LoRA on a dataset and publish the adapter."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from .common import (
+    QUEUE_AND_SUSPEND,
+    URI_HELP,
+    Condition,
+    ModelSource,
+    Phase,
+    Quantization,
+    Resources,
+    SecretRef,
+    Uri,
+    remote_secret_rule,
+)
+from .schema import DNS_LABEL, ApiModel, Rule
+
+DEFAULT_EPOCHS = 3.0
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ImageRef = Annotated[str, StringConstraints(pattern=r"^[^\s]+$", max_length=512)]
+
+
+class ColumnMapping(ApiModel):
+    """Maps the dataset's own column names onto the fields the chosen format reads."""
+
+    instruction: ColumnName | None = Field(default=None, description="Column holding the alpaca `instruction`.")
+    input: ColumnName | None = Field(default=None, description="Column holding the alpaca `input` (optional context).")
+    output: ColumnName | None = Field(default=None, description="Column holding the alpaca `output` (the target).")
+    messages: ColumnName | None = Field(default=None, description="Column holding chat `messages` (role/content list).")
+    prompt: ColumnName | None = Field(default=None, description="Column holding the completion-format `prompt`.")
+    completion: ColumnName | None = Field(
+        default=None, description="Column holding the completion-format `completion`."
+    )
+    text: ColumnName | None = Field(default=None, description="Column holding raw `text` for plain language modelling.")
+
+
+class Refinement(ApiModel):
+    """Cleaning applied before tokenisation; the trainer reports how many rows each rule dropped."""
+
+    dedupe: bool = Field(default=True, description="Drop exact duplicate examples.")
+    min_chars: int = Field(
+        default=1, ge=0, le=1_000_000, description="Drop examples shorter than this many characters."
+    )
+    max_chars: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Drop examples longer than this many characters (unset: no limit).",
+    )
+    max_samples: int | None = Field(
+        default=None, ge=1, le=100_000_000, description="Keep at most this many examples after filtering (unset: all)."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.maxChars) || self.maxChars >= self.minChars",
+            message="maxChars must be at least minChars",
+            check=lambda r: r.max_chars is None or r.max_chars >= r.min_chars,
+            field="maxChars",
+        ),
+    )
+
+
+class DatasetSource(ApiModel):
+    """The training data: a file or folder of JSONL, JSON, CSV or Parquet."""
+
+    uri: Uri = Field(description="Location of the dataset file or folder. " + URI_HELP)
+    secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
+    format: Literal["auto", "alpaca", "chat", "completion", "text"] = Field(
+        default="auto",
+        description="Example layout: `alpaca` (instruction/input/output), `chat` (messages), `completion` "
+        "(prompt/completion), `text` (raw text), or `auto` to detect it from the columns.",
+    )
+    columns: ColumnMapping | None = Field(
+        default=None, description="Rename the dataset's columns onto the format's fields."
+    )
+    validation_split: float = Field(
+        default=0.05, ge=0.0, le=0.5, description="Fraction of examples held out to compute evalLoss (0 disables)."
+    )
+    refine: Refinement = Field(default_factory=Refinement, description="Deduplication and length filters.")
+    apply_chat_template: bool = Field(
+        default=True,
+        description="Render examples with the tokenizer's chat template (a built-in fallback template when the "
+        "tokenizer has none); off trains on plain concatenated prompt and response.",
+    )
+    completion_only_loss: bool = Field(
+        default=True, description="Compute the loss on response tokens only, not on the prompt."
+    )
+
+    __rules__ = (remote_secret_rule(),)
+
+
+class LoraSettings(ApiModel):
+    """The low-rank adapter that is trained; the base model stays frozen."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA update matrices.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        max_length=64,
+        description="Module names to adapt (e.g. `q_proj`, `v_proj`), or `all-linear` for every linear layer "
+        "except the output head.",
+    )
+
+
+class TrainingSettings(ApiModel):
+    """Optimisation hyperparameters, passed to the Hugging Face Trainer."""
+
+    epochs: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description=f"Passes over the training set. Set this or maxSteps, not both; {DEFAULT_EPOCHS:g} when "
+        "neither is set.",
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Optimizer steps to run; overrides epochs. Set this or epochs."
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate of the adapter weights.")
+    batch_size: int = Field(default=4, ge=1, le=4096, description="Examples (or packed sequences) per device per step.")
+    gradient_accumulation_steps: int = Field(
+        default=4,
+        ge=1,
+        le=4096,
+        description="Micro-batches accumulated per optimizer step (effective batch = batchSize x this x GPUs).",
+    )
+    max_seq_length: int = Field(
+        default=2048, ge=16, le=131072, description="Tokens per sequence; longer examples are truncated."
+    )
+    warmup_ratio: float = Field(
+        default=0.03, ge=0, le=0.5, description="Fraction of steps spent warming up the learning rate."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="cosine", description="Learning-rate schedule after warm-up."
+    )
+    optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        default="auto",
+        description="Optimizer; `auto` picks paged 8-bit AdamW on GPUs and torch AdamW on CPU.",
+    )
+    packing: bool = Field(
+        default=True,
+        description="Pack examples into sequences without padding (padding-free, with per-example attention "
+        "boundaries); faster and lighter, same loss.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=True, description="Recompute activations in the backward pass: much less memory, ~20-30% slower."
+    )
+    seed: int = Field(
+        default=42, ge=0, le=2**32 - 1, description="Random seed for data order and adapter initialisation."
+    )
+    logging_steps: int = Field(
+        default=10, ge=1, le=100_000, description="Report loss and progress every this many steps."
+    )
+    eval_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Compute evalLoss every this many steps (unset: once per epoch)."
+    )
+    save_steps: int = Field(
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description="Save and upload a checkpoint every this many steps; a restarted pod resumes from the newest one.",
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!(has(self.epochs) && has(self.maxSteps))",
+            message="set either epochs or maxSteps, not both",
+            check=lambda t: t.epochs is None or t.max_steps is None,
+            field="maxSteps",
+        ),
+    )
+
+    @property
+    def effective_epochs(self) -> float | None:
+        """Epochs the trainer runs: the default applies only when maxSteps is not set either."""
+        if self.max_steps is not None:
+            return None
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS
+
+
+class OutputSettings(ApiModel):
+    """Where the adapter is published."""
+
+    uri: Annotated[str, StringConstraints(pattern=r"^(s3|pvc|file)://[^\s]+$", max_length=1024)] | None = Field(
+        default=None,
+        description="Prefix under which the run publishes; the adapter lands in "
+        "`<uri>/<namespace>/<name>/<uid>/attempt-<n>/adapter/`. Unset: the operator's default output URI. "
+        "Schemes: s3://, pvc://, file://.",
+    )
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with write credentials for `uri` (unset: the operator's default storage secret).",
+    )
+    merge: bool = Field(
+        default=False, description="Also publish the base model with the adapter merged in, under `merged/`."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="!has(self.secretRef) || !has(self.uri) || self.uri.startsWith('s3://')",
+            message="secretRef is only used with s3:// output URIs",
+            check=lambda o: o.secret_ref is None or o.uri is None or o.uri.startswith("s3://"),
+            field="secretRef",
+        ),
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    """What to fine-tune, on what data, how, and on which hardware."""
+
+    base_model: ModelSource = Field(description="The model to adapt.")
+    dataset: DatasetSource = Field(description="The training data.")
+    method: Literal["qlora", "lora"] = Field(
+        default="qlora",
+        description="`qlora`: LoRA on a 4/8-bit quantized frozen base (least memory). `lora`: LoRA on the "
+        "base in its own dtype.",
+    )
+    quantization: Quantization | None = Field(
+        default=None,
+        description="Quantization of the base model; only with method qlora (defaults: 4-bit NF4, double quant).",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape.")
+    training: TrainingSettings = Field(default_factory=TrainingSettings, description="Optimisation hyperparameters.")
+    resources: Resources = Field(
+        default_factory=Resources, description="GPUs, CPU, memory and placement of the trainer pod."
+    )
+    output: OutputSettings = Field(default_factory=OutputSettings, description="Where the adapter is published.")
+    image: ImageRef | None = Field(
+        default=None, description="Trainer image to run (unset: the operator's default trainer image)."
+    )
+    queue_name: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)] | None = Field(
+        default=None,
+        description="Kueue LocalQueue to submit to: the Job is created suspended and Kueue admits it when quota "
+        "allows.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Suspend the job (its pod is stopped; phase Suspended); set back to false to continue.",
+    )
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Pod retries for retriable failures (crashes, OOM, preemption does not count).",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=60, le=31_536_000, description="Fail the attempt (DeadlineExceeded) after this many seconds."
+    )
+
+    __rules__ = (
+        Rule(
+            cel="self.method == 'qlora' || !has(self.quantization)",
+            message="quantization applies only to method qlora",
+            check=lambda s: s.method == "qlora" or s.quantization is None,
+            field="quantization",
+        ),
+        QUEUE_AND_SUSPEND,
+    )
+
+    @property
+    def effective_quantization(self) -> Quantization | None:
+        if self.method != "qlora":
+            return None
+        return self.quantization or Quantization()
+
+
+class Progress(ApiModel):
+    """Live training progress, patched by the trainer itself at most every few seconds."""
+
+    step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, ge=0, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
+    percent: int | None = Field(default=None, ge=0, le=100, description="step / totalSteps, in percent.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest validation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(
+        default=None, ge=0, description="Training throughput over the last interval."
+    )
+    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds until training finishes.")
+    message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None,
+        description="What the trainer is doing (e.g. downloading the model, retrying with a smaller batch).",
+    )
+    update_time: str | None = Field(
+        default=None,
+        description="When the trainer last reported (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+class Artifact(ApiModel):
+    """A published, manifest-verified object-store prefix."""
+
+    uri: Annotated[str, StringConstraints(max_length=2048)] = Field(
+        description="Prefix holding the files and their manifest.json."
+    )
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None, description="sha256 of the published manifest.json (which lists every file's sha256)."
+    )
+    size_bytes: int | None = Field(default=None, ge=0, description="Total size of the published files.")
+
+
+class Checkpoint(ApiModel):
+    """The newest checkpoint synced to the store; a restarted pod resumes from it."""
+
+    uri: Annotated[str, StringConstraints(max_length=2048)] = Field(description="Prefix of the checkpoint.")
+    step: int | None = Field(default=None, ge=0, description="Optimizer step of the checkpoint.")
+
+
+class TrainingMetrics(ApiModel):
+    """Final figures from the trainer's result."""
+
+    train_loss: float | None = Field(default=None, description="Mean training loss over the run.")
+    eval_loss: float | None = Field(default=None, description="Validation loss at the end.")
+    steps: int | None = Field(default=None, ge=0, description="Optimizer steps run.")
+    train_samples: int | None = Field(default=None, ge=0, description="Training examples after refinement.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Mean training throughput.")
+    runtime_seconds: float | None = Field(default=None, ge=0, description="Wall time of the training loop.")
+
+
+class Provenance(ApiModel):
+    """What exactly produced the adapter, for reproducibility."""
+
+    base_model_revision: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="Resolved revision (commit or manifest sha256) of the base model."
+    )
+    dataset_sha256: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="sha256 of the dataset files as read."
+    )
+    trainer_image: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        default=None, description="Trainer image that ran."
+    )
+    trainer_version: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="finetune-trainer version that ran."
+    )
+
+
+class AttemptRecord(ApiModel):
+    """A finished attempt, kept when a spec change started a new one."""
+
+    attempt: int = Field(ge=1, description="Attempt number.")
+    generation: int | None = Field(default=None, ge=0, description="metadata.generation the attempt ran.")
+    job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        default=None, description="Job of the attempt."
+    )
+    phase: Phase = Field(description="How the attempt ended.")
+    reason: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None, description="Reason of the outcome."
+    )
+    adapter_uri: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+        default=None, description="Adapter the attempt published, if it succeeded."
+    )
+    completion_time: str | None = Field(
+        default=None, description="When the attempt ended (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state, written by the operator (and `progress` by the trainer)."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Validated, Running, Succeeded, Failed and SpecChangeDeferred, per the Kubernetes API conventions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    progress: Progress | None = Field(default=None, description="Live progress reported by the trainer.")
+    adapter: Artifact | None = Field(default=None, description="The published adapter (PEFT format).")
+    merged_model: Artifact | None = Field(default=None, description="The merged model, when output.merge is set.")
+    checkpoint: Checkpoint | None = Field(default=None, description="Newest synced checkpoint while running.")
+    metrics: TrainingMetrics | None = Field(default=None, description="Final training figures.")
+    provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
+    job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        default=None, description="Job of the current attempt."
+    )
+    attempt: int | None = Field(
+        default=None, ge=1, description="Current attempt; a spec change after the job finished starts the next."
+    )
+    pod_failures: int | None = Field(
+        default=None, ge=0, description="Failed pods of the current attempt (each retried until backoffLimit)."
+    )
+    start_time: str | None = Field(
+        default=None,
+        description="When the attempt's Job started (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    completion_time: str | None = Field(
+        default=None, description="When the attempt finished (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the current attempt runs."
+    )
+    spec_hash: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None,
+        description="Hash of the spec the current attempt runs (spec.suspend excluded); a different spec after the "
+        "attempt finished starts the next attempt.",
+    )
+    history: list[AttemptRecord] = Field(
+        default_factory=list, max_length=10, description="Earlier attempts, newest last (at most 10)."
+    )

@@ -1,0 +1,37 @@
+"""Start-up: kopf settings, the shared API client, the metrics server."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from ..config import OperatorSettings
+from ..kube import make_api_client
+from ..metrics import OperatorMetrics
+from .runtime import MEMO_KEY, Runtime
+
+
+@kopf.on.startup()
+def configure(
+    settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    operator_settings = OperatorSettings.from_env(os.environ)
+    # Keep kopf's bookkeeping in annotations under our own prefix, and out of .status, which the
+    # CRD schema types strictly and users read.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="finetune.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    # Sync handlers run in this pool; the API calls they make are the bottleneck, not the CPU.
+    settings.execution.max_workers = 16
+    # Re-list periodically so a watch silently dropped by a proxy cannot leave the operator blind.
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    metrics = OperatorMetrics()
+    metrics.serve(operator_settings.metrics_port)
+    memo[MEMO_KEY] = Runtime(settings=operator_settings, api=make_api_client(), metrics=metrics)
+    logger.info("finetune-operator configured: %s", operator_settings.model_dump())

@@ -1,0 +1,27 @@
+"""What every handler shares, created once at start-up and carried in kopf's memo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from kubernetes import client
+
+from ..config import OperatorSettings
+from ..kube import DelayedCalls, KeyedLocks
+from ..metrics import OperatorMetrics
+
+MEMO_KEY = "finetune"
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    api: client.ApiClient
+    metrics: OperatorMetrics
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    rechecks: DelayedCalls = field(default_factory=DelayedCalls)
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)

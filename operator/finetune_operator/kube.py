@@ -1,0 +1,140 @@
+"""The few Kubernetes API calls the operator makes, each idempotent."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from .api import GROUP, VERSION
+
+
+def make_api_client() -> client.ApiClient:
+    """In-cluster credentials when running as a pod, else the kubeconfig (KUBECONFIG honoured)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class AdoptionConflictError(RuntimeError):
+    """An object with the deterministic name exists but belongs to someone else."""
+
+
+def _creators(api: client.ApiClient) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
+    core, rbac, batch = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.BatchV1Api(api)
+    return {
+        "ServiceAccount": (core.create_namespaced_service_account, core.read_namespaced_service_account),
+        "Role": (rbac.create_namespaced_role, rbac.read_namespaced_role),
+        "RoleBinding": (rbac.create_namespaced_role_binding, rbac.read_namespaced_role_binding),
+        "Job": (batch.create_namespaced_job, batch.read_namespaced_job),
+    }
+
+
+def create_or_adopt(api: client.ApiClient, obj: Mapping[str, Any]) -> bool:
+    """Create `obj`; if it already exists and is ours (same controller uid), adopt it. True if created."""
+    create, read = _creators(api)[obj["kind"]]
+    meta = obj["metadata"]
+    try:
+        create(meta["namespace"], obj)
+        return True
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    existing = read(meta["name"], meta["namespace"])
+    owners = {ref.uid for ref in existing.metadata.owner_references or []}
+    wanted = {ref["uid"] for ref in meta.get("ownerReferences", [])}
+    if not owners & wanted:
+        raise AdoptionConflictError(
+            f"{obj['kind']} {meta['namespace']}/{meta['name']} exists and is not owned by this resource; "
+            "delete or rename it"
+        )
+    return False
+
+
+def get_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        result = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        return cast(dict[str, Any], result)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def patch_custom_status(
+    api: client.ApiClient, plural: str, namespace: str, name: str, status_patch: Mapping[str, Any]
+) -> None:
+    """JSON merge patch of the status subresource: touches only the keys given (not the trainer's progress)."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural, name, {"status": dict(status_patch)}
+    )
+
+
+def patch_job(api: client.ApiClient, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    client.BatchV1Api(api).patch_namespaced_job(name, namespace, dict(patch))
+
+
+def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
+    try:
+        client.BatchV1Api(api).delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+class KeyedLocks:
+    """One lock per resource: reconciles of one FineTuneJob woken by different watches never interleave."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def __call__(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def discard(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+
+
+class DelayedCalls:
+    """At most one pending call per key, for outcomes that change with time rather than with an event.
+
+    In memory only: after a restart the operator's resume handlers reconcile everything anyway.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._timers: dict[tuple[str, str], threading.Timer] = {}
+
+    def schedule(self, key: tuple[str, str], delay: float, call: Callable[[], None]) -> None:
+        def run() -> None:
+            with self._guard:
+                self._timers.pop(key, None)
+            try:
+                call()
+            except Exception:  # a timer thread has nobody to raise to
+                logging.getLogger(__name__).exception("delayed reconcile of %s/%s failed", *key)
+
+        timer = threading.Timer(max(delay, 0.0), run)
+        timer.daemon = True
+        with self._guard:
+            previous = self._timers.pop(key, None)
+            if previous:
+                previous.cancel()
+            self._timers[key] = timer
+        timer.start()
+
+    def cancel(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            timer = self._timers.pop(key, None)
+        if timer:
+            timer.cancel()

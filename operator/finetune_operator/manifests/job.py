@@ -1,0 +1,252 @@
+"""Spec -> Job: the trainer run spec and the Kubernetes Job that runs it.
+
+Pure functions of (owner, spec, attempt, settings); unit-tested with plain dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import GROUP, VERSION
+from ..api.common import Resources, SecretRef
+from ..api.contract import (
+    EXIT_INVALID_INPUT,
+    PVC_MOUNT_ROOT,
+    RUN_SPEC_ENV,
+    SECRET_KEYS,
+    ResourceRef,
+    RunOutput,
+    SecretRole,
+    StorageSettings,
+    TrainingRunSpec,
+    secret_env_name,
+)
+from ..api.finetunejob import FineTuneJobSpec
+from ..config import OperatorSettings
+from .names import (
+    ANNOTATION_SPEC_HASH,
+    KUEUE_QUEUE_LABEL,
+    LABEL_ATTEMPT,
+    TRAINER_CONTAINER,
+    Owner,
+    child_labels,
+    child_metadata,
+    job_name,
+    trainer_account_name,
+)
+
+WORK_DIR = "/workspace"
+RUN_AS_USER = 1000
+
+
+def spec_hash(spec: FineTuneJobSpec) -> str:
+    """Identity of what an attempt runs; spec.suspend is excluded since pausing is not a new attempt."""
+    payload = spec.to_json_dict()
+    payload.pop("suspend", None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_output(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> RunOutput:
+    prefix = (spec.output.uri or settings.output_uri).rstrip("/")
+    base = f"{prefix}/{owner.namespace}/{owner.name}/{owner.uid}/attempt-{attempt}/"
+    return RunOutput(
+        uri=base,
+        adapter_uri=base + "adapter/",
+        checkpoints_uri=base + "checkpoints/",
+        merged_model_uri=base + "merged/" if spec.output.merge else None,
+    )
+
+
+def build_run_spec(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> TrainingRunSpec:
+    """The trainer's whole input, with every default resolved so the trainer decides nothing the operator did."""
+    training = spec.training.model_copy(update={"epochs": spec.training.effective_epochs})
+    resolved = spec.model_copy(update={"training": training, "quantization": spec.effective_quantization})
+    return TrainingRunSpec(
+        resource=ResourceRef(
+            group=GROUP,
+            version=VERSION,
+            plural="finetunejobs",
+            namespace=owner.namespace,
+            name=owner.name,
+            uid=owner.uid,
+        ),
+        attempt=attempt,
+        job=resolved,
+        output=run_output(owner, spec, attempt, settings),
+        storage=StorageSettings(
+            s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region, s3_secure=settings.s3_secure
+        ),
+        trainer_image=spec.image or settings.trainer_image,
+    )
+
+
+def secret_env(role: SecretRole, uri: str, ref: SecretRef | None, default_secret: str | None) -> list[dict[str, Any]]:
+    """secretKeyRef env vars for one source; s3:// without a secretRef uses the operator's storage secret."""
+    scheme = uri.split("://", 1)[0]
+    name = ref.name if ref else (default_secret if scheme == "s3" else None)
+    if name is None:
+        return []
+    return [
+        {
+            "name": secret_env_name(role, key),
+            "valueFrom": {"secretKeyRef": {"name": name, "key": key, "optional": not required}},
+        }
+        for key, required in SECRET_KEYS.get(scheme, ())
+    ]
+
+
+@dataclass(frozen=True)
+class PvcMount:
+    claim: str
+    writable: bool
+
+
+def pvc_mounts(uris: Iterable[tuple[str, bool]]) -> list[PvcMount]:
+    """Claims named by pvc:// URIs, each once; writable if any use writes to it."""
+    claims: dict[str, bool] = {}
+    for uri, writable in uris:
+        if uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            claims[claim] = claims.get(claim, False) or writable
+    return [PvcMount(claim, writable) for claim, writable in claims.items()]
+
+
+def _volumes(mounts: list[PvcMount]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # readOnlyRootFilesystem: everything the trainer writes goes to these emptyDirs or to PVCs.
+    volumes: list[dict[str, Any]] = [
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        # torch DataLoader workers share tensors through /dev/shm; the runtime's default is 64Mi.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+    ]
+    volume_mounts: list[dict[str, Any]] = [
+        {"name": "workspace", "mountPath": WORK_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    for index, mount in enumerate(mounts):
+        volume = f"pvc-{index}"
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": mount.claim, "readOnly": not mount.writable}}
+        )
+        volume_mounts.append(
+            {"name": volume, "mountPath": f"{PVC_MOUNT_ROOT}/{mount.claim}", "readOnly": not mount.writable}
+        )
+    return volumes, volume_mounts
+
+
+def container_resources(resources: Resources) -> dict[str, dict[str, str]]:
+    """Requests equal limits (Guaranteed QoS: a training pod is the last the kubelet evicts)."""
+    limits = {"cpu": resources.cpu, "memory": resources.memory}
+    if resources.gpus > 0:
+        limits[resources.gpu_resource_name] = str(resources.gpus)
+    return {"requests": dict(limits), "limits": limits}
+
+
+def tolerations(resources: Resources) -> list[dict[str, Any]]:
+    """User tolerations, plus the GPU taint's when GPUs are requested (what ExtendedResourceToleration would add)."""
+    result = [t.to_json_dict() for t in resources.tolerations]
+    if resources.gpus > 0 and not any(t.get("key") == resources.gpu_resource_name for t in result):
+        result.append({"key": resources.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    return result
+
+
+RESTRICTED_POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Bad input is not retried (exit code 2); preemption and eviction do not count against backoffLimit."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "In", "values": [EXIT_INVALID_INPUT]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> dict[str, Any]:
+    run_spec = build_run_spec(owner, spec, attempt, settings)
+    output = run_spec.output
+    env: list[dict[str, Any]] = [
+        {"name": RUN_SPEC_ENV, "value": json.dumps(run_spec.to_json_dict(), separators=(",", ":"))},
+        {"name": "HOME", "value": WORK_DIR},
+        {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *secret_env("BASE_MODEL", spec.base_model.uri, spec.base_model.secret_ref, settings.storage_secret),
+        *secret_env("DATASET", spec.dataset.uri, spec.dataset.secret_ref, settings.storage_secret),
+        *secret_env("OUTPUT", output.uri, spec.output.secret_ref, settings.storage_secret),
+    ]
+    volumes, volume_mounts = _volumes(
+        pvc_mounts([(spec.base_model.uri, False), (spec.dataset.uri, False), (output.uri, True)])
+    )
+    labels = {**child_labels(owner, "trainer"), LABEL_ATTEMPT: str(attempt)}
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": trainer_account_name(owner),
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": RESTRICTED_POD_SECURITY,
+        "containers": [
+            {
+                "name": TRAINER_CONTAINER,
+                "image": run_spec.trainer_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["finetune-trainer", "train"],
+                "env": env,
+                "resources": container_resources(spec.resources),
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
+                "volumeMounts": volume_mounts,
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if tolerations_ := tolerations(spec.resources):
+        pod_spec["tolerations"] = tolerations_
+    if spec.resources.affinity:
+        pod_spec["affinity"] = spec.resources.affinity
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+        # Kueue admits a queued Job by unsuspending it.
+        "suspend": bool(spec.queue_name) or spec.suspend,
+        "podFailurePolicy": pod_failure_policy(),
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    metadata = child_metadata(owner, job_name(owner, attempt), "trainer")
+    metadata["labels"] = job_labels
+    metadata["annotations"] = {ANNOTATION_SPEC_HASH: spec_hash(spec)}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}

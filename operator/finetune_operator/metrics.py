@@ -1,0 +1,109 @@
+"""Prometheus metrics, served on :8080/metrics.
+
+Jobs-by-phase is computed at scrape time from the last status seen per resource (not kept as
+inc/dec counters), so an operator restart or a missed event cannot make the numbers drift.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .api.common import Phase
+from .status import parse_time
+
+PHASES: tuple[Phase, ...] = ("Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended")
+DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 48 * 3600, float("inf"))
+
+
+class _PhaseCollector(Collector):
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("finetune_jobs", "FineTuneJobs by phase.", labels=["phase"])
+        counts = self._metrics.phase_counts()
+        for phase in PHASES:
+            family.add_metric([phase], counts.get(phase, 0))
+        yield family
+
+
+class OperatorMetrics:
+    """All collectors on one registry, so tests can make a fresh, isolated set."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self.job_duration = Histogram(
+            "finetune_job_duration_seconds",
+            "Wall time of finished FineTuneJob attempts, from Job start to completion.",
+            ["result"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.progress = Gauge(
+            "finetune_job_progress_ratio",
+            "Training progress of a FineTuneJob (0-1).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.loss = Gauge(
+            "finetune_job_loss", "Latest training loss of a FineTuneJob.", ["namespace", "name"], registry=self.registry
+        )
+        self.reconcile_errors = Counter(
+            "finetune_reconcile_errors_total",
+            "Reconciles that failed, by kind and exception type.",
+            ["kind", "error"],
+            registry=self.registry,
+        )
+        self.transitions = Counter(
+            "finetune_job_transitions_total",
+            "Phase transitions of FineTuneJobs.",
+            ["phase", "reason"],
+            registry=self.registry,
+        )
+        self.registry.register(_PhaseCollector(self))
+
+    def phase_counts(self) -> Tally[str]:
+        with self._lock:
+            return Tally(self._phases.values())
+
+    def observe_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        phase = status.get("phase")
+        with self._lock:
+            if phase:
+                self._phases[(namespace, name)] = phase
+        progress = status.get("progress") or {}
+        if progress.get("percent") is not None:
+            self.progress.labels(namespace, name).set(progress["percent"] / 100)
+        if progress.get("loss") is not None:
+            self.loss.labels(namespace, name).set(progress["loss"])
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._phases.pop((namespace, name), None)
+        for gauge in (self.progress, self.loss):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
+
+    def observe_transition(self, phase: str, reason: str) -> None:
+        self.transitions.labels(phase, reason).inc()
+
+    def observe_finished(self, phase: str, start: str | None, end: str | None) -> None:
+        started, ended = parse_time(start), parse_time(end)
+        if started and ended:
+            self.job_duration.labels("succeeded" if phase == "Succeeded" else "failed").observe(
+                max((ended - started).total_seconds(), 0.0)
+            )
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, registry=self.registry)

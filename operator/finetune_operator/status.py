@@ -1,0 +1,343 @@
+"""(Job, Pods, trainer result) -> phase, reason, conditions. Pure functions, table-tested.
+
+The Job's own conditions say *that* an attempt ended; the pods say *why* (OOMKilled, exit code 2,
+image pull errors, unschedulable), and the trainer's termination message says what it produced.
+The trainer's progress patches are never trusted for the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from .api.common import TERMINAL_PHASES, Phase
+from .api.contract import EXIT_INVALID_INPUT, TrainerResult
+from .api.finetunejob import FineTuneJobSpec
+from .manifests.names import ANNOTATION_SPEC_HASH, LABEL_ATTEMPT, TRAINER_CONTAINER
+
+IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+PERMANENT_IMAGE_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed")
+MESSAGE_LIMIT = 2048
+_REASON = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def format_time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clip(message: str) -> str:
+    message = message.strip()
+    return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 3] + "..."
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What matters of a trainer pod."""
+
+    name: str
+    phase: str
+    image: str | None = None
+    created: str | None = None
+    exit_code: int | None = None
+    terminated_reason: str | None = None
+    message: str | None = None
+    finished_at: str | None = None
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    unschedulable: str | None = None
+
+    @property
+    def terminated(self) -> bool:
+        return self.exit_code is not None
+
+
+def view_pod(pod: Mapping[str, Any]) -> PodView:
+    status = pod.get("status") or {}
+    container: Mapping[str, Any] = next(
+        (c for c in status.get("containerStatuses") or [] if c.get("name") == TRAINER_CONTAINER), {}
+    )
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    unschedulable = next(
+        (
+            c.get("message", "")
+            for c in status.get("conditions") or []
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        ),
+        None,
+    )
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return PodView(
+        name=pod["metadata"]["name"],
+        phase=status.get("phase", "Pending"),
+        image=containers[0].get("image"),
+        created=pod["metadata"].get("creationTimestamp"),
+        exit_code=terminated.get("exitCode"),
+        terminated_reason=terminated.get("reason"),
+        message=terminated.get("message"),
+        finished_at=terminated.get("finishedAt"),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        unschedulable=unschedulable,
+    )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What matters of a trainer Job."""
+
+    name: str
+    attempt: int | None
+    spec_hash: str | None
+    suspended: bool
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None
+    failed_message: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_reason is not None
+
+
+def view_job(job: Mapping[str, Any]) -> JobView:
+    meta = job["metadata"]
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    # FailureTarget appears before Failed while the Job controller is still terminating pods.
+    failed = conditions.get("Failed") or conditions.get("FailureTarget")
+    attempt = (meta.get("labels") or {}).get(LABEL_ATTEMPT)
+    return JobView(
+        name=meta["name"],
+        attempt=int(attempt) if attempt and attempt.isdigit() else None,
+        spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH),
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        active=status.get("active", 0) or 0,
+        succeeded=status.get("succeeded", 0) or 0,
+        failed=status.get("failed", 0) or 0,
+        complete="Complete" in conditions or "SuccessCriteriaMet" in conditions,
+        failed_reason=(failed.get("reason") or "JobFailed") if failed else None,
+        failed_message=failed.get("message") if failed else None,
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+    )
+
+
+def parse_result(message: str | None) -> TrainerResult | None:
+    """The trainer's JSON result; None when the message is a log tail (FallbackToLogsOnError) or garbage."""
+    if not message:
+        return None
+    try:
+        return TrainerResult.model_validate(json.loads(message))
+    except (ValueError, ValidationError):
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where an attempt stands, and why."""
+
+    phase: Phase
+    reason: str
+    message: str
+    result: TrainerResult | None = None
+    recheck_after: float | None = None
+    """Seconds after which the outcome may change with no event to announce it (a timeout expiring)."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+def _last_terminated(pods: Sequence[PodView]) -> PodView | None:
+    ended = [pod for pod in pods if pod.terminated]
+    return max(ended, key=lambda pod: pod.finished_at or "", default=None)
+
+
+def _failure(job: JobView, pods: Sequence[PodView], spec: FineTuneJobSpec) -> Outcome:
+    last = _last_terminated([pod for pod in pods if pod.exit_code != 0])
+    result = parse_result(last.message) if last else None
+    detail = (result.message if result else None) or (last.message if last else None) or ""
+    if job.failed_reason == "DeadlineExceeded":
+        return Outcome(
+            "Failed",
+            "DeadlineExceeded",
+            f"the attempt ran longer than spec.activeDeadlineSeconds={spec.active_deadline_seconds}; "
+            "raise it, or train fewer steps",
+        )
+    if last and last.terminated_reason == "OOMKilled":
+        return Outcome(
+            "Failed",
+            "OutOfMemory",
+            f"the trainer was killed for exceeding its memory limit (spec.resources.memory={spec.resources.memory}); "
+            "raise it, or lower training.batchSize or training.maxSeqLength",
+        )
+    if result and result.reason and _REASON.match(result.reason):
+        return Outcome("Failed", result.reason, _clip(detail or result.reason), result)
+    if last and last.exit_code == EXIT_INVALID_INPUT:
+        return Outcome("Failed", "DataError", _clip(detail or "the trainer rejected its input (exit code 2)"), result)
+    if job.failed_reason == "BackoffLimitExceeded":
+        code = last.exit_code if last else "unknown"
+        return Outcome(
+            "Failed",
+            "BackoffLimitExceeded",
+            _clip(
+                f"the trainer failed {job.failed} time(s) (spec.backoffLimit={spec.backoff_limit}); "
+                f"last exit code {code}: {detail or 'no message'}"
+            ),
+            result,
+        )
+    return Outcome(
+        "Failed",
+        job.failed_reason or "JobFailed",
+        _clip(job.failed_message or detail or "the trainer Job failed"),
+        result,
+    )
+
+
+def _success(pods: Sequence[PodView]) -> Outcome:
+    last = _last_terminated([pod for pod in pods if pod.exit_code == 0])
+    result = parse_result(last.message) if last else None
+    if result and result.result == "succeeded" and result.adapter:
+        return Outcome("Succeeded", "TrainingComplete", f"adapter published to {result.adapter.uri}", result)
+    seen = (last.message or "nothing") if last else "no finished pod"
+    return Outcome(
+        "Failed",
+        "ResultMissing",
+        _clip(f"the trainer exited 0 but wrote no result with an adapter to its termination message (got: {seen})"),
+        result,
+    )
+
+
+def _running_pod(pod: PodView, now: datetime, image_pull_timeout: int) -> Outcome | None:
+    if pod.waiting_reason in IMAGE_PULL_WAITING:
+        created = parse_time(pod.created)
+        stuck = (now - created).total_seconds() if created else 0.0
+        message = f"cannot pull image {pod.image}: {pod.waiting_message or pod.waiting_reason}"
+        if pod.waiting_reason in PERMANENT_IMAGE_ERRORS or stuck >= image_pull_timeout:
+            return Outcome("Failed", "ImagePullError", _clip(message))
+        return Outcome(
+            "Pending",
+            "ImagePullBackOff",
+            _clip(message + f" (retrying; fails after {image_pull_timeout}s)"),
+            recheck_after=image_pull_timeout - stuck,
+        )
+    if pod.waiting_reason in CONFIG_WAITING:
+        return Outcome("Pending", "ConfigError", _clip(pod.waiting_message or pod.waiting_reason or ""))
+    if pod.unschedulable is not None:
+        return Outcome("Pending", "Unschedulable", _clip(pod.unschedulable))
+    if pod.phase == "Running":
+        return Outcome("Running", "Training", f"trainer pod {pod.name} is running")
+    return None
+
+
+def assess_attempt(
+    job: JobView | None,
+    pods: Sequence[PodView],
+    spec: FineTuneJobSpec,
+    now: datetime,
+    image_pull_timeout: int,
+) -> Outcome:
+    """The phase of the current attempt from its Job and pods."""
+    if job is None:
+        return Outcome("Pending", "JobCreating", "creating the trainer Job")
+    if job.complete:
+        return _success(pods)
+    if job.failed_reason is not None:
+        return _failure(job, pods, spec)
+    if job.suspended and job.active == 0:
+        if spec.queue_name:
+            return Outcome(
+                "Queued", "WaitingForAdmission", f"waiting for Kueue to admit the job from LocalQueue {spec.queue_name}"
+            )
+        return Outcome("Suspended", "Suspended", "spec.suspend is true; set it to false to continue")
+    for pod in sorted((p for p in pods if not p.terminated), key=lambda p: p.created or ""):
+        outcome = _running_pod(pod, now, image_pull_timeout)
+        if outcome is not None:
+            return outcome
+    if any(p.exit_code == 0 for p in pods):
+        # The pod is done but the Job controller has not marked the Job Complete yet; stay Running
+        # rather than flap back to Pending for a moment.
+        return Outcome("Running", "Finishing", "the trainer exited; waiting for the Job to complete")
+    if job.failed > 0 and not any(not p.terminated for p in pods):
+        last = _last_terminated(pods)
+        why = f"exit code {last.exit_code}" if last else "pod failed"
+        return Outcome(
+            "Pending",
+            "Retrying",
+            f"trainer pod failed ({why}); retry {job.failed} of spec.backoffLimit={spec.backoff_limit}",
+        )
+    return Outcome("Pending", "Starting", "waiting for the trainer pod to start")
+
+
+def _condition(ctype: str, true: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": ctype, "status": "True" if true else "False", "reason": reason, "message": message}
+
+
+def build_conditions(
+    outcome: Outcome,
+    previous: Sequence[Mapping[str, Any]],
+    generation: int,
+    now: datetime,
+    *,
+    invalid: str | None = None,
+    deferred: str | None = None,
+) -> list[dict[str, Any]]:
+    """The full condition set; lastTransitionTime only moves when a condition's status changes."""
+    ended = (outcome.reason, outcome.message) if outcome.terminal else ("InProgress", "the attempt has not finished")
+    conditions = [
+        _condition("Validated", invalid is None, "InvalidSpec" if invalid else "SpecValid", invalid or "spec is valid"),
+        _condition("Running", outcome.phase == "Running", outcome.reason, outcome.message),
+        _condition("Succeeded", outcome.phase == "Succeeded", *ended),
+        _condition("Failed", outcome.phase == "Failed", *ended),
+    ]
+    if deferred:
+        conditions.append(_condition("SpecChangeDeferred", True, "AttemptInProgress", deferred))
+    before = {c.get("type"): c for c in previous}
+    stamp = format_time(now)
+    for condition in conditions:
+        old = before.get(condition["type"])
+        same = old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime")
+        condition["lastTransitionTime"] = old["lastTransitionTime"] if same and old else stamp
+        condition["observedGeneration"] = generation
+    return conditions
+
+
+def result_fields(outcome: Outcome) -> dict[str, Any]:
+    """Status fields taken from the trainer's termination message.
+
+    Artifacts only from a succeeded attempt: status must never point at an adapter that a failed
+    attempt may have left half-published.
+    """
+    result = outcome.result
+    if result is None:
+        return {}
+    artifacts = outcome.phase == "Succeeded"
+    fields: dict[str, Any] = {}
+    for key, value in (
+        ("adapter", result.adapter if artifacts else None),
+        ("mergedModel", result.merged_model if artifacts else None),
+        ("checkpoint", result.checkpoint),
+        ("metrics", result.metrics),
+        ("provenance", result.provenance),
+    ):
+        if value is not None:
+            fields[key] = value.to_json_dict()
+    return fields

@@ -1,0 +1,160 @@
+"""What the apiserver itself enforces: CRD schema and CEL rules at admission, RBAC on the trainer's identity."""
+
+from __future__ import annotations
+
+import copy
+import urllib.request
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from devcluster import wait_for
+from tests.integration.conftest import GROUP, PLURAL, VERSION, Kube, quick_spec
+
+pytestmark = pytest.mark.cluster
+
+
+def _create(kube: Kube, name: str, spec: dict[str, Any]) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+    kube.custom.create_namespaced_custom_object(GROUP, VERSION, kube.namespace, PLURAL, body)
+
+
+def _spec(path: str, value: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(quick_spec("success"))
+    node = spec
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return spec
+
+
+REJECTED = [
+    ("unknown scheme", _spec("baseModel.uri", "ftp://x/y"), "spec.baseModel.uri"),
+    ("negative learning rate", _spec("training.learningRate", -0.1), "spec.training.learningRate"),
+    ("wrong type", _spec("training.batchSize", "four"), "spec.training.batchSize"),
+    ("epochs and maxSteps", _spec("training", {"epochs": 1, "maxSteps": 5}), "set either epochs or maxSteps"),
+    (
+        "quantization with lora",
+        {**quick_spec("success"), "method": "lora", "quantization": {"bits": 4}},
+        "quantization applies only to method qlora",
+    ),
+    (
+        "queue and suspend",
+        {**quick_spec("success"), "queueName": "q", "suspend": True},
+        "suspend cannot be combined with queueName",
+    ),
+    (
+        "secret for a local path",
+        _spec("baseModel.secretRef", {"name": "hf"}),
+        "secretRef is only used with s3:// and hf://",
+    ),
+    ("oversized uri", _spec("dataset.uri", "s3://" + "x" * 3000), "spec.dataset.uri"),
+    ("missing dataset", {"baseModel": {"uri": "hf://a/b"}}, "spec.dataset"),
+    ("bad quantity", _spec("resources.memory", "a lot"), "spec.resources.memory"),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "expected"), REJECTED, ids=[r[0] for r in REJECTED])
+def test_invalid_finetunejob_is_rejected_at_admission(
+    kube: Kube, case: str, spec: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ApiException) as rejected:
+        _create(kube, "invalid", spec)
+    assert rejected.value.status == 422, rejected.value.body
+    assert expected in rejected.value.body
+    assert kube.jobs() == []
+
+
+def test_names_longer_than_a_label_are_rejected(kube: Kube) -> None:
+    with pytest.raises(ApiException) as rejected:
+        _create(kube, "x" * 64, quick_spec("success"))
+    assert "metadata.name must be at most 63 characters" in rejected.value.body
+
+
+def test_apiserver_fills_in_documented_defaults(kube: Kube) -> None:
+    _create(
+        kube,
+        "defaults",
+        {
+            "baseModel": {"uri": "hf://a/b"},
+            "dataset": {"uri": "s3://d/train.jsonl"},
+            "resources": {"gpus": 0},
+            "suspend": True,
+        },
+    )
+    spec = kube.ftj("defaults")["spec"]
+    assert spec["method"] == "qlora"
+    assert spec["lora"] == {"r": 16, "alpha": 32, "dropout": 0.05}  # targetModules: list default stays in the model
+    assert spec["training"]["learningRate"] == 0.0002
+    assert "epochs" not in spec["training"]
+
+
+def test_kubectl_explain_teaches_the_api(kube: Kube) -> None:
+    out = kube.kubectl("explain", "finetunejob.spec.training.maxSteps").stdout
+    assert "Optimizer steps to run" in out
+    recursive = kube.kubectl("explain", "ftj.spec", "--recursive").stdout
+    for field in ("baseModel", "gradientAccumulationSteps", "gpuResourceName", "queueName"):
+        assert field in recursive
+
+
+def _client_as(kube: Kube, service_account: str) -> client.ApiClient:
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
+    token = (
+        client.CoreV1Api(kube.api)
+        .create_namespaced_service_account_token(service_account, kube.namespace, request)
+        .status.token
+    )
+    admin = kube.api.configuration
+    configuration = client.Configuration(host=admin.host, api_key={"authorization": f"Bearer {token}"})
+    configuration.ssl_ca_cert = admin.ssl_ca_cert
+    return client.ApiClient(configuration)
+
+
+def test_trainer_identity_can_patch_only_its_own_status(kube: Kube) -> None:
+    kube.apply_ftj("mine", quick_spec("slow"))
+    kube.apply_ftj("theirs", quick_spec("slow", suspend=True))
+    kube.wait_phase("mine", "Running")
+    account = next(
+        sa.metadata.name
+        for sa in client.CoreV1Api(kube.api).list_namespaced_service_account(kube.namespace).items
+        if sa.metadata.name.startswith("mine-")
+    )
+    trainer = client.CustomObjectsApi(_client_as(kube, account))
+    progress = {"status": {"progress": {"step": 42, "totalSteps": 100, "percent": 42, "loss": 0.9}}}
+    trainer.patch_namespaced_custom_object_status(GROUP, VERSION, kube.namespace, PLURAL, "mine", progress)
+    assert kube.status("mine")["progress"]["step"] == 42
+    for attempt in (
+        lambda: trainer.patch_namespaced_custom_object_status(
+            GROUP, VERSION, kube.namespace, PLURAL, "theirs", progress
+        ),
+        lambda: trainer.patch_namespaced_custom_object(
+            GROUP, VERSION, kube.namespace, PLURAL, "mine", {"spec": {"suspend": True}}
+        ),
+        lambda: trainer.list_namespaced_custom_object(GROUP, VERSION, kube.namespace, PLURAL),
+        lambda: client.CoreV1Api(trainer.api_client).list_namespaced_secret(kube.namespace),
+    ):
+        with pytest.raises(ApiException) as denied:
+            attempt()
+        assert denied.value.status == 403
+
+
+def test_metrics_endpoint_reports_jobs_by_phase(kube: Kube, operator: Any) -> None:
+    kube.apply_ftj("counted", quick_spec("success"))
+    kube.wait_phase("counted", "Succeeded")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def counted() -> str | None:
+        text = scrape()
+        lines = [line for line in text.splitlines() if line.startswith("finetune_job_progress_ratio{")]
+        return text if any('name="counted"' in line and line.endswith(" 1.0") for line in lines) else None
+
+    text = wait_for(counted, 20, "progress 1.0 of 'counted' in /metrics", describe=scrape)
+    succeeded = next(line for line in text.splitlines() if line.startswith('finetune_jobs{phase="Succeeded"}'))
+    assert float(succeeded.split()[-1]) >= 1
+    assert 'finetune_job_transitions_total{phase="Succeeded",reason="TrainingComplete"}' in text

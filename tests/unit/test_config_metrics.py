@@ -1,0 +1,76 @@
+"""Operator settings from the environment, and the Prometheus collectors."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+
+from finetune_operator.config import OperatorSettings
+from finetune_operator.metrics import OperatorMetrics
+
+
+def test_settings_come_from_prefixed_env_vars() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "FINETUNE_TRAINER_IMAGE": "registry.example/trainer:2",
+            "FINETUNE_OUTPUT_URI": "s3://team-adapters",
+            "FINETUNE_NAMESPACES": "team-a, team-b,",
+            "FINETUNE_S3_SECURE": "false",
+            "FINETUNE_METRICS_PORT": "9090",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert settings.trainer_image == "registry.example/trainer:2"
+    assert settings.output_uri == "s3://team-adapters"
+    assert settings.namespaces == ("team-a", "team-b")
+    assert settings.s3_secure is False
+    assert settings.metrics_port == 9090
+
+
+def test_defaults_without_env() -> None:
+    settings = OperatorSettings.from_env({})
+    assert settings.namespaces == ()
+    assert settings.storage_secret == "finetune-storage"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FINETUNE_OUTPUT_URI": "ftp://nope"}, "FINETUNE_OUTPUT_URI"),
+        ({"FINETUNE_METRICS_PORT": "eighty"}, "FINETUNE_METRICS_PORT"),
+        ({"FINETUNE_IMAGE_PULL_POLICY": "Sometimes"}, "FINETUNE_IMAGE_PULL_POLICY"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        OperatorSettings.from_env(env)
+
+
+def _sample(metrics: OperatorMetrics, name: str, labels: dict[str, str]) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_jobs_by_phase_follow_the_last_seen_status() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe_status("a", "one", {"phase": "Running", "progress": {"percent": 40, "loss": 1.5}})
+    metrics.observe_status("a", "two", {"phase": "Running"})
+    metrics.observe_status("a", "two", {"phase": "Succeeded"})
+    assert _sample(metrics, "finetune_jobs", {"phase": "Running"}) == 1
+    assert _sample(metrics, "finetune_jobs", {"phase": "Succeeded"}) == 1
+    assert _sample(metrics, "finetune_jobs", {"phase": "Failed"}) == 0
+    assert _sample(metrics, "finetune_job_progress_ratio", {"namespace": "a", "name": "one"}) == 0.4
+    assert _sample(metrics, "finetune_job_loss", {"namespace": "a", "name": "one"}) == 1.5
+    metrics.forget("a", "one")
+    assert _sample(metrics, "finetune_jobs", {"phase": "Running"}) == 0
+    assert _sample(metrics, "finetune_job_loss", {"namespace": "a", "name": "one"}) is None
+
+
+def test_duration_histogram_and_transitions() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe_transition("Succeeded", "TrainingComplete")
+    metrics.observe_finished("Succeeded", "2026-11-23T10:00:00Z", "2026-11-23T10:30:00Z")
+    assert _sample(metrics, "finetune_job_duration_seconds_sum", {"result": "succeeded"}) == 1800
+    assert _sample(metrics, "finetune_job_transitions_total", {"phase": "Succeeded", "reason": "TrainingComplete"}) == 1
+    metrics.reconcile_errors.labels("FineTuneJob", "ApiException").inc()
+    text = generate_latest(metrics.registry).decode()
+    assert 'finetune_reconcile_errors_total{error="ApiException",kind="FineTuneJob"} 1.0' in text

@@ -1,0 +1,203 @@
+"""The reconcile planner: attempts, idempotency, GitOps re-apply semantics, invalid specs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from finetune_operator.config import OperatorSettings
+from finetune_operator.reconcile import Plan, merge_patch, plan_finetunejob
+from tests.factories import MINIMAL_SPEC, finetunejob, job, pod, succeeded_result
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+SETTINGS = OperatorSettings()
+
+
+def _plan(
+    body: dict[str, Any], jobs: list[dict[str, Any]] | None = None, pods: list[dict[str, Any]] | None = None
+) -> Plan:
+    return plan_finetunejob(body, jobs or [], pods or [], SETTINGS, NOW)
+
+
+def _apply(body: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """What the apiserver holds after the handler sent the plan's merge patch."""
+    status = dict(body.get("status") or {})
+    for key, value in merge_patch(status, plan.status).items():
+        if value is None:
+            status.pop(key, None)
+        elif isinstance(value, dict) and isinstance(status.get(key), dict):
+            status[key] = {**status[key], **value}
+        else:
+            status[key] = value
+    return {**body, "status": status}
+
+
+def _completed_job(spec_hash: str) -> dict[str, Any]:
+    return job(succeeded=1, conditions=[{"type": "Complete"}], spec_hash=spec_hash)
+
+
+def _done_pod() -> dict[str, Any]:
+    return pod(phase="Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": succeeded_result()})
+
+
+def test_new_finetunejob_creates_identity_and_job_for_attempt_one() -> None:
+    plan = _plan(finetunejob())
+    assert [o["kind"] for o in plan.create] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
+    assert plan.status["attempt"] == 1
+    assert plan.status["jobName"] == plan.create[-1]["metadata"]["name"]
+    assert plan.status["phase"] == "Pending"
+    assert plan.status["observedGeneration"] == 1
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "AttemptStarted")]
+
+
+def test_reconciling_again_is_a_no_op_once_status_is_recorded() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    created = _plan(finetunejob())
+    plan = _plan(body, jobs=[job(spec_hash=body["status"]["specHash"])])
+    assert plan.create == []
+    assert plan.job_patch is None and plan.delete_job is None
+    again = _apply(body, plan)
+    assert merge_patch(again["status"], _plan(again, jobs=[job()]).status) == {}
+    assert created.create[-1]["metadata"]["name"] == body["status"]["jobName"]
+
+
+def test_a_replayed_create_computes_the_same_children() -> None:
+    """A crash between creating the Job and recording the status: the retry adopts, never duplicates."""
+    first, second = _plan(finetunejob()), _plan(finetunejob())
+    assert [o["metadata"]["name"] for o in first.create] == [o["metadata"]["name"] for o in second.create]
+
+
+def test_missing_job_of_an_in_flight_attempt_is_recreated() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    plan = _plan(body, jobs=[])
+    assert [o["kind"] for o in plan.create][-1] == "Job"
+    assert plan.status["phase"] == "Pending"
+
+
+def test_invalid_spec_fails_without_creating_anything() -> None:
+    body = finetunejob(spec={**MINIMAL_SPEC, "training": {"learningRate": -1}})
+    plan = _plan(body)
+    assert plan.create == []
+    assert plan.status["phase"] == "Failed"
+    validated = next(c for c in plan.status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "False"
+    assert validated["reason"] == "InvalidSpec"
+    assert validated["message"].startswith("spec.training.learningRate:")
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "InvalidSpec")]
+    # Recording it again does not repeat the Warning event.
+    assert _plan(_apply(body, plan)).events == []
+
+
+def test_fixing_an_invalid_spec_starts_the_first_attempt() -> None:
+    invalid = finetunejob(spec={**MINIMAL_SPEC, "lora": {"r": 0}})
+    failed = _apply(invalid, _plan(invalid))
+    fixed = {**failed, "spec": MINIMAL_SPEC, "metadata": {**failed["metadata"], "generation": 2}}
+    plan = _plan(fixed)
+    assert plan.status["attempt"] == 1
+    assert plan.create[-1]["kind"] == "Job"
+
+
+def test_success_records_adapter_and_full_progress() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    plan = _plan(body, jobs=[_completed_job(body["status"]["specHash"])], pods=[_done_pod()])
+    assert plan.status["phase"] == "Succeeded"
+    assert plan.status["adapter"]["uri"].endswith("/adapter/")
+    assert plan.status["metrics"]["trainLoss"] == 1.25
+    assert plan.status["progress"] == {"percent": 100, "etaSeconds": 0}
+    assert plan.status["completionTime"] == "2026-11-23T10:30:00Z"
+    assert plan.finished is not None and plan.finished.phase == "Succeeded"
+
+
+def test_spec_change_after_success_starts_attempt_two_and_keeps_history() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    done = _apply(body, _plan(body, jobs=[_completed_job(body["status"]["specHash"])], pods=[_done_pod()]))
+    changed = {
+        **done,
+        "spec": {**MINIMAL_SPEC, "training": {"learningRate": 1e-5}},
+        "metadata": {**done["metadata"], "generation": 2},
+    }
+    plan = _plan(changed, jobs=[_completed_job(done["status"]["specHash"])])
+    assert plan.status["attempt"] == 2
+    assert plan.create[-1]["metadata"]["name"].endswith("-2")
+    assert plan.status["history"] == [
+        {
+            "attempt": 1,
+            "generation": 1,
+            "jobName": done["status"]["jobName"],
+            "phase": "Succeeded",
+            "reason": "TrainingComplete",
+            "adapterUri": done["status"]["adapter"]["uri"],
+            "completionTime": "2026-11-23T10:30:00Z",
+        }
+    ]
+    # The new attempt starts clean: no adapter, progress or metrics of the old one.
+    assert plan.status["adapter"] is None and plan.status["progress"] is None and plan.status["metrics"] is None
+
+
+def test_suspend_only_change_after_success_starts_nothing() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    done = _apply(body, _plan(body, jobs=[_completed_job(body["status"]["specHash"])], pods=[_done_pod()]))
+    paused = {**done, "spec": {**MINIMAL_SPEC, "suspend": True}, "metadata": {**done["metadata"], "generation": 2}}
+    plan = _plan(paused, jobs=[_completed_job(done["status"]["specHash"])])
+    assert plan.create == []
+    assert plan.status == {"observedGeneration": 2}
+
+
+def test_suspend_while_running_suspends_the_job() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    paused = {**body, "spec": {**MINIMAL_SPEC, "suspend": True}, "metadata": {**body["metadata"], "generation": 2}}
+    running = job(active=1, spec_hash=body["status"]["specHash"])
+    plan = _plan(paused, jobs=[running], pods=[pod(phase="Running")])
+    assert plan.job_patch == (running["metadata"]["name"], {"spec": {"suspend": True}})
+    assert plan.create == []
+
+
+def test_spec_change_while_running_is_deferred_then_runs_when_the_attempt_ends() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    first_hash = body["status"]["specHash"]
+    changed = {**body, "spec": {**MINIMAL_SPEC, "lora": {"r": 64}}, "metadata": {**body["metadata"], "generation": 2}}
+    plan = _plan(changed, jobs=[job(active=1, spec_hash=first_hash)], pods=[pod(phase="Running")])
+    assert plan.create == []
+    assert plan.status["phase"] == "Running"
+    assert plan.status["observedGeneration"] == 1
+    deferred = next(c for c in plan.status["conditions"] if c["type"] == "SpecChangeDeferred")
+    assert deferred["status"] == "True" and "attempt 2" in deferred["message"]
+    running = _apply(changed, plan)
+    finished = _plan(running, jobs=[_completed_job(first_hash)], pods=[_done_pod()])
+    assert finished.status["attempt"] == 2
+    assert finished.create[-1]["metadata"]["name"].endswith("-2")
+    assert finished.status["history"][0]["phase"] == "Succeeded"
+    assert finished.finished is not None and finished.finished.phase == "Succeeded"
+
+
+def test_image_that_never_pulls_fails_and_stops_the_job() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    stuck = pod(waiting={"reason": "InvalidImageName", "message": "couldn't parse image name"})
+    plan = _plan(body, jobs=[job(active=1)], pods=[stuck])
+    assert plan.status["phase"] == "Failed"
+    assert plan.delete_job == job()["metadata"]["name"]
+    assert plan.events[0].type == "Warning" and plan.events[0].reason == "ImagePullError"
+
+
+def test_failed_attempt_never_reports_an_adapter() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    message = '{"result": "failed", "reason": "StorageUnavailable", "adapter": {"uri": "s3://half/"}}'
+    failed = pod(phase="Failed", terminated={"exitCode": 1, "reason": "Error", "message": message})
+    plan = _plan(
+        body, jobs=[job(failed=4, conditions=[{"type": "Failed", "reason": "BackoffLimitExceeded"}])], pods=[failed]
+    )
+    assert plan.status["phase"] == "Failed"
+    assert "adapter" not in plan.status
+
+
+def test_pods_of_an_older_attempt_are_ignored() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    old = pod(attempt=7, phase="Failed", terminated={"exitCode": 2, "reason": "Error", "message": "old failure"})
+    plan = _plan(body, jobs=[job(active=1)], pods=[old, pod(phase="Running")])
+    assert plan.status["phase"] == "Running"
+
+
+def test_merge_patch_is_minimal_and_leaves_other_keys_alone() -> None:
+    current = {"phase": "Running", "progress": {"step": 5, "loss": 2.0}, "adapter": {"uri": "s3://x/"}}
+    desired = {"phase": "Running", "progress": {"percent": 100}, "adapter": None, "metrics": None}
+    assert merge_patch(current, desired) == {"progress": {"percent": 100}, "adapter": None}
