@@ -4,18 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
 
-.PHONY: help venv tools crds lint test test-unit demo clean
+.PHONY: help venv tools crds lint test test-unit demo bench-gpu clean
 
 help:
 	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
 	@echo "make demo   - a FineTuneJob end to end on the local control plane"
 	@echo "make lint   - ruff + mypy --strict on operator/"
 	@echo "make crds   - regenerate crds/ from the API models"
+	@echo "make bench-gpu - QLoRA throughput/memory vs a plain HF baseline (GPU; --tiny on CPU)"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[operator,dev]'
+	$(PY) -m pip install -q -e '.[operator,trainer,dev]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,19 +28,22 @@ crds: venv
 	$(PY) -m finetune_operator.crdgen
 
 lint: venv
-	$(VENV)/bin/ruff check operator hack tests
-	$(VENV)/bin/ruff format --check operator hack tests
+	$(VENV)/bin/ruff check operator trainer_image hack tests bench
+	$(VENV)/bin/ruff format --check operator trainer_image hack tests bench
 	$(VENV)/bin/mypy operator/finetune_operator
 	$(PY) -m finetune_operator.crdgen --check
 
 test-unit: venv
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit tests/trainer/test_data.py
 
 test: venv tools lint
 	$(PY) -m pytest
 
 demo: venv tools
 	$(PY) hack/demo.py
+
+bench-gpu: venv
+	$(PY) bench/gpu_qlora.py $(if $(shell $(PY) -c 'import torch; print(torch.cuda.is_available() or "")'),,--tiny)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune-operator: {error}", file=sys.stderr)
         return 2
 
-    import kopf  # noqa: PLC0415  (after settings: a bad env var fails fast, before kopf starts)
+    import kopf
 
-    from . import handlers  # noqa: F401, PLC0415  (importing registers the handlers)
+    from . import handlers  # noqa: F401  (importing registers the handlers)
 
     kopf.configure(verbose=args.verbose)
     kopf.run(

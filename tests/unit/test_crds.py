@@ -11,6 +11,7 @@ import yaml
 
 from finetune_operator import crdgen
 from finetune_operator.api import KINDS, EvalRunSpec, FineTuneJobSpec
+from finetune_operator.api.contract import TrainingRunSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_MODELS = {"FineTuneJob": FineTuneJobSpec, "EvalRun": EvalRunSpec}
@@ -114,7 +115,10 @@ def _examples() -> list[Path]:
 def test_shipped_examples_validate(path: Path) -> None:
     checked = 0
     for doc in yaml.safe_load_all(path.read_text()):
-        if doc and doc.get("apiVersion") == "finetune.dev/v1alpha1":
+        if doc and doc.get("kind") == "TrainingRun":  # a trainer run spec (examples/quickstart/run-spec.yaml)
+            TrainingRunSpec.model_validate(doc)
+            checked += 1
+        elif doc and doc.get("apiVersion") == "finetune.dev/v1alpha1":
             SPEC_MODELS[doc["kind"]].model_validate(doc["spec"])
             assert len(doc["metadata"]["name"]) <= 63
             checked += 1

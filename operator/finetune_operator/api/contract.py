@@ -77,7 +77,9 @@ class TrainingRunSpec(ApiModel):
         default="finetune.dev/v1alpha1", description="Contract version."
     )
     kind: Literal["TrainingRun"] = Field(default="TrainingRun", description="Run kind.")
-    resource: ResourceRef = Field(description="The FineTuneJob to report to.")
+    resource: ResourceRef | None = Field(
+        default=None, description="The FineTuneJob to report to; unset when run outside Kubernetes (a laptop)."
+    )
     attempt: int = Field(ge=1, description="Attempt number.")
     job: FineTuneJobSpec = Field(description="The FineTuneJob spec, defaults applied.")
     output: RunOutput = Field(description="Resolved output locations.")
@@ -97,4 +99,5 @@ class TrainerResult(ApiModel):
     merged_model: Artifact | None = Field(default=None, description="Published merged model.")
     checkpoint: Checkpoint | None = Field(default=None, description="Last synced checkpoint.")
     metrics: TrainingMetrics | None = Field(default=None, description="Final figures.")
+    resumed_from_step: int | None = Field(default=None, ge=0, description="Checkpoint step the run resumed from.")
     provenance: Provenance | None = Field(default=None, description="What produced the adapter.")

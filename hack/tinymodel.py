@@ -1,0 +1,108 @@
+"""Tiny models and datasets made on the spot: no weights or data come from a hub (none is reachable here).
+
+`make_tiny_model` trains a byte-level BPE tokenizer on the dataset's own text and saves a
+random-initialised Llama-architecture model with it, in Hugging Face format, so the trainer loads it
+exactly as it would load a real one. Small enough to fine-tune with real 4-bit QLoRA on a CPU in seconds.
+
+    python hack/tinymodel.py OUT_DIR      # OUT_DIR/model/ and OUT_DIR/support.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PRODUCTS = ["Atlas", "Beacon", "Comet", "Delta", "Ember", "Falcon", "Glacier", "Harbor"]
+ACTIONS = [
+    ("reset my password", "open Settings, choose Security, then Reset password; a link arrives by email"),
+    ("export my data", "open Settings, choose Privacy, then Export; the archive is ready within an hour"),
+    ("cancel my plan", "open Billing, choose Plan, then Cancel; you keep access until the period ends"),
+    ("add a teammate", "open Team, choose Invite, then enter their email; they join after accepting"),
+]
+
+
+def support_rows(count: int = 64) -> list[dict[str, str]]:
+    """Alpaca-format support answers with a fixed structure a tiny model can learn in a few dozen steps."""
+    rows = []
+    for index in range(count):
+        product = PRODUCTS[index % len(PRODUCTS)]
+        question, answer = ACTIONS[(index // len(PRODUCTS)) % len(ACTIONS)]
+        rows.append(
+            {
+                "instruction": f"How do I {question} in {product}?",
+                "input": "",
+                "output": f"In {product}, {answer}.",
+            }
+        )
+    return rows
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def make_tokenizer(corpus: list[str], vocab_size: int = 320) -> Any:
+    """A byte-level BPE tokenizer trained on `corpus` (no chat template: the trainer's fallback applies)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def make_tiny_model(
+    dest: Path, corpus: list[str], seed: int = 0, vocab_size: int = 320, layers: int = 2, hidden: int = 128
+) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = make_tokenizer(corpus, vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    fast.save_pretrained(dest)
+    return dest
+
+
+def corpus_of(rows: list[dict[str, str]]) -> list[str]:
+    return [" ".join(str(v) for v in row.values()) for row in rows]
+
+
+def make_quickstart(out: Path) -> tuple[Path, Path]:
+    rows = support_rows()
+    data = write_jsonl(rows, out / "support.jsonl")
+    model = make_tiny_model(out / "model", corpus_of(rows))
+    return model, data
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/finetune-quickstart")
+    model_dir, data_file = make_quickstart(target)
+    print(f"model: {model_dir}\ndataset: {data_file}")

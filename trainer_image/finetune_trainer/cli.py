@@ -1,0 +1,68 @@
+"""`finetune-trainer train|prepare`: the entry points of the trainer image (contract: exit codes, result file)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from finetune_operator.api.contract import TrainerResult
+
+from .errors import EXIT_RETRIABLE, TrainerError
+from .report import ProgressReporter, write_result
+from .runspec import load_run_spec
+
+log = logging.getLogger("finetune_trainer")
+
+
+def _workdir(value: str | None) -> Path:
+    path = Path(value or os.environ.get("FINETUNE_WORKDIR") or tempfile.mkdtemp(prefix="finetune-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finetune-trainer", description="Fine-tune an LLM with QLoRA/LoRA.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("train", "run the whole pipeline and publish the adapter"),
+        ("prepare", "only load, check and tokenise the dataset; print what training would see"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--spec", type=Path, help="run spec file (JSON/YAML); default: $FINETUNE_RUN_SPEC")
+        command.add_argument("--workdir", help="scratch folder (default: a new temporary folder)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        run = load_run_spec(args.spec, os.environ)
+        from .train import TrainingRecipe
+
+        recipe = TrainingRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource))
+        if args.command == "prepare":
+            recipe._fetch_inputs()
+            recipe._setup_tokenizer()
+            recipe._setup_data()
+            print(recipe.data.summary())
+            return 0
+        result = recipe.run()
+    except TrainerError as error:
+        log.error("%s: %s", error.reason, error)
+        write_result(TrainerResult(result="failed", reason=error.reason, message=str(error)[:2048]))
+        return error.exit_code
+    except Exception as error:  # unexpected: retriable, with the traceback in the log
+        traceback.print_exc()
+        write_result(TrainerResult(result="failed", message=f"{type(error).__name__}: {error}"[:2048]))
+        return EXIT_RETRIABLE
+    path = write_result(result)
+    assert result.adapter is not None
+    print(f"adapter published to {result.adapter.uri} (result written to {path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

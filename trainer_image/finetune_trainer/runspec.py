@@ -1,0 +1,36 @@
+"""Read the run spec (contract): FINETUNE_RUN_SPEC in a pod, or `--spec FILE` (JSON or YAML) on a laptop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from finetune_operator.api import format_validation_error
+from finetune_operator.api.contract import RUN_SPEC_ENV, TrainingRunSpec
+
+from .errors import InputError
+
+
+def load_run_spec(spec_file: Path | None, environ: Mapping[str, str]) -> TrainingRunSpec:
+    if spec_file is not None:
+        try:
+            raw = yaml.safe_load(spec_file.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise InputError(f"{spec_file}: cannot read the run spec ({error})", reason="InvalidSpec") from error
+        source = str(spec_file)
+    elif RUN_SPEC_ENV in environ:
+        try:
+            raw = json.loads(environ[RUN_SPEC_ENV])
+        except json.JSONDecodeError as error:
+            raise InputError(f"{RUN_SPEC_ENV} is not valid JSON ({error})", reason="InvalidSpec") from error
+        source = RUN_SPEC_ENV
+    else:
+        raise InputError(f"no run spec: set {RUN_SPEC_ENV} or pass --spec FILE", reason="InvalidSpec")
+    try:
+        return TrainingRunSpec.model_validate(raw)
+    except ValidationError as error:
+        raise InputError(f"{source}: {format_validation_error(error, root='runSpec')}", reason="InvalidSpec") from error
