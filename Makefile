@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
 
-.PHONY: help venv tools crds lint test test-unit demo bench-gpu clean
+.PHONY: help venv tools crds lint test test-unit demo demo-kind e2e-kind bench-gpu clean
 
 help:
 	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
 	@echo "make demo   - a FineTuneJob end to end on the local control plane"
+	@echo "make demo-kind - the same on kind with the real images (needs Docker and kind)"
 	@echo "make lint   - ruff + mypy --strict on operator/"
 	@echo "make crds   - regenerate crds/ from the API models"
 	@echo "make bench-gpu - QLoRA throughput/memory vs a plain HF baseline (GPU; --tiny on CPU)"
@@ -41,6 +42,11 @@ test: venv tools lint
 
 demo: venv tools
 	$(PY) hack/demo.py
+
+demo-kind: venv
+	bash hack/kind-demo.sh
+
+e2e-kind: demo-kind
 
 bench-gpu: venv
 	$(PY) bench/gpu_qlora.py $(if $(shell $(PY) -c 'import torch; print(torch.cuda.is_available() or "")'),,--tiny)

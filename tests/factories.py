@@ -93,3 +93,14 @@ def succeeded_result(uri: str = "s3://finetune/team-a/support-bot/x/attempt-1/ad
         adapter={"uri": uri, "sha256": "a" * 64, "sizeBytes": 1234},
         metrics={"trainLoss": 1.25, "evalLoss": 1.5, "steps": 30},
     )
+
+
+def with_field(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of `spec` with the dotted `path` (e.g. "training.learningRate") set to `value`."""
+    changed = copy.deepcopy(spec)
+    node = changed
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return changed

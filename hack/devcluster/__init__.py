@@ -95,6 +95,7 @@ class LocalCluster:
 
     workdir: Path
     path_prepend: tuple[str, ...] = ()
+    crds: bool = True  # install crds/ at start (off when a test installs them, e.g. through the Helm chart)
     control_plane: ControlPlane = field(init=False)
     agent: LocalNodeAgent = field(init=False)
 
@@ -119,7 +120,8 @@ class LocalCluster:
                 path_prepend=self.path_prepend,
             )
             self.agent.start()
-            install_crds(self.api())
+            if self.crds:
+                install_crds(self.api())
             wait_for(lambda: _default_service_account(self.api()), 30, "the default ServiceAccount")
         except BaseException:
             self.control_plane.stop()

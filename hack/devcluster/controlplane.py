@@ -245,6 +245,8 @@ class ControlPlane:
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--token-auth-file={self.workdir / 'tokens.csv'}",
                 "--authorization-mode=RBAC",
+                # As on OpenShift and hardened clusters: setting blockOwnerDeletion needs update on <owner>/finalizers.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",

@@ -30,7 +30,9 @@ class Quickstart:
     minio: MinioServer | None = None
     operator: OperatorProcess | None = None
 
-    def start(self, say: Callable[[str], None] = print) -> Quickstart:
+    def start(self, say: Callable[[str], None] = print, run_operator: bool = True) -> Quickstart:
+        """MinIO with the tiny model and dataset, the cluster, the storage Secret and (unless
+        `run_operator` is false, e.g. when a test installs it with Helm) the operator process."""
         sys.path.insert(0, str(REPO_ROOT / "hack"))
         from tinymodel import make_quickstart
 
@@ -43,8 +45,10 @@ class Quickstart:
         self.minio.upload_file(BUCKET, "datasets/support.jsonl", data)
         say("starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and the local node")
         venv_bin = str(Path(sys.executable).parent)  # where `finetune-trainer` is installed
-        self.cluster = LocalCluster(self.workdir / "cluster", path_prepend=(venv_bin,)).start()
+        self.cluster = LocalCluster(self.workdir / "cluster", path_prepend=(venv_bin,), crds=run_operator).start()
         self._storage_secret()
+        if not run_operator:
+            return self
         say("starting the operator")
         self.operator = (
             OperatorProcess(

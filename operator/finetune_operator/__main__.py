@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--standalone", action="store_true", help="no peering with other replicas (single replica or local runs)"
     )
+    parser.add_argument("--peering", metavar="NAME", help="kopf peering (a ClusterKopfPeering) shared by the replicas")
     parser.add_argument("--priority", type=int, default=0, help="kopf peering priority of this replica")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         standalone=args.standalone,
+        peering_name=args.peering,
         priority=args.priority,
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import urllib.request
 from typing import Any
 
@@ -11,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import wait_for
+from tests.factories import with_field
 from tests.integration.conftest import GROUP, PLURAL, VERSION, Kube, quick_spec
 
 pytestmark = pytest.mark.cluster
@@ -22,13 +22,7 @@ def _create(kube: Kube, name: str, spec: dict[str, Any]) -> None:
 
 
 def _spec(path: str, value: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(quick_spec("success"))
-    node = spec
-    *parents, leaf = path.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return spec
+    return with_field(quick_spec("success"), path, value)
 
 
 REJECTED = [

@@ -269,3 +269,22 @@ def test_prepare_reports_what_training_would_see(store_env: dict[str, Any], tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "format alpaca; 32 rows read, 32 kept" in done.stdout
     assert time.monotonic() - started < 120
+
+
+def test_merge_publishes_a_full_model_that_loads_without_peft(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.train import TrainingRecipe
+
+    data = write_jsonl(support_rows(16), tmp_path / "support.jsonl")
+    out = f"file://{tmp_path}/out/"
+    spec = run_spec(f"file://{tiny_model}", f"file://{data}", out, maxSteps=5, saveSteps=5)
+    spec["job"]["output"] = {"merge": True}
+    spec["output"]["mergedModelUri"] = out + "merged/"
+    result = TrainingRecipe(TrainingRunSpec.model_validate(spec), tmp_path / "work", {}, ProgressReporter(None)).run()
+    assert result.merged_model is not None and result.merged_model.uri == out + "merged/"
+    merged = tmp_path / "merged-copy"
+    manifest = fetch_verified(LocalStore(), out + "merged/", merged)
+    assert manifest["kind"] == "merged-model"
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert not any("lora" in name for name, _ in model.named_parameters())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from typing import Any
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 
 from finetune_operator.api import EvalRunSpec, FineTuneJobSpec, format_validation_error
 from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
-from tests.factories import MINIMAL_SPEC
+from tests.factories import MINIMAL_SPEC, with_field
 
 
 def test_minimal_spec_gets_documented_defaults() -> None:
@@ -40,13 +39,7 @@ def test_quantities_accept_integers_as_yaml_users_write_them() -> None:
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(MINIMAL_SPEC)
-    node = spec
-    *parents, leaf = path.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return spec
+    return with_field(MINIMAL_SPEC, path, value)
 
 
 INVALID_SPECS = [

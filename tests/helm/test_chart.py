@@ -1,0 +1,170 @@
+"""The Helm chart with a real helm binary: lint, render, guards, strict schema, and what it renders."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devcluster import tool_path
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "finetune-operator"
+ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
+NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(tool_path("helm")), *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    out = helm("template", "ft", str(CHART), "--namespace", "ops", *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+@pytest.mark.parametrize("values", [None, ALL_OPTIONS, NAMESPACED], ids=["default", "all-options", "namespaced"])
+def test_lint_strict(values: Path | None) -> None:
+    result = helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_render_is_a_restricted_single_replica_operator() -> None:
+    docs = render()
+    assert sorted(d["kind"] for d in docs) == sorted(
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+        ]
+    )
+    deployment = find(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert deployment["spec"]["replicas"] == 1
+    assert container["args"] == ["--standalone"]
+    assert container["image"] == "ghcr.io/finetune-operator/operator:0.1.0"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    labels = deployment["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "finetune-operator"
+    assert labels["app.kubernetes.io/instance"] == "ft"
+
+
+def test_chart_crds_are_the_generated_ones_and_kept_on_uninstall() -> None:
+    for crd in (d for d in render() if d["kind"] == "CustomResourceDefinition"):
+        generated = yaml.safe_load((REPO / "crds" / f"{crd['spec']['names']['plural']}.yaml").read_text())
+        assert crd["spec"] == generated["spec"]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    without = render("--set", "crds.enabled=false", "--set", "crds.keep=false")
+    assert not [d for d in without if d["kind"] == "CustomResourceDefinition"]
+
+
+def test_all_options_render() -> None:
+    docs = render("-f", str(ALL_OPTIONS))
+    deployment = find(docs, "Deployment", "ft-finetune-operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["args"] == ["--peering=ft-finetune-operator"]
+    assert env["FINETUNE_S3_ENDPOINT"] == "https://minio.storage.svc:9000"
+    assert env["FINETUNE_OUTPUT_URI"] == "s3://team-adapters"
+    assert env["FINETUNE_METRICS_PORT"] == "9090"
+    assert find(docs, "ServiceMonitor")["spec"]["endpoints"][0]["interval"] == "15s"
+    dashboard = find(docs, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert "finetune_jobs" in dashboard["data"]["finetune-operator.json"]
+    assert find(docs, "ClusterKopfPeering")["metadata"]["name"] == "ft-finetune-operator"
+    rules = find(docs, "ClusterRole")["rules"]
+    assert {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    } in rules
+    minio = find(docs, "Deployment", "ft-finetune-operator-minio")
+    assert minio["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert all(
+        d["metadata"]["labels"].get("team") == "ml-platform"
+        for d in docs
+        if d["kind"] != "ClusterKopfPeering" or d["metadata"].get("labels")
+    )
+
+
+def test_namespaced_install_grants_only_watched_namespaces() -> None:
+    docs = render("-f", str(NAMESPACED))
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    env = {
+        e["name"]: e.get("value") for e in find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["FINETUNE_NAMESPACES"] == "team-a,team-b"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "replicaCount=2"], "replicaCount > 1 needs peering.enabled=true"),
+        (["--set", "peering.enabled=true", "-f", str(NAMESPACED)], "peering.enabled needs rbac.scope=cluster"),
+        (["--set", "rbac.scope=namespaced"], "rbac.scope=namespaced needs rbac.watchNamespaces"),
+        (["--set", "rbac.watchNamespaces={a}"], "rbac.watchNamespaces only applies with rbac.scope=namespaced"),
+        (
+            ["--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"],
+            "metrics.serviceMonitor.enabled needs metrics.enabled",
+        ),
+        (["--set", "crds.enabled=false"], "crds.keep has no effect with crds.enabled=false"),
+        (["--set", "unknownKey=1"], "additional properties 'unknownKey' not allowed"),
+        (["--set", "rbac.scope=everything"], "at '/rbac/scope': value must be one of 'cluster', 'namespaced'"),
+        (["--set", "settings.outputUri=ftp://x"], "at '/settings/outputUri'"),
+    ],
+)
+def test_contradictory_or_unknown_values_fail_at_render(values: list[str], message: str) -> None:
+    result = helm("template", "ft", str(CHART), *values, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_every_value_is_commented_and_in_the_schema() -> None:
+    """Each key the schema defines has a comment line above it in values.yaml, and a description."""
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, dict[str, Any]]] = [(-1, schema)]
+    missing = []
+    for index, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1]
+        node = parent.get("properties", {}).get(key)
+        if node is None:
+            assert parent.get("additionalProperties") is not False, f"values.yaml key {key} is not in the schema"
+            continue
+        previous = next(lines[i] for i in range(index - 1, -1, -1) if lines[i].strip())
+        if not previous.strip().startswith("#"):
+            missing.append(key)
+        assert node.get("description"), f"{key} has no description in values.schema.json"
+        stack.append((indent, node))
+    assert missing == [], f"keys without a comment in values.yaml: {missing}"
+    assert schema["additionalProperties"] is False

@@ -1,0 +1,229 @@
+"""The chart installed with real helm on the local control plane; the operator runs as the chart's pod,
+with the chart's ServiceAccount and RBAC (its token, not an admin's), and the quickstart succeeds.
+
+Then the least-privilege proof: each rule of the chart's ClusterRole is removed in turn, the operator
+restarted, and the behaviour that rule exists for is shown to break (docs/architecture.md lists the
+mapping); with the rules restored, every job left waiting completes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from devcluster import apply_objects, tool_path, wait_for
+from devcluster.controlplane import free_port
+from devcluster.quickstart import EXAMPLE, Quickstart
+from tests.helm.test_chart import ALL_OPTIONS, CHART
+
+pytestmark = pytest.mark.cluster
+RELEASE, NAMESPACE = "ft", "finetune-system"
+ROLE = "ft-finetune-operator"
+
+
+@dataclass
+class Installed:
+    demo: Quickstart
+    health_port: int
+
+    @property
+    def api(self) -> client.ApiClient:
+        assert self.demo.cluster
+        return self.demo.cluster.api()
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert self.demo.cluster
+        result = subprocess.run(
+            [str(tool_path("helm")), "--kubeconfig", str(self.demo.cluster.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert not check or result.returncode == 0, f"helm {' '.join(args[:2])}: {result.stderr}"
+        return result
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        assert self.demo.cluster
+        return subprocess.run(
+            [str(tool_path("kubectl")), "--kubeconfig", str(self.demo.cluster.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=120,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def restart_operator(self) -> None:
+        core = client.CoreV1Api(self.api)
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=finetune-operator").items
+        for pod in pods:
+            core.delete_namespaced_pod(pod.metadata.name, NAMESPACE)
+        wait_for(lambda: not self.healthy(), 30, "the old operator process to stop")
+        wait_for(self.healthy, 60, "the restarted operator's /healthz")
+
+    def apply_job(self, name: str, **training: Any) -> None:
+        body = yaml.safe_load(EXAMPLE.read_text())
+        body["metadata"] = {"name": name, "namespace": "default"}
+        body["spec"]["training"].update(training)
+        apply_objects(self.api, [body])
+
+    def status(self, name: str) -> dict[str, Any]:
+        body = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "finetune.dev", "v1alpha1", "default", "finetunejobs", name
+        )
+        return dict(body.get("status") or {})
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    demo = Quickstart(tmp_path_factory.mktemp("helm")).start(say=lambda _: None, run_operator=False)
+    assert demo.minio
+    setup = Installed(demo, free_port())
+    setup.helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+        "--set",
+        f"healthPort={setup.health_port}",
+        "--set",
+        f"metrics.port={free_port()}",
+        "--set",
+        f"settings.s3Endpoint={demo.minio.url}",
+        "--set",
+        "settings.s3Secure=false",
+    )
+    wait_for(setup.healthy, 60, "the chart-installed operator's /healthz")
+    yield setup
+    demo.stop()
+
+
+def test_quickstart_succeeds_through_the_chart_installed_operator(installed: Installed) -> None:
+    installed.demo.apply_example()
+    status = wait_for(
+        lambda: (s := installed.status("quickstart")).get("phase") in {"Succeeded", "Failed"} and s,
+        240,
+        "the quickstart to finish",
+        describe=lambda: str(installed.status("quickstart")),
+    )
+    assert status["phase"] == "Succeeded", status
+    assert status["adapter"]["uri"].startswith("s3://finetune-demo/adapters/default/quickstart/")
+    # It ran as the chart's ServiceAccount, not as an admin.
+    who = installed.kubectl(
+        "auth", "can-i", "create", "secrets", "--as", f"system:serviceaccount:{NAMESPACE}:{ROLE}", "-n", "default"
+    )
+    assert who.stdout.strip() == "no"
+
+
+def test_every_rendered_manifest_passes_server_side_validation(installed: Installed) -> None:
+    rendered = installed.helm("template", "dry", str(CHART), "--namespace", "ops", "-f", str(ALL_OPTIONS)).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    # ServiceMonitor and ClusterKopfPeering need CRDs that a dry run does not create.
+    kept = [d for d in docs if d["kind"] not in {"ServiceMonitor", "ClusterKopfPeering"}]
+    installed.kubectl("create", "namespace", "ops")
+    result = installed.kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(kept))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len(kept)
+
+
+def _has_job(installed: Installed, name: str) -> bool:
+    jobs = client.BatchV1Api(installed.api).list_namespaced_job("default").items
+    return any(j.metadata.name.startswith(f"{name}-") for j in jobs)
+
+
+def _events(installed: Installed, name: str) -> list[Any]:
+    events = (
+        client.CoreV1Api(installed.api)
+        .list_namespaced_event("default", field_selector=f"involvedObject.kind=FineTuneJob,involvedObject.name={name}")
+        .items
+    )
+    return list(events)
+
+
+def _never(probe: Any, seconds: float) -> bool:
+    try:
+        wait_for(probe, seconds, "something that must not happen")
+    except TimeoutError:
+        return True
+    return False
+
+
+# What breaks without each rule: (a word of the rule's resources, what to check, what it means).
+BREAKS = [
+    ("finetunejobs", "no-status", "the operator never sees FineTuneJobs"),
+    ("finetunejobs/status", "no-status", "status (phase, conditions, adapter) is never written"),
+    ("finetunejobs/finalizers", "no-job", "children with blockOwnerDeletion are refused, so no Job"),
+    ("jobs", "no-job", "no trainer Job"),
+    ("pods", "no-success", "pod outcomes are invisible: the job never reaches Succeeded"),
+    ("serviceaccounts", "no-job", "no trainer identity, so no Job"),
+    ("roles", "no-job", "no trainer Role/RoleBinding, so no Job"),
+    ("events", "no-events", "the job succeeds but no Kubernetes Events are recorded"),
+]
+
+
+def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> None:
+    rbac = client.RbacAuthorizationV1Api(installed.api)
+    full = rbac.read_cluster_role(ROLE)
+    full_rules = [installed.api.sanitize_for_serialization(r) for r in full.rules]
+    assert len(full_rules) == len(BREAKS), json.dumps(full_rules)
+    seen = []
+    try:
+        for index, (word, symptom, meaning) in enumerate(BREAKS):
+            rule = next(r for r in full_rules if word in r["resources"])
+            reduced = [r for r in full_rules if r is not rule]
+            rbac.patch_cluster_role(ROLE, {"rules": reduced})
+            installed.restart_operator()
+            name = f"probe-{index}"
+            installed.apply_job(name, maxSteps=10, saveSteps=10)
+            if symptom == "no-status":
+                assert _never(lambda n=name: installed.status(n), 15), meaning
+            elif symptom == "no-job":
+                assert _never(lambda n=name: _has_job(installed, n), 15), meaning
+            elif symptom == "no-success":
+                assert _never(lambda n=name: installed.status(n).get("phase") == "Succeeded", 40), meaning
+            else:
+                wait_for(lambda n=name: installed.status(n).get("phase") == "Succeeded", 120, f"{name} to succeed")
+                assert _events(installed, name) == [], meaning
+            seen.append((", ".join(rule["resources"]), meaning))
+    finally:
+        rbac.patch_cluster_role(ROLE, {"rules": copy.deepcopy(full_rules)})
+        installed.restart_operator()
+    # With every rule back, the jobs that were stuck complete: the failures were the missing rules.
+    for index in range(len(BREAKS)):
+        wait_for(
+            lambda n=f"probe-{index}": installed.status(n).get("phase") == "Succeeded",
+            240,
+            f"probe-{index} to succeed once the rules are restored",
+            describe=lambda n=f"probe-{index}": str(installed.status(n)),
+        )
+    print("\n".join(f"without [{resources}]: {meaning}" for resources, meaning in seen))
+
+
+def test_uninstall_keeps_the_crds_and_the_jobs(installed: Installed) -> None:
+    installed.helm("uninstall", RELEASE, "--namespace", NAMESPACE)
+    extensions = client.ApiextensionsV1Api(installed.api)
+    assert extensions.read_custom_resource_definition("finetunejobs.finetune.dev")
+    assert installed.status("quickstart")["phase"] == "Succeeded"
+    with pytest.raises(ApiException):
+        client.AppsV1Api(installed.api).read_namespaced_deployment(ROLE, NAMESPACE)
