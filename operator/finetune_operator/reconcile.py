@@ -9,7 +9,7 @@ same status. Handlers execute the plan; nothing here touches the API.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -195,7 +195,7 @@ def plan_finetunejob(
         plan.create = build_children(owner, spec, attempt, settings)
     elif not spec.queue_name and not current.finished and not deferred and current.suspended != spec.suspend:
         plan.job_patch = (current.name, {"spec": {"suspend": spec.suspend}})
-        current = JobView(**{**current.__dict__, "suspended": spec.suspend})
+        current = replace(current, suspended=spec.suspend)
     attempt_pods = [
         view_pod(pod) for pod in pods if (pod["metadata"].get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)
     ]
