@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune-operator: {error}", file=sys.stderr)
         return 2
 
+    # Imported only now: a bad env var fails fast with its name, before kopf starts.
     import kopf
 
     from . import handlers  # noqa: F401  (importing registers the handlers)

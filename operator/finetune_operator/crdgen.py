@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     outs: list[Path] = args.out or [DEFAULT_OUT, CHART_COPY]
     drift = False
-    for out, kind in ((out, kind) for out in outs for kind in KINDS):
-        path = out / f"{kind.plural}.yaml"
-        text = render(kind)
+    rendered = {kind.plural: render(kind) for kind in KINDS}
+    for out, (plural, text) in ((out, item) for out in outs for item in rendered.items()):
+        path = out / f"{plural}.yaml"
         if args.check:
             current = path.read_text() if path.exists() else ""
             if current != text:

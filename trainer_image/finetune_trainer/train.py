@@ -184,7 +184,7 @@ class TrainingRecipe:
         self.data_dir = self.workdir / "dataset"
         base_uri = self.spec.base_model.uri
         base_store = self._store("BASE_MODEL", base_uri)
-        manifest = read_manifest(base_store, base_uri) if not base_uri.startswith("hf://") else None
+        manifest = read_manifest(base_store, base_uri)  # None for hf:// and for user-uploaded folders
         if manifest is not None:
             fetch_verified(base_store, base_uri, self.model_dir)
             self.model_revision = _digest(manifest)
@@ -328,8 +328,9 @@ class TrainingRecipe:
         import torch
 
         self._progress("training", force=True)
+        checkpoint = str(resume[1]) if resume else None
         try:
-            return self._trainer().train(resume_from_checkpoint=str(resume[1]) if resume else None)
+            return self._trainer().train(resume_from_checkpoint=checkpoint)
         except torch.OutOfMemoryError as error:
             # Backoff only before the first optimizer step: later, the memory high-water mark is known
             # to fit and an OOM means something else changed.
@@ -344,7 +345,7 @@ class TrainingRecipe:
             log.warning("%s", self.backoff_note)
             torch.cuda.empty_cache()
             self._progress(self.backoff_note, force=True)
-            return self._trainer().train(resume_from_checkpoint=str(resume[1]) if resume else None)
+            return self._trainer().train(resume_from_checkpoint=checkpoint)
 
     # --- progress and publishing -----------------------------------------------------------------
 
