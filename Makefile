@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
 
-.PHONY: help venv tools crds lint test test-unit demo demo-kind e2e-kind bench-gpu clean
+.PHONY: help venv tools crds lint test test-unit demo demo-kind e2e-kind bench-gpu bench-eval clean
 
 help:
 	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint   - ruff + mypy --strict on operator/"
 	@echo "make crds   - regenerate crds/ from the API models"
 	@echo "make bench-gpu - QLoRA throughput/memory vs a plain HF baseline (GPU; --tiny on CPU)"
+	@echo "make bench-eval - batched vs one-at-a-time generation (CPU)"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -50,6 +51,9 @@ e2e-kind: demo-kind
 
 bench-gpu: venv
 	$(PY) bench/gpu_qlora.py $(if $(shell $(PY) -c 'import torch; print(torch.cuda.is_available() or "")'),,--tiny)
+
+bench-eval: venv
+	$(PY) bench/eval_generation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

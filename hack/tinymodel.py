@@ -39,6 +39,32 @@ def support_rows(count: int = 64) -> list[dict[str, str]]:
     return rows
 
 
+CAPITALS = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Egypt", "Cairo"),
+    ("Norway", "Oslo"),
+    ("Chile", "Santiago"),
+    ("India", "Delhi"),
+    ("Spain", "Madrid"),
+    ("Cuba", "Havana"),
+    ("Italy", "Rome"),
+    ("Ghana", "Accra"),
+]
+
+
+def capital_rows() -> list[dict[str, str]]:
+    """A QA benchmark small enough for the tiny model to memorise: question/answer columns."""
+    return [{"question": f"What is the capital of {country}?", "answer": city} for country, city in CAPITALS]
+
+
+def capital_training_rows() -> list[dict[str, str]]:
+    """The same facts as alpaca rows, to fine-tune on."""
+    return [{"instruction": row["question"], "input": "", "output": row["answer"]} for row in capital_rows()]
+
+
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -96,9 +122,13 @@ def corpus_of(rows: list[dict[str, str]]) -> list[str]:
 
 
 def make_quickstart(out: Path) -> tuple[Path, Path]:
+    """The tiny model (its tokenizer knows the support and the capitals text) and the support dataset;
+    capitals-train.jsonl and capitals-qa.jsonl are written next to it for the evaluation examples."""
     rows = support_rows()
     data = write_jsonl(rows, out / "support.jsonl")
-    model = make_tiny_model(out / "model", corpus_of(rows))
+    write_jsonl(capital_training_rows(), out / "capitals-train.jsonl")
+    write_jsonl(capital_rows(), out / "capitals-qa.jsonl")
+    model = make_tiny_model(out / "model", corpus_of(rows) + corpus_of(capital_rows()))
     return model, data
 
 

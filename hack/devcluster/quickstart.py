@@ -43,6 +43,8 @@ class Quickstart:
         model, data = make_quickstart(self.workdir / "assets")
         self.minio.upload_folder(BUCKET, "models/tiny-llama", model)
         self.minio.upload_file(BUCKET, "datasets/support.jsonl", data)
+        for name in ("capitals-train.jsonl", "capitals-qa.jsonl"):
+            self.minio.upload_file(BUCKET, f"datasets/{name}", data.parent / name)
         say("starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and the local node")
         venv_bin = str(Path(sys.executable).parent)  # where `finetune-trainer` is installed
         self.cluster = LocalCluster(self.workdir / "cluster", path_prepend=(venv_bin,), crds=run_operator).start()

@@ -37,18 +37,33 @@ def _creators(api: client.ApiClient) -> dict[str, tuple[Callable[..., Any], Call
     }
 
 
+_CUSTOM_PLURALS = {"EvalRun": "evalruns", "FineTuneJob": "finetunejobs"}
+
+
+def _owner_uids(api: client.ApiClient, obj: Mapping[str, Any]) -> set[str]:
+    meta = obj["metadata"]
+    if obj["kind"] in _CUSTOM_PLURALS:
+        existing = get_custom(api, _CUSTOM_PLURALS[obj["kind"]], meta["namespace"], meta["name"]) or {}
+        return {ref.get("uid") for ref in existing.get("metadata", {}).get("ownerReferences") or []}
+    read = _creators(api)[obj["kind"]][1]
+    return {ref.uid for ref in read(meta["name"], meta["namespace"]).metadata.owner_references or []}
+
+
 def create_or_adopt(api: client.ApiClient, obj: Mapping[str, Any]) -> bool:
     """Create `obj`; if it already exists and is ours (same controller uid), adopt it. True if created."""
-    create, read = _creators(api)[obj["kind"]]
     meta = obj["metadata"]
     try:
-        create(meta["namespace"], obj)
+        if obj["kind"] in _CUSTOM_PLURALS:
+            client.CustomObjectsApi(api).create_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], _CUSTOM_PLURALS[obj["kind"]], dict(obj)
+            )
+        else:
+            _creators(api)[obj["kind"]][0](meta["namespace"], obj)
         return True
     except ApiException as error:
         if error.status != 409:
             raise
-    existing = read(meta["name"], meta["namespace"])
-    owners = {ref.uid for ref in existing.metadata.owner_references or []}
+    owners = _owner_uids(api, obj)
     wanted = {ref["uid"] for ref in meta.get("ownerReferences", [])}
     if not owners & wanted:
         raise AdoptionConflictError(
@@ -75,6 +90,23 @@ def patch_custom_status(
     client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, plural, name, {"status": dict(status_patch)}
     )
+
+
+def patch_custom_spec(
+    api: client.ApiClient, plural: str, namespace: str, name: str, spec_patch: Mapping[str, Any]
+) -> None:
+    """JSON merge patch of spec (nulls delete keys)."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name, {"spec": dict(spec_patch)}
+    )
+
+
+def delete_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -> None:
+    try:
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
 
 
 def patch_job(api: client.ApiClient, namespace: str, name: str, patch: Mapping[str, Any]) -> None:

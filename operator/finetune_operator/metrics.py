@@ -23,16 +23,23 @@ PHASES: tuple[Phase, ...] = ("Pending", "Queued", "Running", "Succeeded", "Faile
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 48 * 3600, float("inf"))
 
 
+_PHASE_FAMILIES = (
+    ("FineTuneJob", "finetune_jobs", "FineTuneJobs by phase."),
+    ("EvalRun", "finetune_evalruns", "EvalRuns by phase."),
+)
+
+
 class _PhaseCollector(Collector):
     def __init__(self, metrics: OperatorMetrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("finetune_jobs", "FineTuneJobs by phase.", labels=["phase"])
-        counts = self._metrics.phase_counts()
-        for phase in PHASES:
-            family.add_metric([phase], counts.get(phase, 0))
-        yield family
+        for kind, name, text in _PHASE_FAMILIES:
+            family = GaugeMetricFamily(name, text, labels=["phase"])
+            counts = self._metrics.phase_counts(kind)
+            for phase in PHASES:
+                family.add_metric([phase], counts.get(phase, 0))
+            yield family
 
 
 class OperatorMetrics:
@@ -40,12 +47,12 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._phases: dict[tuple[str, str], str] = {}
+        self._phases: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()
         self.job_duration = Histogram(
             "finetune_job_duration_seconds",
-            "Wall time of finished FineTuneJob attempts, from Job start to completion.",
-            ["result"],
+            "Wall time of finished attempts (FineTuneJob or EvalRun), from Job start to completion.",
+            ["kind", "result"],
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
@@ -66,21 +73,43 @@ class OperatorMetrics:
         )
         self.transitions = Counter(
             "finetune_job_transitions_total",
-            "Phase transitions of FineTuneJobs.",
-            ["phase", "reason"],
+            "Phase transitions of FineTuneJobs and EvalRuns.",
+            ["kind", "phase", "reason"],
+            registry=self.registry,
+        )
+        self.eval_metric = Gauge(
+            "finetune_evalrun_metric",
+            "Latest score of an EvalRun per metric (mean over its benchmarks), for the tuned model and the baseline.",
+            ["namespace", "name", "metric", "model"],
             registry=self.registry,
         )
         self.registry.register(_PhaseCollector(self))
 
-    def phase_counts(self) -> Tally[str]:
+    def phase_counts(self, kind: str = "FineTuneJob") -> Tally[str]:
         with self._lock:
-            return Tally(self._phases.values())
+            return Tally(phase for (k, _, _), phase in self._phases.items() if k == kind)
+
+    def observe_evalrun(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if status.get("phase"):
+            with self._lock:
+                self._phases[("EvalRun", namespace, name)] = status["phase"]
+        for item in status.get("summary") or []:
+            self.eval_metric.labels(namespace, name, item["metric"], "tuned").set(item["value"])
+            if item.get("baseline") is not None:
+                self.eval_metric.labels(namespace, name, item["metric"], "baseline").set(item["baseline"])
+
+    def forget_evalrun(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._phases.pop(("EvalRun", namespace, name), None)
+        for labels in list(self.eval_metric._metrics):
+            if labels[:2] == (namespace, name):
+                self.eval_metric.remove(*labels)
 
     def observe_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         phase = status.get("phase")
         with self._lock:
             if phase:
-                self._phases[(namespace, name)] = phase
+                self._phases[("FineTuneJob", namespace, name)] = phase
         progress = status.get("progress") or {}
         if progress.get("percent") is not None:
             self.progress.labels(namespace, name).set(progress["percent"] / 100)
@@ -89,18 +118,18 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
-            self._phases.pop((namespace, name), None)
+            self._phases.pop(("FineTuneJob", namespace, name), None)
         for gauge in (self.progress, self.loss):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
 
-    def observe_transition(self, phase: str, reason: str) -> None:
-        self.transitions.labels(phase, reason).inc()
+    def observe_transition(self, phase: str, reason: str, kind: str = "FineTuneJob") -> None:
+        self.transitions.labels(kind, phase, reason).inc()
 
-    def observe_finished(self, phase: str, start: str | None, end: str | None) -> None:
+    def observe_finished(self, phase: str, start: str | None, end: str | None, kind: str = "FineTuneJob") -> None:
         started, ended = parse_time(start), parse_time(end)
         if started and ended:
-            self.job_duration.labels("succeeded" if phase == "Succeeded" else "failed").observe(
+            self.job_duration.labels(kind, "succeeded" if phase == "Succeeded" else "failed").observe(
                 max((ended - started).total_seconds(), 0.0)
             )
 

@@ -1,9 +1,13 @@
-"""The decision of one reconcile: (FineTuneJob, its Jobs, its Pods, now) -> a Plan of API actions.
+"""The decision of one reconcile: (resource, its Jobs, its Pods, now) -> a Plan of API actions.
 
 Level-triggered and idempotent: the plan depends only on what is observed, never on which event
 woke the operator, so the FineTuneJob's own events, its Job's and its Pods' all call the same
 function, and running it twice (a crash, a retry, a second replica) yields the same names and the
 same status. Handlers execute the plan; nothing here touches the API.
+
+FineTuneJobs and EvalRuns run attempts the same way (`plan_attempts`); what differs per kind is a
+`Workload` (workloads.py). On top, an EvalRun first resolves its model (possibly waiting for a
+FineTuneJob), and a FineTuneJob with spec.evaluation owns an EvalRun and mirrors its verdict.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from .api import TERMINAL_PHASES, Phase, format_validation_error
+from .api.evalrun import EvalRunSpec, ResolvedModel
 from .api.finetunejob import AttemptRecord, FineTuneJobSpec
 from .config import OperatorSettings
-from .manifests import build_children
-from .manifests.job import spec_hash
 from .manifests.names import LABEL_ATTEMPT, Owner, job_name
 from .status import (
     JobView,
@@ -27,24 +30,22 @@ from .status import (
     assess_attempt,
     build_conditions,
     format_time,
-    result_fields,
+    make_condition,
+    stamp_conditions,
     view_job,
     view_pod,
+)
+from .workloads import (
+    Workload,
+    build_owned_evalrun,
+    evalrun_name,
+    evaluation_workload,
+    resolve_model,
+    training_workload,
 )
 
 HISTORY_LIMIT = 10
 _WARNING_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ConfigError", "Retrying"})
-# Fields that describe one attempt; cleared when the next attempt starts.
-_ATTEMPT_FIELDS = (
-    "progress",
-    "adapter",
-    "mergedModel",
-    "checkpoint",
-    "metrics",
-    "provenance",
-    "startTime",
-    "completionTime",
-)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     finished: Outcome | None = None
     recheck_after: float | None = None
+    evalrun_patch: tuple[str, dict[str, Any]] | None = None
+    """(name, spec merge patch) of the FineTuneJob's own EvalRun, when spec.evaluation changed."""
+    evalrun_delete: str | None = None
 
 
 def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,6 +88,20 @@ def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[
                 patch[key] = nested
         elif value != old:
             patch[key] = value
+    return patch
+
+
+def replacing_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch that makes `current` equal `desired`: unlike `merge_patch`, keys missing from
+    `desired` are deleted (a dropped threshold must go)."""
+    patch = merge_patch(current, desired)
+    for key, value in desired.items():
+        old = current.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            nested = replacing_patch(old, value)
+            if nested:
+                patch[key] = nested
+    patch.update({key: None for key in current if key not in desired})
     return patch
 
 
@@ -109,47 +127,67 @@ def _attempt_record(status: Mapping[str, Any]) -> dict[str, Any]:
     ).to_json_dict()
 
 
-def _start_attempt(
-    owner: Owner,
-    *,
-    spec: FineTuneJobSpec,
-    generation: int,
-    status: Mapping[str, Any],
-    settings: OperatorSettings,
-    now: datetime,
-) -> Plan:
-    attempt = (status.get("attempt") or 0) + 1
+@dataclass(frozen=True)
+class Observed:
+    """The resource as read, with its current attempt's Job."""
+
+    owner: Owner
+    generation: int
+    status: Mapping[str, Any]
+    attempt: int
+    current: JobView | None
+
+
+def observe(body: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]]) -> Observed:
+    status: Mapping[str, Any] = body.get("status") or {}
+    attempt = int(status.get("attempt") or 0)
+    return Observed(
+        owner=Owner.from_body(body),
+        generation=int(body["metadata"].get("generation") or 1),
+        status=status,
+        attempt=attempt,
+        current=next((v for v in map(view_job, jobs) if attempt and v.attempt == attempt), None),
+    )
+
+
+def _start_attempt(obs: Observed, work: Workload, now: datetime) -> Plan:
+    status = obs.status
+    attempt = obs.attempt + 1
     history = list(status.get("history") or [])
     if status.get("attempt"):
         history = [*history, _attempt_record(status)][-HISTORY_LIMIT:]
-    name = job_name(owner, attempt)
-    initial: Phase = "Queued" if spec.queue_name else "Suspended" if spec.suspend else "Pending"
+    name = job_name(obs.owner, attempt)
+    initial: Phase = "Queued" if work.spec.queue_name else "Suspended" if work.spec.suspend else "Pending"
     outcome = Outcome(initial, "JobCreated", f"created Job {name} for attempt {attempt}")
-    fields: dict[str, Any] = dict.fromkeys(_ATTEMPT_FIELDS)
+    fields: dict[str, Any] = dict.fromkeys(work.attempt_fields)
     fields.update(
         phase=initial,
         attempt=attempt,
         jobName=name,
-        specHash=spec_hash(spec),
-        observedGeneration=generation,
+        specHash=work.digest,
+        observedGeneration=obs.generation,
         podFailures=0,
         history=history,
-        conditions=build_conditions(outcome, status.get("conditions") or [], generation, now),
+        conditions=build_conditions(
+            outcome, status.get("conditions") or [], obs.generation, now, extra=work.extra_conditions(outcome)
+        ),
+        **work.start_fields,
     )
     return Plan(
-        create=build_children(owner, spec, attempt, settings),
+        create=work.children(attempt),
         status=fields,
         events=[Event("Normal", "AttemptStarted", outcome.message)],
     )
 
 
-def _invalid(message: str, current: JobView | None, status: Mapping[str, Any], generation: int, now: datetime) -> Plan:
+def _invalid(message: str, obs: Observed, now: datetime) -> Plan:
     """An invalid spec never runs; if one slipped past admission mid-attempt, that attempt is stopped."""
+    status, current = obs.status, obs.current
     outcome = Outcome("Failed", "InvalidSpec", message)
     fields: dict[str, Any] = {
         "phase": "Failed",
-        "observedGeneration": generation,
-        "conditions": build_conditions(outcome, status.get("conditions") or [], generation, now, invalid=message),
+        "observedGeneration": obs.generation,
+        "conditions": build_conditions(outcome, status.get("conditions") or [], obs.generation, now, invalid=message),
         "completionTime": status.get("completionTime") or format_time(now),
     }
     validated: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Validated"), {})
@@ -158,65 +196,56 @@ def _invalid(message: str, current: JobView | None, status: Mapping[str, Any], g
     return Plan(status=fields, events=events, delete_job=current.name if running and current else None)
 
 
-def plan_finetunejob(
-    body: Mapping[str, Any],
-    jobs: Sequence[Mapping[str, Any]],
-    pods: Sequence[Mapping[str, Any]],
-    settings: OperatorSettings,
-    now: datetime,
+def plan_attempts(
+    obs: Observed, work: Workload, pods: Sequence[Mapping[str, Any]], settings: OperatorSettings, now: datetime
 ) -> Plan:
-    owner = Owner.from_body(body)
-    generation = int(body["metadata"].get("generation") or 1)
-    status: Mapping[str, Any] = body.get("status") or {}
-    attempt = int(status.get("attempt") or 0)
-    current = next((v for v in map(view_job, jobs) if attempt and v.attempt == attempt), None)
-
-    try:
-        spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
-    except ValidationError as error:
-        return _invalid(format_validation_error(error), current, status, generation, now)
-
-    digest = spec_hash(spec)
+    """Start, follow and finish attempts of a valid spec: the part FineTuneJob and EvalRun share."""
+    status, attempt, generation = obs.status, obs.attempt, obs.generation
+    current = obs.current
     terminal = status.get("phase") in TERMINAL_PHASES
-    if attempt == 0 or (terminal and status.get("specHash") != digest):
-        return _start_attempt(owner, spec=spec, generation=generation, status=status, settings=settings, now=now)
+    if attempt == 0 or (terminal and status.get("specHash") != work.digest):
+        return _start_attempt(obs, work, now)
     if terminal:
         # Same spec as the finished attempt (e.g. only spec.suspend changed): nothing to run.
         return Plan(status={"observedGeneration": generation})
 
     deferred = None
-    if status.get("specHash") != digest:
+    if status.get("specHash") != work.digest:
         deferred = (
             f"spec generation {generation} differs from the spec attempt {attempt} runs; "
             f"it will run as attempt {attempt + 1} when this attempt finishes"
         )
+    spec = work.spec
     plan = Plan()
     if current is None:
-        plan.create = build_children(owner, spec, attempt, settings)
+        plan.create = work.children(attempt)
     elif not spec.queue_name and not current.finished and not deferred and current.suspended != spec.suspend:
         plan.job_patch = (current.name, {"spec": {"suspend": spec.suspend}})
         current = replace(current, suspended=spec.suspend)
     attempt_pods = [
         view_pod(pod) for pod in pods if (pod["metadata"].get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)
     ]
-    outcome = assess_attempt(current, attempt_pods, spec, now, settings.image_pull_timeout_seconds)
+    outcome = assess_attempt(current, attempt_pods, spec, now, settings.image_pull_timeout_seconds, judge=work.judge)
     if outcome.terminal and current is not None and not current.finished:
         plan.delete_job = current.name  # e.g. an image that will never pull: stop the pod from waiting forever
 
     completion = None
     if outcome.terminal:
         completion = status.get("completionTime") or (current.completion_time if current else None) or format_time(now)
+    previous = status.get("conditions") or []
     fields: dict[str, Any] = {
         "phase": outcome.phase,
         "observedGeneration": status.get("observedGeneration") if deferred else generation,
         "podFailures": current.failed if current else 0,
         "startTime": current.start_time if current else None,
         "completionTime": completion,
-        "conditions": build_conditions(outcome, status.get("conditions") or [], generation, now, deferred=deferred),
-        **result_fields(outcome),
+        "conditions": build_conditions(
+            outcome, previous, generation, now, deferred=deferred, extra=work.extra_conditions(outcome)
+        ),
+        **work.result_fields(outcome),
     }
     if outcome.phase == "Succeeded":
-        fields["progress"] = {"percent": 100, "etaSeconds": 0}
+        fields["progress"] = {**(status.get("progress") or {}), "percent": 100, "etaSeconds": 0}
     plan.status = fields
     plan.events = _event_for(status, outcome)
     plan.recheck_after = outcome.recheck_after
@@ -224,11 +253,165 @@ def plan_finetunejob(
         plan.finished = outcome
         if deferred:
             # The deferred spec starts now, recording the attempt that just ended.
-            follow = _start_attempt(
-                owner, spec=spec, generation=generation, status={**status, **fields}, settings=settings, now=now
-            )
+            follow = _start_attempt(replace(obs, status={**status, **fields}), work, now)
             follow.events = plan.events + follow.events
             follow.finished = outcome
             follow.delete_job = plan.delete_job
             return follow
     return plan
+
+
+def plan_finetunejob(
+    body: Mapping[str, Any],
+    jobs: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    settings: OperatorSettings,
+    now: datetime,
+    *,
+    evalrun: Mapping[str, Any] | None = None,
+) -> Plan:
+    """`evalrun`: the job's own EvalRun (`<name>-eval`) as read, when spec.evaluation is or was set."""
+    obs = observe(body, jobs)
+    try:
+        spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        return _invalid(format_validation_error(error), obs, now)
+    plan = plan_attempts(obs, training_workload(obs.owner, spec, settings), pods, settings, now)
+    _mirror_evaluation(plan, obs, spec, evalrun, now)
+    return plan
+
+
+def _waiting(obs: Observed, outcome: Outcome, now: datetime) -> Plan:
+    """An EvalRun whose model cannot be resolved yet (Pending) or ever (Failed): no Job, a condition saying why."""
+    fields: dict[str, Any] = {
+        "phase": outcome.phase,
+        "observedGeneration": obs.generation,
+        "conditions": build_conditions(
+            outcome,
+            obs.status.get("conditions") or [],
+            obs.generation,
+            now,
+            extra=[make_condition("Passed", False if outcome.terminal else None, outcome.reason, outcome.message)],
+        ),
+    }
+    if outcome.terminal:
+        fields["completionTime"] = obs.status.get("completionTime") or format_time(now)
+    return Plan(status=fields, events=_event_for(obs.status, outcome), finished=outcome if outcome.terminal else None)
+
+
+def plan_evalrun(
+    body: Mapping[str, Any],
+    jobs: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    settings: OperatorSettings,
+    now: datetime,
+    *,
+    ftj: Mapping[str, Any] | None = None,
+) -> Plan:
+    """`ftj`: the FineTuneJob named by spec.model.fineTuneJobRef, as read (None if absent or not referenced)."""
+    obs = observe(body, jobs)
+    try:
+        spec = EvalRunSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        return _invalid(format_validation_error(error), obs, now)
+    in_flight = obs.attempt > 0 and obs.status.get("phase") not in TERMINAL_PHASES
+    recorded = obs.status.get("model")
+    if in_flight and recorded:
+        # A running attempt finishes with the model it started with, even if the job has moved on.
+        model = ResolvedModel.model_validate(recorded)
+    else:
+        resolved = resolve_model(spec, ftj)
+        if isinstance(resolved, Outcome):
+            if obs.attempt:
+                # The last verdict stands (e.g. the FineTuneJob is re-training); a new adapter brings a new attempt.
+                return Plan(status={"observedGeneration": obs.generation})
+            return _waiting(obs, resolved, now)
+        model = resolved
+    return plan_attempts(obs, evaluation_workload(obs.owner, spec, model, settings), pods, settings, now)
+
+
+# --- a FineTuneJob's own EvalRun ------------------------------------------------------------------
+
+
+def _owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
+    return any(ref.get("uid") == owner.uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _same_eval_spec(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    try:
+        return EvalRunSpec.model_validate(current) == EvalRunSpec.model_validate(desired)
+    except ValidationError:
+        return False
+
+
+def _evaluated(
+    owner: Owner, spec: FineTuneJobSpec, status: Mapping[str, Any], evalrun: Mapping[str, Any] | None, plan: Plan
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Evaluated condition, status.evaluation) of a succeeded job with spec.evaluation; may add to `plan`."""
+    name = evalrun_name(owner)
+    desired = build_owned_evalrun(owner, spec)
+    summary: dict[str, Any] = {"evalRun": name}
+    if evalrun is None:
+        plan.create.append(desired)
+        return make_condition("Evaluated", None, "EvaluationPending", f"created EvalRun {name}"), summary
+    if not _owned_by(evalrun, owner):
+        message = f"EvalRun {name} exists and is not owned by this job; delete or rename it"
+        return make_condition("Evaluated", False, "EvalRunConflict", message), summary
+    ev_status: Mapping[str, Any] = evalrun.get("status") or {}
+    phase = ev_status.get("phase")
+    summary["phase"] = phase
+    up_to_date = _same_eval_spec(evalrun.get("spec") or {}, desired["spec"])
+    if not up_to_date:
+        if phase in TERMINAL_PHASES or phase is None:
+            # Active EvalRuns refuse spec changes (CEL); this one is done or has not started.
+            plan.evalrun_patch = (name, replacing_patch(evalrun.get("spec") or {}, desired["spec"]))
+        return make_condition("Evaluated", None, "Evaluating", f"EvalRun {name} runs the new evaluation spec"), summary
+    adapter = (status.get("adapter") or {}).get("uri")
+    evaluated = ((ev_status.get("model") or {}).get("adapter") or {}).get("uri")
+    if phase not in TERMINAL_PHASES or evaluated != adapter:
+        message = f"EvalRun {name} is {phase or 'starting'}"
+        return make_condition("Evaluated", None, "Evaluating", message), summary
+    summary.update(
+        passed=ev_status.get("passed"),
+        score=ev_status.get("score"),
+        reportUri=(ev_status.get("report") or {}).get("uri"),
+        adapterUri=evaluated,
+    )
+    conditions = {c.get("type"): c for c in ev_status.get("conditions") or []}
+    if phase == "Failed":
+        why = conditions.get("Failed", {}).get("message", "")
+        return make_condition("Evaluated", False, "EvaluationFailed", f"EvalRun {name} failed: {why}"), summary
+    verdict = conditions.get("Passed", {})
+    passed = ev_status.get("passed") is True
+    reason = verdict.get("reason") or ("ThresholdsMet" if passed else "ThresholdsMissed")
+    return make_condition("Evaluated", passed, reason, f"EvalRun {name}: {verdict.get('message', '')}"), summary
+
+
+def _mirror_evaluation(
+    plan: Plan, obs: Observed, spec: FineTuneJobSpec, evalrun: Mapping[str, Any] | None, now: datetime
+) -> None:
+    """Own an EvalRun once training succeeded (spec.evaluation) and copy its verdict into this job's status.
+
+    Evaluated is True only when the evaluation of the current adapter finished and met every
+    threshold, so `kubectl wait --for=condition=Evaluated` waits for a passing model.
+    """
+    merged = {**obs.status, **plan.status}
+    conditions: list[dict[str, Any]] = list(merged.get("conditions") or [])
+    others = [c for c in conditions if c.get("type") != "Evaluated"]
+    if spec.evaluation is None or merged.get("phase") != "Succeeded":
+        if spec.evaluation is None and evalrun is not None and _owned_by(evalrun, obs.owner):
+            plan.evalrun_delete = evalrun_name(obs.owner)
+        if merged.get("evaluation") is not None:
+            plan.status["evaluation"] = None
+        if len(others) != len(conditions):
+            plan.status["conditions"] = others
+        return
+    condition, summary = _evaluated(obs.owner, spec, merged, evalrun, plan)
+    previous = obs.status.get("conditions") or []
+    stamped = stamp_conditions([condition], previous, obs.generation, now)
+    plan.status["conditions"] = [*others, *stamped]
+    plan.status["evaluation"] = summary
+    before: Mapping[str, Any] = next((c for c in previous if c.get("type") == "Evaluated"), {})
+    if condition["status"] != "Unknown" and before.get("status") != condition["status"]:
+        kind: Literal["Normal", "Warning"] = "Normal" if condition["status"] == "True" else "Warning"
+        plan.events.append(Event(kind, condition["reason"], condition["message"]))

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from .api.common import TERMINAL_PHASES, Phase
+from .api.common import TERMINAL_PHASES, Phase, Resources
 from .api.contract import EXIT_INVALID_INPUT, TrainerResult
-from .api.finetunejob import FineTuneJobSpec
 from .manifests.names import ANNOTATION_SPEC_HASH, LABEL_ATTEMPT, TRAINER_CONTAINER
 
 IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -166,12 +165,52 @@ class Outcome:
         return self.phase in TERMINAL_PHASES
 
 
+class Scheduling(Protocol):
+    """The spec fields that decide how an attempt runs; FineTuneJob and EvalRun share them."""
+
+    @property
+    def queue_name(self) -> str | None: ...
+    @property
+    def suspend(self) -> bool: ...
+    @property
+    def backoff_limit(self) -> int: ...
+    @property
+    def active_deadline_seconds(self) -> int | None: ...
+    @property
+    def resources(self) -> Resources: ...
+
+
+@dataclass(frozen=True)
+class Judge:
+    """What success means for one kind of run, read from the trainer's result."""
+
+    success: Callable[[TrainerResult], Outcome | None]
+    """The Succeeded outcome of a `succeeded` result; None when the result lacks what this kind must produce."""
+    produces: str
+    """What a successful run must report, for the ResultMissing message (e.g. "an adapter")."""
+    memory_hint: str
+    """What to lower when the pod ran out of memory."""
+
+
+def _training_success(result: TrainerResult) -> Outcome | None:
+    if result.adapter is None:
+        return None
+    return Outcome("Succeeded", "TrainingComplete", f"adapter published to {result.adapter.uri}", result)
+
+
+TRAINING_JUDGE = Judge(
+    success=_training_success,
+    produces="an adapter",
+    memory_hint="training.batchSize or training.maxSeqLength",
+)
+
+
 def _last_terminated(pods: Sequence[PodView]) -> PodView | None:
     ended = [pod for pod in pods if pod.terminated]
     return max(ended, key=lambda pod: pod.finished_at or "", default=None)
 
 
-def _failure(job: JobView, pods: Sequence[PodView], spec: FineTuneJobSpec) -> Outcome:
+def _failure(job: JobView, pods: Sequence[PodView], spec: Scheduling, judge: Judge) -> Outcome:
     last = _last_terminated([pod for pod in pods if pod.exit_code != 0])
     result = parse_result(last.message) if last else None
     detail = (result.message if result else None) or (last.message if last else None) or ""
@@ -187,7 +226,7 @@ def _failure(job: JobView, pods: Sequence[PodView], spec: FineTuneJobSpec) -> Ou
             "Failed",
             "OutOfMemory",
             f"the trainer was killed for exceeding its memory limit (spec.resources.memory={spec.resources.memory}); "
-            "raise it, or lower training.batchSize or training.maxSeqLength",
+            f"raise it, or lower {judge.memory_hint}",
         )
     if result and result.reason and _REASON.match(result.reason):
         return Outcome("Failed", result.reason, _clip(detail or result.reason), result)
@@ -212,16 +251,19 @@ def _failure(job: JobView, pods: Sequence[PodView], spec: FineTuneJobSpec) -> Ou
     )
 
 
-def _success(pods: Sequence[PodView]) -> Outcome:
+def _success(pods: Sequence[PodView], judge: Judge) -> Outcome:
     last = _last_terminated([pod for pod in pods if pod.exit_code == 0])
     result = parse_result(last.message) if last else None
-    if result and result.result == "succeeded" and result.adapter:
-        return Outcome("Succeeded", "TrainingComplete", f"adapter published to {result.adapter.uri}", result)
+    outcome = judge.success(result) if result and result.result == "succeeded" else None
+    if outcome is not None:
+        return outcome
     seen = (last.message or "nothing") if last else "no finished pod"
     return Outcome(
         "Failed",
         "ResultMissing",
-        _clip(f"the trainer exited 0 but wrote no result with an adapter to its termination message (got: {seen})"),
+        _clip(
+            f"the trainer exited 0 but wrote no result with {judge.produces} to its termination message (got: {seen})"
+        ),
         result,
     )
 
@@ -251,17 +293,19 @@ def _running_pod(pod: PodView, now: datetime, image_pull_timeout: int) -> Outcom
 def assess_attempt(
     job: JobView | None,
     pods: Sequence[PodView],
-    spec: FineTuneJobSpec,
+    spec: Scheduling,
     now: datetime,
     image_pull_timeout: int,
+    *,
+    judge: Judge = TRAINING_JUDGE,
 ) -> Outcome:
     """The phase of the current attempt from its Job and pods."""
     if job is None:
         return Outcome("Pending", "JobCreating", "creating the trainer Job")
     if job.complete:
-        return _success(pods)
+        return _success(pods, judge)
     if job.failed_reason is not None:
-        return _failure(job, pods, spec)
+        return _failure(job, pods, spec, judge)
     if job.suspended and job.active == 0:
         if spec.queue_name:
             return Outcome(
@@ -299,6 +343,7 @@ def build_conditions(
     *,
     invalid: str | None = None,
     deferred: str | None = None,
+    extra: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """The full condition set; lastTransitionTime only moves when a condition's status changes."""
     ended = (outcome.reason, outcome.message) if outcome.terminal else ("InProgress", "the attempt has not finished")
@@ -310,14 +355,30 @@ def build_conditions(
     ]
     if deferred:
         conditions.append(_condition("SpecChangeDeferred", True, "AttemptInProgress", deferred))
+    return stamp_conditions([*conditions, *extra], previous, generation, now)
+
+
+def make_condition(ctype: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
+    """A condition without its timestamps; status None is Unknown."""
+    condition = _condition(ctype, bool(status), reason, message)
+    if status is None:
+        condition["status"] = "Unknown"
+    return condition
+
+
+def stamp_conditions(
+    conditions: Sequence[dict[str, Any]], previous: Sequence[Mapping[str, Any]], generation: int, now: datetime
+) -> list[dict[str, Any]]:
+    """Add lastTransitionTime (kept while a condition's status is unchanged) and observedGeneration."""
     before = {c.get("type"): c for c in previous}
     stamp = format_time(now)
+    stamped = []
     for condition in conditions:
         old = before.get(condition["type"])
         same = old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime")
-        condition["lastTransitionTime"] = old["lastTransitionTime"] if same and old else stamp
-        condition["observedGeneration"] = generation
-    return conditions
+        time = old["lastTransitionTime"] if same and old else stamp
+        stamped.append({**condition, "lastTransitionTime": time, "observedGeneration": generation})
+    return stamped
 
 
 def result_fields(outcome: Outcome) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from devcluster.controlplane import free_port
 from devcluster.quickstart import EXAMPLE, Quickstart
 from tests.helm.test_chart import ALL_OPTIONS, CHART
 
+EVALUATION_EXAMPLE = EXAMPLE.parents[1] / "evaluation" / "finetunejob-with-evaluation.yaml"
+
 pytestmark = pytest.mark.cluster
 RELEASE, NAMESPACE = "ft", "finetune-system"
 ROLE = "ft-finetune-operator"
@@ -77,10 +79,13 @@ class Installed:
         wait_for(lambda: not self.healthy(), 30, "the old operator process to stop")
         wait_for(self.healthy, 60, "the restarted operator's /healthz")
 
-    def apply_job(self, name: str, **training: Any) -> None:
+    def apply_job(self, name: str, *, evaluation: bool = False, **training: Any) -> None:
         body = yaml.safe_load(EXAMPLE.read_text())
         body["metadata"] = {"name": name, "namespace": "default"}
         body["spec"]["training"].update(training)
+        if evaluation:
+            with_evaluation = yaml.safe_load((EVALUATION_EXAMPLE).read_text())
+            body["spec"]["evaluation"] = with_evaluation["spec"]["evaluation"]
         apply_objects(self.api, [body])
 
     def status(self, name: str) -> dict[str, Any]:
@@ -152,6 +157,16 @@ def _has_job(installed: Installed, name: str) -> bool:
     return any(j.metadata.name.startswith(f"{name}-") for j in jobs)
 
 
+def _has_evalrun(installed: Installed, name: str) -> bool:
+    try:
+        client.CustomObjectsApi(installed.api).get_namespaced_custom_object(
+            "finetune.dev", "v1alpha1", "default", "evalruns", name
+        )
+    except ApiException:
+        return False
+    return True
+
+
 def _events(installed: Installed, name: str) -> list[Any]:
     events = (
         client.CoreV1Api(installed.api)
@@ -174,6 +189,7 @@ BREAKS = [
     ("finetunejobs", "no-status", "the operator never sees FineTuneJobs"),
     ("finetunejobs/status", "no-status", "status (phase, conditions, adapter) is never written"),
     ("finetunejobs/finalizers", "no-job", "children with blockOwnerDeletion are refused, so no Job"),
+    ("evalruns", "no-evalrun", "spec.evaluation never gets its EvalRun"),
     ("jobs", "no-job", "no trainer Job"),
     ("pods", "no-success", "pod outcomes are invisible: the job never reaches Succeeded"),
     ("serviceaccounts", "no-job", "no trainer identity, so no Job"),
@@ -190,16 +206,22 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
     seen = []
     try:
         for index, (word, symptom, meaning) in enumerate(BREAKS):
-            rule = next(r for r in full_rules if word in r["resources"])
+            # The rule for exactly this resource if there is one (evalruns: create/delete), else the first naming it.
+            rule = next((r for r in full_rules if r["resources"] == [word]), None) or next(
+                r for r in full_rules if word in r["resources"]
+            )
             reduced = [r for r in full_rules if r is not rule]
             rbac.patch_cluster_role(ROLE, {"rules": reduced})
             installed.restart_operator()
             name = f"probe-{index}"
-            installed.apply_job(name, maxSteps=10, saveSteps=10)
+            installed.apply_job(name, evaluation=symptom == "no-evalrun", maxSteps=10, saveSteps=10)
             if symptom == "no-status":
                 assert _never(lambda n=name: installed.status(n), 15), meaning
             elif symptom == "no-job":
                 assert _never(lambda n=name: _has_job(installed, n), 15), meaning
+            elif symptom == "no-evalrun":
+                wait_for(lambda n=name: installed.status(n).get("phase") == "Succeeded", 120, f"{name} to succeed")
+                assert _never(lambda n=name: _has_evalrun(installed, f"{n}-eval"), 15), meaning
             elif symptom == "no-success":
                 assert _never(lambda n=name: installed.status(n).get("phase") == "Succeeded", 40), meaning
             else:

@@ -151,4 +151,4 @@ def test_metrics_endpoint_reports_jobs_by_phase(kube: Kube, operator: Any) -> No
     text = wait_for(counted, 20, "progress 1.0 of 'counted' in /metrics", describe=scrape)
     succeeded = next(line for line in text.splitlines() if line.startswith('finetune_jobs{phase="Succeeded"}'))
     assert float(succeeded.split()[-1]) >= 1
-    assert 'finetune_job_transitions_total{phase="Succeeded",reason="TrainingComplete"}' in text
+    assert 'finetune_job_transitions_total{kind="FineTuneJob",phase="Succeeded",reason="TrainingComplete"}' in text

@@ -65,12 +65,29 @@ def test_jobs_by_phase_follow_the_last_seen_status() -> None:
     assert _sample(metrics, "finetune_job_loss", {"namespace": "a", "name": "one"}) is None
 
 
+def test_evalruns_by_phase_and_their_latest_scores() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe_status("a", "job", {"phase": "Running"})
+    summary = [{"metric": "exact_match", "value": 0.9, "baseline": 0.1}, {"metric": "f1", "value": 0.95}]
+    metrics.observe_evalrun("a", "eval", {"phase": "Succeeded", "summary": summary})
+    assert _sample(metrics, "finetune_evalruns", {"phase": "Succeeded"}) == 1
+    assert _sample(metrics, "finetune_jobs", {"phase": "Succeeded"}) == 0  # kinds are counted apart
+    tuned = {"namespace": "a", "name": "eval", "metric": "exact_match", "model": "tuned"}
+    assert _sample(metrics, "finetune_evalrun_metric", tuned) == 0.9
+    assert _sample(metrics, "finetune_evalrun_metric", {**tuned, "model": "baseline"}) == 0.1
+    assert _sample(metrics, "finetune_evalrun_metric", {**tuned, "metric": "f1", "model": "baseline"}) is None
+    metrics.forget_evalrun("a", "eval")
+    assert _sample(metrics, "finetune_evalruns", {"phase": "Succeeded"}) == 0
+    assert _sample(metrics, "finetune_evalrun_metric", tuned) is None
+
+
 def test_duration_histogram_and_transitions() -> None:
     metrics = OperatorMetrics()
     metrics.observe_transition("Succeeded", "TrainingComplete")
     metrics.observe_finished("Succeeded", "2026-11-23T10:00:00Z", "2026-11-23T10:30:00Z")
-    assert _sample(metrics, "finetune_job_duration_seconds_sum", {"result": "succeeded"}) == 1800
-    assert _sample(metrics, "finetune_job_transitions_total", {"phase": "Succeeded", "reason": "TrainingComplete"}) == 1
+    assert _sample(metrics, "finetune_job_duration_seconds_sum", {"kind": "FineTuneJob", "result": "succeeded"}) == 1800
+    transitions = {"kind": "FineTuneJob", "phase": "Succeeded", "reason": "TrainingComplete"}
+    assert _sample(metrics, "finetune_job_transitions_total", transitions) == 1
     metrics.reconcile_errors.labels("FineTuneJob", "ApiException").inc()
     text = generate_latest(metrics.registry).decode()
     assert 'finetune_reconcile_errors_total{error="ApiException",kind="FineTuneJob"} 1.0' in text

@@ -76,12 +76,15 @@ def test_crd_names_columns_and_subresources() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
     assert crd["spec"]["names"]["categories"] == ["finetune"]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Progress", "Loss", "Adapter", "Age"]
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Phase", "Progress", "Loss", "Adapter", "Eval", "Age"]
     evalrun = crdgen.build_crd(KINDS[1])
     assert [c["name"] for c in evalrun["spec"]["versions"][0]["additionalPrinterColumns"]] == [
         "Phase",
         "Score",
         "Passed",
+        "Progress",
+        "Report",
         "Age",
     ]
 
@@ -105,6 +108,13 @@ def test_nested_defaults_are_filled_by_the_apiserver() -> None:
     assert spec["properties"]["training"]["default"] == {}
     assert spec["properties"]["training"]["properties"]["learningRate"]["default"] == 2e-4
     assert "default" not in spec["properties"]["training"]["properties"]["epochs"]  # would clash with maxSteps
+    # Optional objects whose absence means something are not defaulted into existence: an apiserver-
+    # filled `quantization: {}` would make every method-lora job fail its own CEL rule.
+    assert "default" not in spec["properties"]["quantization"]
+    assert "default" not in spec["properties"]["evaluation"]["properties"]["resources"]
+    evalrun = _schema("EvalRun")["properties"]["spec"]
+    assert "default" not in evalrun["properties"]["model"]["properties"]["quantization"]
+    assert evalrun["properties"]["generation"]["default"] == {}
 
 
 def _examples() -> list[Path]:

@@ -1,4 +1,4 @@
-"""`finetune-trainer train|prepare`: the entry points of the trainer image (contract: exit codes, result file)."""
+"""`finetune-trainer train|eval|prepare`: the entry points of the trainer image (contract: exit codes, result file)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from finetune_operator.api.contract import TrainerResult
+from finetune_operator.api.contract import EvaluationRunSpec, TrainerResult
 
 from .errors import EXIT_RETRIABLE, TrainerError
 from .report import ProgressReporter, write_result
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("train", "run the whole pipeline and publish the adapter"),
+        ("eval", "benchmark a model (and adapter) and publish the report"),
         ("prepare", "only load, check and tokenise the dataset; print what training would see"),
     ):
         command = commands.add_parser(name, help=text, description=text)
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
+        if args.command == "eval":
+            return _evaluate(args)
         run = load_run_spec(args.spec, os.environ)
         from .train import TrainingRecipe
 
@@ -51,16 +54,45 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = recipe.run()
     except TrainerError as error:
-        log.error("%s: %s", error.reason, error)
-        write_result(TrainerResult(result="failed", reason=error.reason, message=str(error)[:2048]))
-        return error.exit_code
+        return _failed(error)
     except Exception as error:  # unexpected: retriable, with the traceback in the log
-        traceback.print_exc()
-        write_result(TrainerResult(result="failed", message=f"{type(error).__name__}: {error}"[:2048]))
-        return EXIT_RETRIABLE
+        return _crashed(error)
     path = write_result(result)
     assert result.adapter is not None
     print(f"adapter published to {result.adapter.uri} (result written to {path})")
+    return 0
+
+
+def _failed(error: TrainerError) -> int:
+    log.error("%s: %s", error.reason, error)
+    write_result(TrainerResult(result="failed", reason=error.reason, message=str(error)[:2048]))
+    return error.exit_code
+
+
+def _crashed(error: Exception) -> int:
+    traceback.print_exc()
+    write_result(TrainerResult(result="failed", message=f"{type(error).__name__}: {error}"[:2048]))
+    return EXIT_RETRIABLE
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        run = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
+        from .evaluate import EvaluationRecipe
+
+        result = EvaluationRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource)).run()
+    except TrainerError as error:
+        return _failed(error)
+    except Exception as error:  # unexpected: retriable, with the traceback in the log
+        return _crashed(error)
+    path = write_result(result)
+    assert result.evaluation is not None
+    for item in result.evaluation.summary:
+        print(
+            f"{item.metric}: {item.value:.4f}"
+            + (f" (baseline {item.baseline:.4f})" if item.baseline is not None else "")
+        )
+    print(f"report published to {result.evaluation.report.uri} (result written to {path})")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Reporting to the FineTuneJob: live progress patches (best effort) and the final result (contract)."""
+"""Reporting to the FineTuneJob or EvalRun: live progress patches (best effort) and the final result (contract)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,12 @@ def encode_result(result: TrainerResult) -> str:
         if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
             break
         result = result.model_copy(update={drop: None})
+        text = result.model_dump_json(by_alias=True, exclude_none=True)
+    evaluation = result.evaluation
+    while len(text.encode()) > TERMINATION_MESSAGE_LIMIT and evaluation is not None and evaluation.results:
+        # The summary (what thresholds check) always fits; per-benchmark rows stay in the report.
+        evaluation = evaluation.model_copy(update={"results": evaluation.results[:-1], "results_truncated": True})
+        result = result.model_copy(update={"evaluation": evaluation})
         text = result.model_dump_json(by_alias=True, exclude_none=True)
     if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and result.message:
         result = result.model_copy(update={"message": result.message[:1000]})

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from finetune_operator.api import format_validation_error
-from finetune_operator.api.contract import RUN_SPEC_ENV, TrainingRunSpec
+from finetune_operator.api.contract import RUN_SPEC_ENV, EvaluationRunSpec, TrainingRunSpec
 
 from .errors import InputError
 
+RunSpec = TypeVar("RunSpec", TrainingRunSpec, EvaluationRunSpec)
 
-def load_run_spec(spec_file: Path | None, environ: Mapping[str, str]) -> TrainingRunSpec:
+
+def load_run_spec(
+    spec_file: Path | None, environ: Mapping[str, str], model: type[RunSpec] = TrainingRunSpec
+) -> RunSpec:
+    """The run spec, validated with the operator's own models; `model` is what the command expects."""
     if spec_file is not None:
         try:
             raw = yaml.safe_load(spec_file.read_text())
@@ -30,7 +36,14 @@ def load_run_spec(spec_file: Path | None, environ: Mapping[str, str]) -> Trainin
         source = RUN_SPEC_ENV
     else:
         raise InputError(f"no run spec: set {RUN_SPEC_ENV} or pass --spec FILE", reason="InvalidSpec")
+    expected = model.model_fields["kind"].default
+    if isinstance(raw, dict) and raw.get("kind", expected) != expected:
+        command = "train" if raw.get("kind") == "TrainingRun" else "eval"
+        raise InputError(
+            f"{source}: a {raw.get('kind')} run spec is for `finetune-trainer {command}`, not this command",
+            reason="InvalidSpec",
+        )
     try:
-        return TrainingRunSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         raise InputError(f"{source}: {format_validation_error(error, root='runSpec')}", reason="InvalidSpec") from error

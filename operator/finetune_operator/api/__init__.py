@@ -59,6 +59,7 @@ FINETUNEJOB = Kind(
         PrinterColumn("Progress", ".status.progress.percent", "integer", "Training progress in percent."),
         PrinterColumn("Loss", ".status.progress.loss", "number", "Latest training loss."),
         PrinterColumn("Adapter", ".status.adapter.uri", "string", "URI of the published adapter."),
+        PrinterColumn("Eval", ".status.evaluation.passed", "boolean", "Whether the adapter passed its evaluation.", 1),
         _AGE,
     ),
 )
@@ -76,6 +77,8 @@ EVALRUN = Kind(
         _PHASE,
         PrinterColumn("Score", ".status.score", "number", "Headline score."),
         PrinterColumn("Passed", ".status.passed", "boolean", "Whether every threshold was met."),
+        PrinterColumn("Progress", ".status.progress.percent", "integer", "Scoring progress in percent.", 1),
+        PrinterColumn("Report", ".status.report.uri", "string", "Where the report was published.", 1),
         _AGE,
     ),
 )

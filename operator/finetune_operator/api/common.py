@@ -9,6 +9,7 @@ from pydantic import Field, StringConstraints
 from .schema import DNS_SUBDOMAIN, ApiModel, FreeFormObject, ObjectName, Quantity, Rule
 
 URI_PATTERN = r"^(hf|s3|pvc|file)://[^\s]+$"
+ImageRef = Annotated[str, StringConstraints(pattern=r"^[^\s]+$", max_length=512)]
 Uri = Annotated[str, StringConstraints(pattern=URI_PATTERN, max_length=2048)]
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]

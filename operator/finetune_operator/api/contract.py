@@ -1,6 +1,7 @@
 """The operator <-> trainer contract (change both sides in one commit).
 
-- The Job runs `finetune-trainer train` with a `TrainingRunSpec` as JSON in `FINETUNE_RUN_SPEC`.
+- The Job runs `finetune-trainer train` with a `TrainingRunSpec` (FineTuneJob), or `finetune-trainer eval`
+  with an `EvaluationRunSpec` (EvalRun), as JSON in `FINETUNE_RUN_SPEC`.
 - Credentials arrive only as `secretKeyRef` env vars named by `secret_env_name`.
 - The trainer patches `status.progress` of `resource` (its ServiceAccount may do nothing else), and
   writes a `TrainerResult` (< 4 KiB) to the termination-message file. The operator trusts that result,
@@ -14,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from .evalrun import EvalRunSpec, Report, ResolvedModel
+from .evaluation import MetricResult, MetricSummary
 from .finetunejob import Artifact, Checkpoint, FineTuneJobSpec, Provenance, TrainingMetrics
 from .schema import ApiModel
 
@@ -23,7 +26,8 @@ TERMINATION_MESSAGE_LIMIT = 4096
 # pvc://claim/path is mounted at PVC_MOUNT_ROOT/claim, so the trainer reads PVC_MOUNT_ROOT/claim/path.
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
-SecretRole = Literal["BASE_MODEL", "DATASET", "OUTPUT"]
+# Which source a Secret's env vars are for: BASE_MODEL, DATASET, OUTPUT, ADAPTER, or BENCHMARK_<index>.
+SecretRole = str
 
 # Keys a storage Secret may hold, per URI scheme: (key, required).
 SECRET_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -87,6 +91,36 @@ class TrainingRunSpec(ApiModel):
     trainer_image: str = Field(description="Image the Job runs (recorded in provenance).")
 
 
+class EvaluationRunSpec(ApiModel):
+    """Everything `finetune-trainer eval` needs, resolved by the operator."""
+
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        default="finetune.dev/v1alpha1", description="Contract version."
+    )
+    kind: Literal["EvaluationRun"] = Field(default="EvaluationRun", description="Run kind.")
+    resource: ResourceRef | None = Field(
+        default=None, description="The EvalRun to report to; unset when run outside Kubernetes (a laptop)."
+    )
+    attempt: int = Field(ge=1, description="Attempt number.")
+    evaluation: EvalRunSpec = Field(description="The EvalRun spec, defaults applied.")
+    model: ResolvedModel = Field(description="The model under test.")
+    report_uri: str = Field(description="Prefix the report is published under.")
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
+    trainer_image: str = Field(description="Image the Job runs.")
+
+
+class EvaluationOutcome(ApiModel):
+    """An evaluation's figures, bounded to fit the termination message (the report holds everything)."""
+
+    summary: list[MetricSummary] = Field(max_length=6, description="Per-metric means (what thresholds check).")
+    results: list[MetricResult] = Field(
+        default_factory=list, max_length=200, description="Per-benchmark scores, as many as fit."
+    )
+    results_truncated: bool = Field(default=False, description="Some per-benchmark rows were left to the report.")
+    report: Report = Field(description="The published report.")
+    samples: int = Field(default=0, ge=0, description="Examples scored (tuned model; baseline scores the same).")
+
+
 class TrainerResult(ApiModel):
     """The termination message: the trainer's final word on the attempt."""
 
@@ -101,3 +135,4 @@ class TrainerResult(ApiModel):
     metrics: TrainingMetrics | None = Field(default=None, description="Final figures.")
     resumed_from_step: int | None = Field(default=None, ge=0, description="Checkpoint step the run resumed from.")
     provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
+    evaluation: EvaluationOutcome | None = Field(default=None, description="Figures of an evaluation run.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
@@ -10,6 +10,7 @@ from .common import (
     QUEUE_AND_SUSPEND,
     URI_HELP,
     Condition,
+    ImageRef,
     ModelSource,
     Phase,
     Quantization,
@@ -18,12 +19,9 @@ from .common import (
     Uri,
     remote_secret_rule,
 )
-from .finetunejob import ImageRef
+from .evaluation import EvaluationSettings, MetricResult, MetricSummary
+from .finetunejob import AttemptRecord
 from .schema import DNS_LABEL, ApiModel, ObjectName, Rule
-
-Metric = Literal["exact_match", "f1", "bleu", "rouge_l", "perplexity", "faithfulness"]
-METRICS: tuple[str, ...] = ("exact_match", "f1", "bleu", "rouge_l", "perplexity", "faithfulness")
-LOWER_IS_BETTER: frozenset[str] = frozenset({"perplexity"})
 
 
 class LocalRef(ApiModel):
@@ -46,7 +44,8 @@ class EvalModel(ApiModel):
 
     fine_tune_job_ref: LocalRef | None = Field(
         default=None,
-        description="Evaluate this FineTuneJob's adapter on its base model; the run waits until the job succeeded.",
+        description="Evaluate this FineTuneJob's adapter on its base model, quantized as it was trained. The run "
+        "waits until the job succeeded, fails if it failed, and runs again when the job publishes a new adapter.",
     )
     base_model: ModelSource | None = Field(default=None, description="Base model, when not taken from a FineTuneJob.")
     adapter: AdapterSource | None = Field(
@@ -54,7 +53,8 @@ class EvalModel(ApiModel):
     )
     quantization: Quantization | None = Field(
         default=None,
-        description="Load the base model quantized (as it was trained with QLoRA); unset loads it in its dtype.",
+        description="Load the base model quantized (as it was trained with QLoRA); unset loads it in its dtype "
+        "(with fineTuneJobRef: the job's own quantization).",
     )
 
     __rules__ = (
@@ -73,97 +73,20 @@ class EvalModel(ApiModel):
     )
 
 
-class BenchmarkDataset(ApiModel):
-    """Evaluation data: JSONL, JSON, CSV or Parquet."""
-
-    uri: Uri = Field(description="Location of the evaluation file or folder. " + URI_HELP)
-    secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
-    question_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
-        default="question", description="Column with the prompt or question (qa, completion)."
-    )
-    answer_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
-        default="answer", description="Column with the reference answer (qa, completion)."
-    )
-    context_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
-        default=None, description="Column with a source passage; enables the faithfulness metric."
-    )
-    text_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
-        default="text", description="Column with the text to score (perplexity)."
-    )
-
-    __rules__ = (remote_secret_rule(),)
-
-
-class Benchmark(ApiModel):
-    """One dataset scored with one task type."""
-
-    name: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)] = Field(
-        description="Name used in results and reports."
-    )
-    dataset: BenchmarkDataset = Field(description="The evaluation data.")
-    task: Literal["qa", "completion", "perplexity"] = Field(
-        description="`qa`: generate answers, compare to references. `completion`: generate continuations. "
-        "`perplexity`: score the text itself."
-    )
-    metrics: list[Metric] = Field(
-        min_length=1,
-        max_length=6,
-        description="Metrics to compute: exact_match, f1, bleu, rouge_l (generation tasks), faithfulness (qa with "
-        "a context column), perplexity (perplexity task).",
-    )
-    max_samples: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Evaluate at most this many examples."
-    )
-
-    __rules__ = (
-        Rule(
-            cel="self.task == 'perplexity' ? self.metrics.all(m, m == 'perplexity') "
-            ": !self.metrics.exists(m, m == 'perplexity')",
-            message="the perplexity metric goes with task perplexity, and only it",
-            check=lambda b: (
-                all(m == "perplexity" for m in b.metrics) if b.task == "perplexity" else "perplexity" not in b.metrics
-            ),
-            field="metrics",
-        ),
-        Rule(
-            cel="!self.metrics.exists(m, m == 'faithfulness') || has(self.dataset.contextColumn)",
-            message="faithfulness needs dataset.contextColumn (the source passage answers are checked against)",
-            check=lambda b: "faithfulness" not in b.metrics or b.dataset.context_column is not None,
-            field="metrics",
-        ),
-    )
-
-
-class GenerationSettings(ApiModel):
-    """How answers are generated."""
-
-    max_new_tokens: int = Field(default=128, ge=1, le=32768, description="Tokens generated per answer at most.")
-    temperature: float = Field(default=0.0, ge=0, le=5, description="Sampling temperature; 0 is greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
-    batch_size: int = Field(default=16, ge=1, le=1024, description="Prompts generated together (left-padded).")
-
-
-class EvalRunSpec(ApiModel):
+class EvalRunSpec(EvaluationSettings):
     """What to evaluate, on which benchmarks, and what counts as passing."""
 
     model: EvalModel = Field(description="The model under test.")
-    benchmarks: list[Benchmark] = Field(min_length=1, max_length=32, description="Benchmarks to run.")
-    baseline: bool = Field(
-        default=True,
-        description="Also score the base model without the adapter, so results carry a baseline and a delta.",
-    )
-    generation: GenerationSettings = Field(default_factory=GenerationSettings, description="Generation settings.")
-    thresholds: dict[Metric, float] = Field(
-        default_factory=dict,
-        description="Pass/fail gate per metric (mean over benchmarks): a minimum, or a maximum for perplexity. "
-        "The Passed condition names the metrics that missed.",
-        json_schema_extra={"maxProperties": 6},
-    )
     resources: Resources = Field(
         default_factory=Resources, description="GPUs, CPU, memory and placement of the evaluation pod."
     )
     output_uri: Annotated[str, StringConstraints(pattern=r"^(s3|pvc|file)://[^\s]+$", max_length=1024)] | None = Field(
-        default=None, description="Prefix for the reports (unset: the operator's default output URI)."
+        default=None,
+        description="Prefix for the reports, which land in `<outputUri>/<namespace>/<name>/<uid>/attempt-<n>/report/` "
+        "(unset: the operator's default output URI).",
+    )
+    output_secret_ref: SecretRef | None = Field(
+        default=None, description="Secret with write credentials for outputUri (unset: the operator's storage secret)."
     )
     image: ImageRef | None = Field(default=None, description="Trainer image to run (unset: the operator's default).")
     queue_name: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)] | None = Field(
@@ -175,17 +98,49 @@ class EvalRunSpec(ApiModel):
         default=None, ge=60, le=31_536_000, description="Fail the run after this many seconds."
     )
 
-    __rules__ = (QUEUE_AND_SUSPEND,)
+    __rules__ = (
+        *EvaluationSettings.__rules__,
+        QUEUE_AND_SUSPEND,
+        Rule(
+            cel="!has(self.outputSecretRef) || !has(self.outputUri) || self.outputUri.startsWith('s3://')",
+            message="outputSecretRef is only used with an s3:// outputUri",
+            check=lambda s: s.output_secret_ref is None or s.output_uri is None or s.output_uri.startswith("s3://"),
+            field="outputSecretRef",
+        ),
+    )
 
 
-class MetricResult(ApiModel):
-    """One metric of one benchmark."""
+class EvalProgress(ApiModel):
+    """Live progress, patched by the evaluation pod itself at most every few seconds."""
 
-    benchmark: Annotated[str, StringConstraints(max_length=63)] = Field(description="Benchmark name.")
-    metric: Metric = Field(description="Metric name.")
-    value: float = Field(description="Score of the model under test.")
-    baseline: float | None = Field(default=None, description="Score of the base model alone (with baseline: true).")
-    delta: float | None = Field(default=None, description="value - baseline.")
+    benchmark: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        default=None, description="Benchmark being scored."
+    )
+    model: Annotated[str, StringConstraints(max_length=16)] | None = Field(
+        default=None, description="`tuned` (base model + adapter) or `baseline` (base model alone)."
+    )
+    samples_done: int | None = Field(default=None, ge=0, description="Examples scored so far, over all passes.")
+    samples_total: int | None = Field(default=None, ge=0, description="Examples to score in all passes.")
+    percent: int | None = Field(default=None, ge=0, le=100, description="samplesDone / samplesTotal, in percent.")
+    samples_per_second: float | None = Field(default=None, ge=0, description="Scoring throughput.")
+    message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None, description="What the pod is doing."
+    )
+    update_time: str | None = Field(
+        default=None, description="When the pod last reported (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+
+
+class ResolvedModel(ApiModel):
+    """The model an attempt scores, resolved by the operator (from the FineTuneJob when one is referenced)."""
+
+    base_model: ModelSource = Field(description="Base model.")
+    adapter: AdapterSource | None = Field(default=None, description="Adapter; unset scores the base model alone.")
+    quantization: Quantization | None = Field(default=None, description="Load the base model quantized.")
+    fine_tune_job: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        default=None, description="FineTuneJob that produced the adapter."
+    )
+    fine_tune_job_attempt: int | None = Field(default=None, ge=1, description="Its attempt that published it.")
 
 
 class Report(ApiModel):
@@ -203,18 +158,32 @@ class EvalRunStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Validated, Running, Succeeded, Failed and Passed.",
+        description="Validated, Running, Succeeded, Failed and Passed (True when every threshold was met; False "
+        "names the metrics that missed).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
+    progress: EvalProgress | None = Field(default=None, description="Live progress reported by the evaluation pod.")
+    model: ResolvedModel | None = Field(default=None, description="The model the current attempt evaluates.")
     results: list[MetricResult] = Field(
-        default_factory=list, max_length=200, description="Scores per benchmark and metric."
+        default_factory=list,
+        max_length=200,
+        description="Scores per benchmark and metric (the full table, with every sample, is in the report).",
     )
-    score: float | None = Field(default=None, description="Headline score: mean of the first metric over benchmarks.")
+    summary: list[MetricSummary] = Field(
+        default_factory=list,
+        max_length=6,
+        description="Each metric averaged over the benchmarks that compute it; thresholds are checked against these.",
+    )
+    score: float | None = Field(default=None, description="Headline score: the first metric's mean over benchmarks.")
     passed: bool | None = Field(default=None, description="Whether every threshold was met.")
     report: Report | None = Field(default=None, description="The published report.")
     job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
         default=None, description="Job running the evaluation."
     )
+    attempt: int | None = Field(
+        default=None, ge=1, description="Current attempt; a new spec or a new adapter starts the next."
+    )
+    pod_failures: int | None = Field(default=None, ge=0, description="Failed pods of the current attempt.")
     start_time: str | None = Field(
         default=None, description="When the Job started (RFC 3339).", json_schema_extra={"format": "date-time"}
     )
@@ -222,3 +191,9 @@ class EvalRunStatus(ApiModel):
         default=None, description="When it finished (RFC 3339).", json_schema_extra={"format": "date-time"}
     )
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
+    spec_hash: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="Hash of the spec and resolved model the current attempt runs."
+    )
+    history: list[AttemptRecord] = Field(
+        default_factory=list, max_length=10, description="Earlier attempts, newest last (at most 10)."
+    )

@@ -10,6 +10,7 @@ from .common import (
     QUEUE_AND_SUSPEND,
     URI_HELP,
     Condition,
+    ImageRef,
     ModelSource,
     Phase,
     Quantization,
@@ -18,11 +19,11 @@ from .common import (
     Uri,
     remote_secret_rule,
 )
+from .evaluation import Evaluation, EvaluationStatus
 from .schema import DNS_LABEL, ApiModel, Rule
 
 DEFAULT_EPOCHS = 3.0
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-ImageRef = Annotated[str, StringConstraints(pattern=r"^[^\s]+$", max_length=512)]
 
 
 class ColumnMapping(ApiModel):
@@ -254,6 +255,12 @@ class FineTuneJobSpec(ApiModel):
     active_deadline_seconds: int | None = Field(
         default=None, ge=60, le=31_536_000, description="Fail the attempt (DeadlineExceeded) after this many seconds."
     )
+    evaluation: Evaluation | None = Field(
+        default=None,
+        description="Benchmark the adapter once training succeeds: the operator creates an EvalRun named "
+        "`<name>-eval` owned by this job and mirrors its verdict into status.evaluation and the Evaluated "
+        "condition. Changing it re-runs only the evaluation, never the training.",
+    )
 
     __rules__ = (
         Rule(
@@ -371,7 +378,8 @@ class FineTuneJobStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Validated, Running, Succeeded, Failed and SpecChangeDeferred, per the Kubernetes API conventions.",
+        description="Validated, Running, Succeeded, Failed, SpecChangeDeferred and (with spec.evaluation) Evaluated, "
+        "per the Kubernetes API conventions.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     progress: Progress | None = Field(default=None, description="Live progress reported by the trainer.")
@@ -380,6 +388,9 @@ class FineTuneJobStatus(ApiModel):
     checkpoint: Checkpoint | None = Field(default=None, description="Newest synced checkpoint while running.")
     metrics: TrainingMetrics | None = Field(default=None, description="Final training figures.")
     provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
+    evaluation: EvaluationStatus | None = Field(
+        default=None, description="Verdict of the job's own EvalRun (with spec.evaluation)."
+    )
     job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
         default=None, description="Job of the current attempt."
     )

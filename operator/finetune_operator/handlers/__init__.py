@@ -1,5 +1,5 @@
 """Importing this package registers every kopf handler."""
 
-from . import finetunejob, lifecycle
+from . import children, common, evalrun, finetunejob, lifecycle
 
-__all__ = ["finetunejob", "lifecycle"]
+__all__ = ["children", "common", "evalrun", "finetunejob", "lifecycle"]

@@ -18,6 +18,7 @@ from ..api.contract import (
     PVC_MOUNT_ROOT,
     RUN_SPEC_ENV,
     SECRET_KEYS,
+    EvaluationRunSpec,
     ResourceRef,
     RunOutput,
     SecretRole,
@@ -25,7 +26,9 @@ from ..api.contract import (
     TrainingRunSpec,
     secret_env_name,
 )
+from ..api.evalrun import EvalRunSpec, ResolvedModel
 from ..api.finetunejob import FineTuneJobSpec
+from ..api.schema import ApiModel
 from ..config import OperatorSettings
 from .names import (
     ANNOTATION_SPEC_HASH,
@@ -43,16 +46,29 @@ WORK_DIR = "/workspace"
 RUN_AS_USER = 1000
 
 
-def spec_hash(spec: FineTuneJobSpec) -> str:
-    """Identity of what an attempt runs; spec.suspend is excluded since pausing is not a new attempt."""
+def spec_hash(spec: FineTuneJobSpec | EvalRunSpec, model: ResolvedModel | None = None) -> str:
+    """Identity of what an attempt runs.
+
+    Excluded: spec.suspend (pausing is not a new attempt) and a FineTuneJob's spec.evaluation (a new
+    benchmark or threshold re-runs the evaluation, not the training). Included for an EvalRun: the
+    resolved model, so a FineTuneJob publishing a new adapter starts a new evaluation.
+    """
     payload = spec.to_json_dict()
     payload.pop("suspend", None)
+    payload.pop("evaluation", None)
+    if model is not None:
+        payload["resolvedModel"] = model.to_json_dict()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def attempt_prefix(owner: Owner, output_uri: str | None, attempt: int, settings: OperatorSettings) -> str:
+    """<output>/<namespace>/<name>/<uid>/attempt-<n>/: unique per object and attempt, never overwritten."""
+    prefix = (output_uri or settings.output_uri).rstrip("/")
+    return f"{prefix}/{owner.namespace}/{owner.name}/{owner.uid}/attempt-{attempt}/"
+
+
 def run_output(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> RunOutput:
-    prefix = (spec.output.uri or settings.output_uri).rstrip("/")
-    base = f"{prefix}/{owner.namespace}/{owner.name}/{owner.uid}/attempt-{attempt}/"
+    base = attempt_prefix(owner, spec.output.uri, attempt, settings)
     return RunOutput(
         uri=base,
         adapter_uri=base + "adapter/",
@@ -61,25 +77,43 @@ def run_output(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: Oper
     )
 
 
+def _resource_ref(owner: Owner) -> ResourceRef:
+    plural = "finetunejobs" if owner.kind == "FineTuneJob" else "evalruns"
+    return ResourceRef(
+        group=GROUP, version=VERSION, plural=plural, namespace=owner.namespace, name=owner.name, uid=owner.uid
+    )
+
+
+def _storage(settings: OperatorSettings) -> StorageSettings:
+    return StorageSettings(s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region, s3_secure=settings.s3_secure)
+
+
 def build_run_spec(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> TrainingRunSpec:
     """The trainer's whole input, with every default resolved so the trainer decides nothing the operator did."""
     training = spec.training.model_copy(update={"epochs": spec.training.effective_epochs})
-    resolved = spec.model_copy(update={"training": training, "quantization": spec.effective_quantization})
+    resolved = spec.model_copy(
+        update={"training": training, "quantization": spec.effective_quantization, "evaluation": None}
+    )
     return TrainingRunSpec(
-        resource=ResourceRef(
-            group=GROUP,
-            version=VERSION,
-            plural="finetunejobs",
-            namespace=owner.namespace,
-            name=owner.name,
-            uid=owner.uid,
-        ),
+        resource=_resource_ref(owner),
         attempt=attempt,
         job=resolved,
         output=run_output(owner, spec, attempt, settings),
-        storage=StorageSettings(
-            s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region, s3_secure=settings.s3_secure
-        ),
+        storage=_storage(settings),
+        trainer_image=spec.image or settings.trainer_image,
+    )
+
+
+def build_eval_run_spec(
+    owner: Owner, spec: EvalRunSpec, model: ResolvedModel, attempt: int, settings: OperatorSettings
+) -> EvaluationRunSpec:
+    return EvaluationRunSpec(
+        resource=_resource_ref(owner),
+        attempt=attempt,
+        evaluation=spec,
+        model=model,
+        report_uri=attempt_prefix(owner, spec.output_uri, attempt, settings) + "report/",
+        storage=_storage(settings),
         trainer_image=spec.image or settings.trainer_image,
     )
 
@@ -183,28 +217,40 @@ def pod_failure_policy() -> dict[str, Any]:
     }
 
 
-def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> dict[str, Any]:
-    run_spec = build_run_spec(owner, spec, attempt, settings)
-    output = run_spec.output
+@dataclass(frozen=True)
+class PodPlan:
+    """What differs between a training Job and an evaluation Job; everything else is shared."""
+
+    command: str
+    run_spec: ApiModel
+    image: str
+    secrets: list[dict[str, Any]]
+    pvc_uris: list[tuple[str, bool]]
+    resources: Resources
+    queue_name: str | None
+    suspend: bool
+    backoff_limit: int
+    active_deadline_seconds: int | None
+    spec_hash: str
+
+
+def build_job(owner: Owner, attempt: int, plan: PodPlan, settings: OperatorSettings) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
-        {"name": RUN_SPEC_ENV, "value": json.dumps(run_spec.to_json_dict(), separators=(",", ":"))},
+        {"name": RUN_SPEC_ENV, "value": json.dumps(plan.run_spec.to_json_dict(), separators=(",", ":"))},
         {"name": "HOME", "value": WORK_DIR},
         {"name": "HF_HOME", "value": f"{WORK_DIR}/.cache/huggingface"},
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        *secret_env("BASE_MODEL", spec.base_model.uri, spec.base_model.secret_ref, settings.storage_secret),
-        *secret_env("DATASET", spec.dataset.uri, spec.dataset.secret_ref, settings.storage_secret),
-        *secret_env("OUTPUT", output.uri, spec.output.secret_ref, settings.storage_secret),
+        *plan.secrets,
     ]
-    volumes, volume_mounts = _volumes(
-        pvc_mounts([(spec.base_model.uri, False), (spec.dataset.uri, False), (output.uri, True)])
-    )
+    volumes, volume_mounts = _volumes(pvc_mounts(plan.pvc_uris))
     labels = {**child_labels(owner, "trainer"), LABEL_ATTEMPT: str(attempt)}
     job_labels = dict(labels)
-    if spec.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    if plan.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = plan.queue_name
+    resources = plan.resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": trainer_account_name(owner),
@@ -215,11 +261,11 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settin
         "containers": [
             {
                 "name": TRAINER_CONTAINER,
-                "image": run_spec.trainer_image,
+                "image": plan.image,
                 "imagePullPolicy": settings.image_pull_policy,
-                "command": ["finetune-trainer", "train"],
+                "command": ["finetune-trainer", plan.command],
                 "env": env,
-                "resources": container_resources(spec.resources),
+                "resources": container_resources(resources),
                 "securityContext": RESTRICTED_CONTAINER_SECURITY,
                 "volumeMounts": volume_mounts,
                 "terminationMessagePath": "/dev/termination-log",
@@ -228,25 +274,92 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settin
         ],
         "volumes": volumes,
     }
-    if spec.resources.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
-    if tolerations_ := tolerations(spec.resources):
+    if resources.node_selector:
+        pod_spec["nodeSelector"] = dict(resources.node_selector)
+    if tolerations_ := tolerations(resources):
         pod_spec["tolerations"] = tolerations_
-    if spec.resources.affinity:
-        pod_spec["affinity"] = spec.resources.affinity
-    if spec.resources.priority_class_name:
-        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    if resources.affinity:
+        pod_spec["affinity"] = resources.affinity
+    if resources.priority_class_name:
+        pod_spec["priorityClassName"] = resources.priority_class_name
     job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit,
+        "backoffLimit": plan.backoff_limit,
         "ttlSecondsAfterFinished": settings.job_ttl_seconds,
         # Kueue admits a queued Job by unsuspending it.
-        "suspend": bool(spec.queue_name) or spec.suspend,
+        "suspend": bool(plan.queue_name) or plan.suspend,
         "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if plan.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = plan.active_deadline_seconds
     metadata = child_metadata(owner, job_name(owner, attempt), "trainer")
     metadata["labels"] = job_labels
-    metadata["annotations"] = {ANNOTATION_SPEC_HASH: spec_hash(spec)}
+    metadata["annotations"] = {ANNOTATION_SPEC_HASH: plan.spec_hash}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> dict[str, Any]:
+    run_spec = build_run_spec(owner, spec, attempt, settings)
+    output = run_spec.output
+    secrets = [
+        *secret_env("BASE_MODEL", spec.base_model.uri, spec.base_model.secret_ref, settings.storage_secret),
+        *secret_env("DATASET", spec.dataset.uri, spec.dataset.secret_ref, settings.storage_secret),
+        *secret_env("OUTPUT", output.uri, spec.output.secret_ref, settings.storage_secret),
+    ]
+    return build_job(
+        owner,
+        attempt,
+        PodPlan(
+            command="train",
+            run_spec=run_spec,
+            image=run_spec.trainer_image,
+            secrets=secrets,
+            pvc_uris=[(spec.base_model.uri, False), (spec.dataset.uri, False), (output.uri, True)],
+            resources=spec.resources,
+            queue_name=spec.queue_name,
+            suspend=spec.suspend,
+            backoff_limit=spec.backoff_limit,
+            active_deadline_seconds=spec.active_deadline_seconds,
+            spec_hash=spec_hash(spec),
+        ),
+        settings,
+    )
+
+
+def benchmark_role(index: int) -> SecretRole:
+    return f"BENCHMARK_{index}"
+
+
+def build_eval_job(
+    owner: Owner, spec: EvalRunSpec, model: ResolvedModel, attempt: int, settings: OperatorSettings
+) -> dict[str, Any]:
+    run_spec = build_eval_run_spec(owner, spec, model, attempt, settings)
+    default = settings.storage_secret
+    secrets = [*secret_env("BASE_MODEL", model.base_model.uri, model.base_model.secret_ref, default)]
+    uris: list[tuple[str, bool]] = [(model.base_model.uri, False), (run_spec.report_uri, True)]
+    if model.adapter is not None:
+        secrets += secret_env("ADAPTER", model.adapter.uri, model.adapter.secret_ref, default)
+        uris.append((model.adapter.uri, False))
+    for index, benchmark in enumerate(spec.benchmarks):
+        data = benchmark.dataset
+        secrets += secret_env(benchmark_role(index), data.uri, data.secret_ref, default)
+        uris.append((data.uri, False))
+    secrets += secret_env("OUTPUT", run_spec.report_uri, spec.output_secret_ref, default)
+    return build_job(
+        owner,
+        attempt,
+        PodPlan(
+            command="eval",
+            run_spec=run_spec,
+            image=run_spec.trainer_image,
+            secrets=secrets,
+            pvc_uris=uris,
+            resources=spec.resources,
+            queue_name=spec.queue_name,
+            suspend=spec.suspend,
+            backoff_limit=spec.backoff_limit,
+            active_deadline_seconds=spec.active_deadline_seconds,
+            spec_hash=spec_hash(spec, model),
+        ),
+        settings,
+    )

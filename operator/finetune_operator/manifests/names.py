@@ -17,6 +17,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_OWNER_UID = "finetune.dev/owner-uid"
 LABEL_FINETUNEJOB = "finetune.dev/finetunejob"
+LABEL_EVALRUN = "finetune.dev/evalrun"
 LABEL_ATTEMPT = "finetune.dev/attempt"
 ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -56,23 +57,23 @@ class Owner:
         }
 
 
-def _bounded(base: str, suffix: str) -> str:
+def bounded_name(base: str, suffix: str) -> str:
     room = _MAX_NAME - len(suffix)
     return base[:room].rstrip("-.") + suffix
 
 
 def job_name(owner: Owner, attempt: int) -> str:
     """<name>-<uid5>-<attempt>, at most 63 characters (the Job controller puts it in a pod label)."""
-    return _bounded(owner.name, f"-{owner.uid[:5]}-{attempt}")
+    return bounded_name(owner.name, f"-{owner.uid[:5]}-{attempt}")
 
 
 def trainer_account_name(owner: Owner) -> str:
     """ServiceAccount, Role and RoleBinding of the trainer pods; one per owner, shared by attempts."""
-    return _bounded(owner.name, f"-{owner.uid[:5]}-trainer")
+    return bounded_name(owner.name, f"-{owner.uid[:5]}-trainer")
 
 
 def child_labels(owner: Owner, component: str) -> dict[str, str]:
-    kind_label = LABEL_FINETUNEJOB if owner.kind == "FineTuneJob" else "finetune.dev/evalrun"
+    kind_label = LABEL_FINETUNEJOB if owner.kind == "FineTuneJob" else LABEL_EVALRUN
     return {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_COMPONENT: component,

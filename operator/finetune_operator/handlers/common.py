@@ -1,0 +1,114 @@
+"""What the FineTuneJob and EvalRun handlers share: the child indices and executing a Plan.
+
+Jobs and Pods the operator created are kept in kopf indices keyed by their owner's uid, so a
+reconcile costs one GET (the resource, fresh) and only writes what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from ..kube import (
+    AdoptionConflictError,
+    create_or_adopt,
+    delete_custom,
+    delete_job,
+    patch_custom_spec,
+    patch_custom_status,
+    patch_job,
+)
+from ..manifests.names import LABEL_MANAGED_BY, LABEL_OWNER_UID, MANAGED_BY
+from ..reconcile import Plan, merge_patch
+from .runtime import Runtime
+
+CHILD_RETRY_DELAYS = (1.0, 3.0, 9.0)
+CHILDREN: dict[str, Any] = {LABEL_OWNER_UID: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def _trim(body: Mapping[str, Any], keep_spec: bool) -> dict[str, Any]:
+    """Keep only what status derivation reads: indices hold every trainer Job and Pod in memory."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    trimmed: dict[str, Any] = {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "status": dict(body.get("status") or {}),
+    }
+    if keep_spec:
+        trimmed["spec"] = {"suspend": spec.get("suspend")}
+    else:
+        trimmed["spec"] = {"containers": [{"image": c.get("image")} for c in spec.get("containers") or []]}
+    return trimmed
+
+
+@kopf.index("batch", "v1", "jobs", labels=CHILDREN)
+def trainer_jobs(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {labels[LABEL_OWNER_UID]: _trim(body, keep_spec=True)}
+
+
+@kopf.index("", "v1", "pods", labels=CHILDREN)
+def trainer_pods(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {labels[LABEL_OWNER_UID]: _trim(body, keep_spec=False)}
+
+
+def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any], plan: Plan) -> None:
+    """Perform a plan's API calls in order; status last, so a crash before it just repeats the plan."""
+    namespace, name = resource["metadata"]["namespace"], resource["metadata"]["name"]
+    for obj in plan.create:
+        create_or_adopt(runtime.api, obj)
+    if plan.job_patch:
+        patch_job(runtime.api, namespace, *plan.job_patch)
+    if plan.delete_job:
+        delete_job(runtime.api, namespace, plan.delete_job)
+    if plan.evalrun_patch:
+        patch_custom_spec(runtime.api, "evalruns", namespace, *plan.evalrun_patch)
+    if plan.evalrun_delete:
+        delete_custom(runtime.api, "evalruns", namespace, plan.evalrun_delete)
+    previous = resource.get("status") or {}
+    patch = merge_patch(previous, plan.status)
+    if patch:
+        patch_custom_status(runtime.api, plural, namespace, name, patch)
+    for event in plan.events:
+        kopf.event(cast(kopf.Body, resource), type=event.type, reason=event.reason, message=event.message)
+    new_phase = plan.status.get("phase")
+    if new_phase and new_phase != previous.get("phase"):
+        runtime.metrics.observe_transition(new_phase, plan.events[-1].reason if plan.events else "", kind)
+    if plan.finished:
+        merged = {**previous, **plan.status}
+        runtime.metrics.observe_finished(
+            plan.finished.phase, merged.get("startTime"), merged.get("completionTime"), kind
+        )
+
+
+def guarded(runtime: Runtime, kind: str, namespace: str, name: str, step: Callable[[], None]) -> None:
+    """Run one reconcile step; API failures become a kopf retry (and a counted error)."""
+    try:
+        step()
+    except (ApiException, AdoptionConflictError) as error:
+        runtime.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
+        reason = getattr(error, "reason", None) or str(error)
+        raise kopf.TemporaryError(f"reconcile of {kind} {namespace}/{name} failed: {reason}", delay=10) from error
+
+
+def with_retries(call: Callable[[], None], logger: Any) -> None:
+    """Event handlers are not retried by kopf, so ride out short API blips here (bounded); a longer
+    outage is healed by the owner's next event or the operator's resume on restart."""
+    import time
+
+    for delay in (*CHILD_RETRY_DELAYS, None):
+        try:
+            call()
+            return
+        except kopf.TemporaryError as error:
+            if delay is None:
+                logger.warning("%s (giving up until the next event)", error)
+                return
+            time.sleep(delay)

@@ -1,0 +1,145 @@
+"""Evaluation metrics against hand-computed values and the reference libraries; reports as users read them."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from finetune_operator.api.evaluation import MetricResult, MetricSummary, judge, summarize
+from finetune_trainer.evaluate.metrics import (
+    bleu,
+    exact_match,
+    faithfulness,
+    normalize_answer,
+    perplexity,
+    rouge_l,
+    score_generations,
+    token_f1,
+)
+from finetune_trainer.evaluate.reports import bar_chart, build_document, write_reports
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("The Eiffel Tower", "eiffel tower"),  # case and the article
+        ("  Paris,\tFrance.  ", "paris france"),  # punctuation and whitespace
+        ("an apple a day", "apple day"),  # every article
+        ("theatre", "theatre"),  # 'the' only as a whole word
+        ("A", ""),
+    ],
+)
+def test_squad_normalisation(raw: str, normalised: str) -> None:
+    assert normalize_answer(raw) == normalised
+
+
+def test_exact_match_ignores_case_articles_and_punctuation() -> None:
+    assert exact_match("The Paris!", "paris") == 1.0
+    assert exact_match("Paris France", "Paris") == 0.0
+
+
+def test_token_f1_by_hand() -> None:
+    # prediction "the cat sat down" -> [cat, sat, down]; reference "a cat sat" -> [cat, sat]
+    # common 2: precision 2/3, recall 2/2, F1 = 2 * (2/3 * 1) / (2/3 + 1) = 0.8
+    assert token_f1("the cat sat down", "a cat sat") == pytest.approx(0.8)
+    # repeated tokens count at most as often as in the reference: [red, red, red] vs [red, blue]
+    # common 1: precision 1/3, recall 1/2, F1 = 2 * (1/6) / (5/6) = 0.4
+    assert token_f1("red red red", "red blue") == pytest.approx(0.4)
+    assert token_f1("", "") == 1.0
+    assert token_f1("the", "paris") == 0.0  # normalises to nothing vs something
+    assert token_f1("lyon", "paris") == 0.0
+
+
+def test_faithfulness_is_the_share_of_supported_tokens() -> None:
+    source = "Paris is the capital and largest city of France."
+    assert faithfulness("Paris, France", source) == 1.0
+    # [paris, is, in, germany]: paris and is occur in the source -> 2/4
+    assert faithfulness("Paris is in Germany", source) == pytest.approx(0.5)
+    assert faithfulness("", source) == 1.0
+
+
+def test_bleu_matches_sacrebleu() -> None:
+    from sacrebleu.metrics import BLEU
+
+    predictions = ["the cat sat on the mat", "a quick brown fox jumps"]
+    references = ["the cat sat on a mat", "the quick brown fox jumps"]
+    expected = BLEU(effective_order=True).corpus_score(predictions, [references]).score / 100
+    assert bleu(predictions, references) == pytest.approx(expected)
+    assert bleu(["exactly this text here"], ["exactly this text here"]) == pytest.approx(1.0)
+    # one-word answers still score (effective order): one of two right -> unigram precision 1/2
+    assert bleu(["Paris", "Tokyo"], ["Paris", "Lima"]) == pytest.approx(0.5)
+
+
+def test_rouge_l_matches_rouge_score_and_a_hand_count() -> None:
+    from rouge_score import rouge_scorer
+
+    pred, ref = "the cat sat on the mat", "the cat was on the mat"
+    expected = rouge_scorer.RougeScorer(["rougeL"]).score(ref, pred)["rougeL"].fmeasure
+    assert rouge_l([pred], [ref]) == [pytest.approx(expected)]
+    # LCS of [the, cat, sat, on, the, mat] and [the, cat, was, on, the, mat] is 5 of 6 tokens: F = 5/6
+    assert expected == pytest.approx(5 / 6)
+
+
+def test_perplexity_is_exp_of_the_mean_nll() -> None:
+    assert perplexity(total_nll=2 * math.log(4), tokens=2) == pytest.approx(4.0)
+    assert perplexity(0.0, 0) == math.inf
+
+
+def test_score_generations_reports_corpus_means() -> None:
+    totals, per_sample = score_generations(
+        ["exact_match", "f1", "faithfulness"],
+        ["Paris", "Lyon"],
+        ["Paris", "Marseille"],
+        ["Paris is in France", "Marseille is in France"],
+    )
+    assert totals == {"exact_match": 0.5, "f1": 0.5, "faithfulness": 0.5}
+    assert per_sample[1] == {"exact_match": 0.0, "f1": 0.0, "faithfulness": 0.0}
+
+
+def _result(benchmark: str, metric: str, value: float, baseline: float | None = None) -> MetricResult:
+    return MetricResult(benchmark=benchmark, metric=metric, value=value, baseline=baseline)  # type: ignore[arg-type]
+
+
+def test_summary_means_over_benchmarks_and_the_gate() -> None:
+    summary = summarize(
+        [
+            _result("a", "exact_match", 0.9, 0.1),
+            _result("b", "exact_match", 0.5, 0.3),
+            _result("a", "perplexity", 12.0),
+        ]
+    )
+    assert summary[0] == MetricSummary(metric="exact_match", value=0.7, baseline=0.2, delta=0.5)
+    assert summary[1].baseline is None
+    assert judge(summary, {"exact_match": 0.6, "perplexity": 15}) == []
+    assert judge(summary, {"exact_match": 0.75}) == ["exact_match 0.7 < 0.75"]
+    assert judge(summary, {"perplexity": 10}) == ["perplexity 12 > 10"]
+    assert judge(summary, {"f1": 0.1}) == ["f1 was not computed"]
+
+
+def test_reports_are_complete_and_self_contained(tmp_path: Path) -> None:
+    results = [_result("capitals", "exact_match", 0.75, 0.0), _result("capitals", "f1", 0.8, 0.1)]
+    summary = summarize(results)
+    document = build_document(
+        title="team-a/support-eval",
+        model={"baseModel": "s3://models/tiny/", "adapter": "s3://adapters/x/"},
+        results=results,
+        summary=summary,
+        thresholds={"exact_match": 0.9},
+        missed=judge(summary, {"exact_match": 0.9}),
+        samples={"capitals": [{"input": "Capital of Peru?", "reference": "Lima", "prediction": "Lima"}]},
+    )
+    files = write_reports(document, tmp_path)
+    assert sorted(f.name for f in files) == ["report.html", "report.md", "results.json"]
+    assert json.loads((tmp_path / "results.json").read_text())["verdict"] == "failed"
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| exact_match | 0.7500 | 0.0000 | +0.7500 | >= 0.9 |" in markdown
+    assert "- exact_match 0.75 < 0.9" in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert "<svg" in page and "<script" not in page.lower()
+    assert not re.search(r"(src|href)=[\"']https?://", page)  # nothing fetched from elsewhere
+    # one tuned and one baseline bar per metric
+    assert bar_chart(document["summary"]).count("<rect") == 2 * len(summary) + 2  # + 2 legend swatches
