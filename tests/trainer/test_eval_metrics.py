@@ -143,3 +143,25 @@ def test_reports_are_complete_and_self_contained(tmp_path: Path) -> None:
     assert not re.search(r"(src|href)=[\"']https?://", page)  # nothing fetched from elsewhere
     # one tuned and one baseline bar per metric
     assert bar_chart(document["summary"]).count("<rect") == 2 * len(summary) + 2  # + 2 legend swatches
+
+
+def test_perplexity_pass_matches_the_models_own_loss(tiny_model: Path) -> None:
+    """The batched, right-padded NLL sum equals the model's mean loss per text, padding excluded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune_trainer.evaluate.generate import negative_log_likelihood
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    texts = ["How do I reset my password in Atlas?", "In Comet, open Billing, choose Plan, then Cancel."]
+    total, tokens = negative_log_likelihood(model, tokenizer, texts, batch_size=2)
+    expected_total, expected_tokens = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            expected_total += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+            expected_tokens += ids.shape[1] - 1
+    assert tokens == expected_tokens
+    assert total == pytest.approx(expected_total, rel=1e-4)
+    assert perplexity(total, tokens) == pytest.approx(math.exp(expected_total / expected_tokens), rel=1e-4)
