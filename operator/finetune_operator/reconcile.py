@@ -66,6 +66,9 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     finished: Outcome | None = None
     recheck_after: float | None = None
+    evalrun_create: dict[str, Any] | None = None
+    """The FineTuneJob's own EvalRun, created after the status patch: a failure there (e.g. RBAC) must
+    not keep a finished training from being recorded."""
     evalrun_patch: tuple[str, dict[str, Any]] | None = None
     """(name, spec merge patch) of the FineTuneJob's own EvalRun, when spec.evaluation changed."""
     evalrun_delete: str | None = None
@@ -352,8 +355,8 @@ def _evaluated(
     desired = build_owned_evalrun(owner, spec)
     summary: dict[str, Any] = {"evalRun": name}
     if evalrun is None:
-        plan.create.append(desired)
-        return make_condition("Evaluated", None, "EvaluationPending", f"created EvalRun {name}"), summary
+        plan.evalrun_create = desired
+        return make_condition("Evaluated", None, "EvaluationPending", f"creating EvalRun {name}"), summary
     if not _owned_by(evalrun, owner):
         message = f"EvalRun {name} exists and is not owned by this job; delete or rename it"
         return make_condition("Evaluated", False, "EvalRunConflict", message), summary

@@ -145,7 +145,7 @@ def test_spec_cannot_change_while_running_but_suspend_can(kube: Kube) -> None:
             GROUP, VERSION, kube.namespace, PLURAL, "busy", {"spec": {"lora": {"r": 64}}}
         )
     assert refused.value.status == 422
-    assert "spec cannot change while the job is Pending, Queued, Running or Suspended" in refused.value.body
+    assert "spec cannot change while the FineTuneJob is Pending, Queued, Running or Suspended" in refused.value.body
     kube.custom.patch_namespaced_custom_object(
         GROUP, VERSION, kube.namespace, PLURAL, "busy", {"spec": {"suspend": True}}
     )

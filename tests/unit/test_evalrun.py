@@ -197,7 +197,8 @@ def _training_done(body: dict[str, Any], evalrun_body: dict[str, Any] | None) ->
 def owned_evalrun(status: dict[str, Any] | None = None, **spec_changes: Any) -> dict[str, Any]:
     body = _succeeded_ftj(evaluation=EVALUATION)
     plan = _training_done(body, None)
-    manifest = copy.deepcopy(plan.create[-1])
+    assert plan.evalrun_create is not None
+    manifest = copy.deepcopy(plan.evalrun_create)
     manifest["spec"].update(spec_changes)
     manifest["metadata"]["uid"] = EVAL_UID
     manifest["status"] = status or {}
@@ -207,7 +208,8 @@ def owned_evalrun(status: dict[str, Any] | None = None, **spec_changes: Any) -> 
 def test_training_success_creates_the_owned_evalrun() -> None:
     body = _succeeded_ftj(evaluation=EVALUATION)
     plan = _training_done(body, None)
-    evalrun_manifest = plan.create[-1]
+    evalrun_manifest = plan.evalrun_create
+    assert evalrun_manifest is not None
     assert evalrun_manifest["kind"] == "EvalRun"
     assert evalrun_manifest["metadata"]["name"] == "support-bot-eval"
     assert evalrun_manifest["metadata"]["ownerReferences"][0]["uid"] == UID
@@ -221,7 +223,7 @@ def test_training_success_creates_the_owned_evalrun() -> None:
 def test_no_evalrun_before_training_succeeds() -> None:
     body = _succeeded_ftj(evaluation=EVALUATION)
     plan = plan_finetunejob(body, [job(active=1, spec_hash=body["status"]["specHash"])], [], SETTINGS, NOW)
-    assert all(o["kind"] != "EvalRun" for o in plan.create)
+    assert plan.evalrun_create is None
     assert all(c["type"] != "Evaluated" for c in plan.status["conditions"])
 
 

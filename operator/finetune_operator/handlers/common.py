@@ -68,10 +68,6 @@ def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any
         patch_job(runtime.api, namespace, *plan.job_patch)
     if plan.delete_job:
         delete_job(runtime.api, namespace, plan.delete_job)
-    if plan.evalrun_patch:
-        patch_custom_spec(runtime.api, "evalruns", namespace, *plan.evalrun_patch)
-    if plan.evalrun_delete:
-        delete_custom(runtime.api, "evalruns", namespace, plan.evalrun_delete)
     previous = resource.get("status") or {}
     patch = merge_patch(previous, plan.status)
     if patch:
@@ -86,6 +82,13 @@ def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any
         runtime.metrics.observe_finished(
             plan.finished.phase, merged.get("startTime"), merged.get("completionTime"), kind
         )
+    # The job's own EvalRun last: the training outcome above is recorded even if this fails (and retries).
+    if plan.evalrun_create:
+        create_or_adopt(runtime.api, plan.evalrun_create)
+    if plan.evalrun_patch:
+        patch_custom_spec(runtime.api, "evalruns", namespace, *plan.evalrun_patch)
+    if plan.evalrun_delete:
+        delete_custom(runtime.api, "evalruns", namespace, plan.evalrun_delete)
 
 
 def guarded(runtime: Runtime, kind: str, namespace: str, name: str, step: Callable[[], None]) -> None:
