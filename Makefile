@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - a FineTuneJob end to end on the local control plane"
 	@echo "make demo-kind - the same on kind with the real images (needs Docker and kind)"
 	@echo "make lint   - ruff + mypy --strict on operator/"
-	@echo "make crds   - regenerate crds/ from the API models"
+	@echo "make crds   - regenerate crds/ and docs/api.md from the API models"
 	@echo "make bench-gpu - QLoRA throughput/memory vs a plain HF baseline (GPU; --tiny on CPU)"
 	@echo "make bench-eval - batched vs one-at-a-time generation (CPU)"
 
@@ -28,12 +28,14 @@ tools:
 
 crds: venv
 	$(PY) -m finetune_operator.crdgen
+	$(PY) -m finetune_operator.apidocs
 
 lint: venv
 	$(VENV)/bin/ruff check operator trainer_image hack tests bench
 	$(VENV)/bin/ruff format --check operator trainer_image hack tests bench
 	$(VENV)/bin/mypy operator/finetune_operator
 	$(PY) -m finetune_operator.crdgen --check
+	$(PY) -m finetune_operator.apidocs --check
 
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/trainer/test_data.py

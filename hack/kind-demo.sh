@@ -35,7 +35,11 @@ if not client.bucket_exists("finetune-demo"):
 for path in sorted(p for p in model.rglob("*") if p.is_file()):
     client.fput_object("finetune-demo", f"models/tiny-llama/{path.relative_to(model)}", str(path))
 client.fput_object("finetune-demo", "datasets/support.jsonl", str(data))
+for name in ("capitals-train.jsonl", "capitals-qa.jsonl"):
+    client.fput_object("finetune-demo", f"datasets/{name}", str(data.parent / name))
 PYEOF
 kubectl apply -f examples/quickstart/finetunejob.yaml
 kubectl wait --for=condition=Succeeded ftj/quickstart --timeout=15m
+kubectl apply -f examples/evaluation/finetunejob-with-evaluation.yaml
+kubectl wait --for=condition=Evaluated ftj/capitals --timeout=15m
 kubectl get ftj quickstart -o wide

@@ -83,6 +83,12 @@ class OperatorMetrics:
             ["namespace", "name", "metric", "model"],
             registry=self.registry,
         )
+        self.eval_passed = Gauge(
+            "finetune_evalrun_passed",
+            "1 if an EvalRun's latest verdict met every threshold, 0 if not.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
         self.registry.register(_PhaseCollector(self))
 
     def phase_counts(self, kind: str = "FineTuneJob") -> Tally[str]:
@@ -93,6 +99,8 @@ class OperatorMetrics:
         if status.get("phase"):
             with self._lock:
                 self._phases[("EvalRun", namespace, name)] = status["phase"]
+        if status.get("passed") is not None:
+            self.eval_passed.labels(namespace, name).set(1 if status["passed"] else 0)
         for item in status.get("summary") or []:
             self.eval_metric.labels(namespace, name, item["metric"], "tuned").set(item["value"])
             if item.get("baseline") is not None:
@@ -101,6 +109,8 @@ class OperatorMetrics:
     def forget_evalrun(self, namespace: str, name: str) -> None:
         with self._lock:
             self._phases.pop(("EvalRun", namespace, name), None)
+        with contextlib.suppress(KeyError):
+            self.eval_passed.remove(namespace, name)
         for labels in list(self.eval_metric._metrics):
             if labels[:2] == (namespace, name):
                 self.eval_metric.remove(*labels)

@@ -69,7 +69,8 @@ def test_evalruns_by_phase_and_their_latest_scores() -> None:
     metrics = OperatorMetrics()
     metrics.observe_status("a", "job", {"phase": "Running"})
     summary = [{"metric": "exact_match", "value": 0.9, "baseline": 0.1}, {"metric": "f1", "value": 0.95}]
-    metrics.observe_evalrun("a", "eval", {"phase": "Succeeded", "summary": summary})
+    metrics.observe_evalrun("a", "eval", {"phase": "Succeeded", "summary": summary, "passed": False})
+    assert _sample(metrics, "finetune_evalrun_passed", {"namespace": "a", "name": "eval"}) == 0
     assert _sample(metrics, "finetune_evalruns", {"phase": "Succeeded"}) == 1
     assert _sample(metrics, "finetune_jobs", {"phase": "Succeeded"}) == 0  # kinds are counted apart
     tuned = {"namespace": "a", "name": "eval", "metric": "exact_match", "model": "tuned"}
@@ -79,6 +80,7 @@ def test_evalruns_by_phase_and_their_latest_scores() -> None:
     metrics.forget_evalrun("a", "eval")
     assert _sample(metrics, "finetune_evalruns", {"phase": "Succeeded"}) == 0
     assert _sample(metrics, "finetune_evalrun_metric", tuned) is None
+    assert _sample(metrics, "finetune_evalrun_passed", {"namespace": "a", "name": "eval"}) is None
 
 
 def test_duration_histogram_and_transitions() -> None:

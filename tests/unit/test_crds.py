@@ -38,6 +38,17 @@ def test_checked_in_crds_match_the_models() -> None:
     assert crdgen.main(["--check"]) == 0
 
 
+def test_api_reference_matches_the_models() -> None:
+    from finetune_operator import apidocs
+
+    assert apidocs.main(["--check"]) == 0
+    text = apidocs.render()
+    # every field of every kind appears, with its default and description
+    assert "| `learningRate` | number | `0.0002` |" in text
+    assert "### `EvalRun.spec.benchmarks[]`" in text
+    assert "### `FineTuneJob.status.evaluation`" in text
+
+
 def test_check_fails_when_a_crd_drifts(tmp_path: Path) -> None:
     assert crdgen.main(["--out", str(tmp_path)]) == 0
     target = tmp_path / "finetunejobs.yaml"
@@ -108,6 +119,7 @@ def test_nested_defaults_are_filled_by_the_apiserver() -> None:
     assert spec["properties"]["training"]["default"] == {}
     assert spec["properties"]["training"]["properties"]["learningRate"]["default"] == 2e-4
     assert "default" not in spec["properties"]["training"]["properties"]["epochs"]  # would clash with maxSteps
+    assert spec["properties"]["lora"]["properties"]["targetModules"]["default"] == ["all-linear"]  # a factory default
     # Optional objects whose absence means something are not defaulted into existence: an apiserver-
     # filled `quantization: {}` would make every method-lora job fail its own CEL rule.
     assert "default" not in spec["properties"]["quantization"]
@@ -118,7 +130,9 @@ def test_nested_defaults_are_filled_by_the_apiserver() -> None:
 
 
 def _examples() -> list[Path]:
-    return sorted((REPO / "examples").rglob("*.yaml"))
+    """Every manifest a user applies as it is; examples/gitops holds kustomize inputs and Argo CD objects,
+    checked rendered (tests/integration/test_examples.py) and in tests/unit/test_gitops.py."""
+    return sorted(p for p in (REPO / "examples").rglob("*.yaml") if "gitops" not in p.parts)
 
 
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: str(p.relative_to(REPO)))

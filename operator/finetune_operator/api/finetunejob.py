@@ -104,6 +104,8 @@ class LoraSettings(ApiModel):
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
         default_factory=lambda: ["all-linear"],
+        # pydantic leaves factory defaults out of the JSON schema; the CRD must carry it for the apiserver.
+        json_schema_extra={"default": ["all-linear"]},
         min_length=1,
         max_length=64,
         description="Module names to adapt (e.g. `q_proj`, `v_proj`), or `all-linear` for every linear layer "

@@ -1,0 +1,154 @@
+"""The Argo CD pieces of examples/gitops: the Lua health checks run in Lua 5.1 (Argo CD's gopher-lua
+dialect) against every phase they handle, and the Applications point at paths that exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ARGOCD = REPO / "examples" / "gitops" / "argocd"
+HEALTH = yaml.safe_load((ARGOCD / "argocd-cm-health.yaml").read_text())["data"]
+
+
+def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
+    from lupa.lua51 import LuaRuntime
+
+    lua = LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute(HEALTH[f"resource.customizations.health.finetune.dev_{kind}"])
+    return str(result["status"]), str(result["message"])
+
+
+def _c(ctype: str, status: str, reason: str = "R", message: str = "m") -> dict[str, str]:
+    return {"type": ctype, "status": status, "reason": reason, "message": message}
+
+
+EVALUATION = {"evaluation": {"benchmarks": []}}
+
+FINETUNEJOB_CASES = [
+    ("new", {}, {}, "Progressing", "waiting for the operator"),
+    (
+        "invalid",
+        {},
+        {"phase": "Failed", "conditions": [_c("Validated", "False", message="spec.x: bad")]},
+        "Degraded",
+        "InvalidSpec: spec.x: bad",
+    ),
+    (
+        "running",
+        {},
+        {
+            "phase": "Running",
+            "progress": {"percent": 40},
+            "conditions": [_c("Running", "True", message="trainer pod p is running")],
+        },
+        "Progressing",
+        "Running 40%: trainer pod p is running",
+    ),
+    (
+        "failed",
+        {},
+        {"phase": "Failed", "conditions": [_c("Failed", "True", "OutOfMemory", "raise memory")]},
+        "Degraded",
+        "OutOfMemory: raise memory",
+    ),
+    ("suspended", {}, {"phase": "Suspended"}, "Suspended", "spec.suspend is true"),
+    ("succeeded", {}, {"phase": "Succeeded", "adapter": {"uri": "s3://a/"}}, "Healthy", "adapter s3://a/"),
+    (
+        "evaluating",
+        EVALUATION,
+        {"phase": "Succeeded", "conditions": [_c("Evaluated", "Unknown")]},
+        "Progressing",
+        "trained; evaluating the adapter",
+    ),
+    (
+        "gate missed",
+        EVALUATION,
+        {"phase": "Succeeded", "conditions": [_c("Evaluated", "False", "ThresholdsMissed", "missed: f1 0.4 < 0.5")]},
+        "Degraded",
+        "ThresholdsMissed: missed: f1 0.4 < 0.5",
+    ),
+    (
+        "gate met",
+        EVALUATION,
+        {"phase": "Succeeded", "adapter": {"uri": "s3://a/"}, "conditions": [_c("Evaluated", "True", "ThresholdsMet")]},
+        "Healthy",
+        "adapter s3://a/",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "status", "expected", "message"), FINETUNEJOB_CASES, ids=[c[0] for c in FINETUNEJOB_CASES]
+)
+def test_finetunejob_health(
+    case: str, spec: dict[str, Any], status: dict[str, Any], expected: str, message: str
+) -> None:
+    obj: dict[str, Any] = {"spec": spec}
+    if status:
+        obj["status"] = status
+    assert health("FineTuneJob", obj) == (expected, message)
+
+
+EVALRUN_CASES = [
+    ("new", {}, "Progressing", "waiting for the operator"),
+    (
+        "waiting",
+        {"phase": "Pending", "conditions": [_c("Running", "False", "WaitingForFineTuneJob", "waiting for x")]},
+        "Progressing",
+        "Pending: waiting for x",
+    ),
+    (
+        "failed",
+        {"phase": "Failed", "conditions": [_c("Failed", "True", "FineTuneJobFailed", "x failed")]},
+        "Degraded",
+        "FineTuneJobFailed: x failed",
+    ),
+    (
+        "missed",
+        {
+            "phase": "Succeeded",
+            "score": 0.2,
+            "conditions": [_c("Passed", "False", "ThresholdsMissed", "missed: exact_match 0.2 < 0.6")],
+        },
+        "Degraded",
+        "ThresholdsMissed: missed: exact_match 0.2 < 0.6",
+    ),
+    (
+        "passed",
+        {"phase": "Succeeded", "score": 0.9, "conditions": [_c("Passed", "True", "ThresholdsMet")]},
+        "Healthy",
+        "score 0.9",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "status", "expected", "message"), EVALRUN_CASES, ids=[c[0] for c in EVALRUN_CASES])
+def test_evalrun_health(case: str, status: dict[str, Any], expected: str, message: str) -> None:
+    assert health("EvalRun", {"status": status} if status else {}) == (expected, message)
+
+
+@pytest.mark.parametrize("name", ["operator-application.yaml", "finetune-application.yaml"])
+def test_applications_point_at_paths_in_this_repository(name: str) -> None:
+    app = yaml.safe_load((ARGOCD / name).read_text())
+    assert app["kind"] == "Application"
+    path = REPO / app["spec"]["source"]["path"]
+    assert (path / "Chart.yaml").exists() or (path / "kustomization.yaml").exists(), path
+    assert "ServerSideApply=true" in app["spec"]["syncPolicy"]["syncOptions"]
+
+
+def _runs(workflow: Path) -> list[str]:
+    jobs = yaml.safe_load(workflow.read_text())["jobs"]
+    return [step.get("run", "") for job in jobs.values() for step in job["steps"]]
+
+
+def test_ci_workflows_run_the_commands_that_exist() -> None:
+    workflows = REPO / ".github" / "workflows"
+    assert "CI=true bash .ci/run" in _runs(workflows / "ci.yaml")
+    assert "make e2e-kind" in _runs(workflows / "e2e-kind.yaml")
+    assert "\ne2e-kind:" in (REPO / "Makefile").read_text()
+    assert (REPO / ".ci" / "run").exists()
