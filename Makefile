@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
 
-.PHONY: help venv tools crds lint test test-unit demo demo-kind e2e-kind bench-gpu bench-eval clean
+.PHONY: help venv tools crds lint test test-unit demo demo-kind e2e-kind bench-gpu bench-eval bench clean
 
 help:
 	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
@@ -14,6 +14,7 @@ help:
 	@echo "make crds   - regenerate crds/ and docs/api.md from the API models"
 	@echo "make bench-gpu - QLoRA throughput/memory vs a plain HF baseline (GPU; --tiny on CPU)"
 	@echo "make bench-eval - batched vs one-at-a-time generation (CPU)"
+	@echo "make bench  - every CPU benchmark: trainer throughput, eval generation, pod start, operator scale"
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -56,6 +57,14 @@ bench-gpu: venv
 
 bench-eval: venv
 	$(PY) bench/eval_generation.py
+
+# The CPU benchmarks (about 5 minutes here); figures go to docs/benchmarks.md by hand, with the command.
+bench: venv tools
+	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours-unpacked,ours --steps 20
+	$(PY) bench/eval_generation.py
+	$(PY) bench/pod_start.py
+	$(PY) bench/operator_scale.py --jobs 100
+	$(PY) bench/operator_scale.py --jobs 1000 --suspended
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

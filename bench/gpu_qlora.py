@@ -9,6 +9,7 @@ quantization and LoRA (r=16, all linear layers) and trains on the same variable-
 
 - baseline: HF Trainer + peft + bitsandbytes as a tutorial sets it up: batches padded to their
   longest example, reentrant gradient checkpointing, default AdamW, logits for the whole batch.
+- ours-unpacked: our model setup with `training.packing: false` (padded batches), to isolate packing.
 - ours: what `finetune-trainer` does (TrainingRecipe's model, collator and arguments): padding-free
   packing, non-reentrant checkpointing, paged 8-bit AdamW on GPU; and "ours+liger" adds Liger's fused
   kernels (fused linear cross-entropy never materialises the 128k-vocabulary logits) when installed.
@@ -177,24 +178,31 @@ def run_variant(
 
     cuda = torch.cuda.is_available()
     device = pick_device("auto", cuda, cuda and torch.cuda.is_bf16_supported())
-    if name.startswith("ours"):
+    packed = name in {"ours", "ours+liger"}
+    padded_lengths = [len(r["input_ids"]) for r in data[: (args.warmup + args.steps) * args.batch_size]]
+    if packed:
         model = load_ours(model_dir, device, liger=name == "ours+liger")
         train: list[dict[str, list[int]]] = pack_rows(data, args.seq_len)  # bins of up to seq_len tokens
         collator: Any = make_collator(True, None)
         optim = resolve_optimizer("auto", device)
-        padded = 0.0
+        padded = 0.0  # packed rows are flattened into one sequence: no pad tokens at all
+    elif name == "ours-unpacked":
+        # Our model setup with packing switched off (training.packing: false): what packing alone buys.
+        model = load_ours(model_dir, device, liger=False)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=_dummy_tokenizer(), pad_token="<pad>")
+        collator = make_collator(False, tokenizer)
+        optim = resolve_optimizer("auto", device)
+        train = data
+        padded = padding_fraction(padded_lengths, args.batch_size)
     else:
         model = load_baseline(model_dir, cuda)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=_dummy_tokenizer(), pad_token="<pad>")
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         optim = "adamw_torch"
         train = data
-        padded = padding_fraction(
-            [len(r["input_ids"]) for r in data[: (args.warmup + args.steps) * args.batch_size]], args.batch_size
-        )
+        padded = padding_fraction(padded_lengths, args.batch_size)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    ours = name.startswith("ours")
     timer = Timer(args.warmup, cuda)
     trainer = Trainer(
         model=model,
@@ -212,7 +220,7 @@ def run_variant(
             remove_unused_columns=False,
             dataloader_num_workers=0,
             disable_tqdm=True,
-            include_num_input_tokens_seen="all" if ours else "non_padding",
+            include_num_input_tokens_seen="all" if packed else "non_padding",
             seed=0,
             data_seed=0,
         ),

@@ -96,11 +96,12 @@ class LocalCluster:
     workdir: Path
     path_prepend: tuple[str, ...] = ()
     crds: bool = True  # install crds/ at start (off when a test installs them, e.g. through the Helm chart)
+    audit: bool = False  # apiserver audit log (bench/operator_scale.py counts the operator's requests)
     control_plane: ControlPlane = field(init=False)
     agent: LocalNodeAgent = field(init=False)
 
     def __post_init__(self) -> None:
-        self.control_plane = ControlPlane(self.workdir)
+        self.control_plane = ControlPlane(self.workdir, audit=self.audit)
 
     @property
     def kubeconfig(self) -> Path:

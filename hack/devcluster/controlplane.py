@@ -130,6 +130,8 @@ class ControlPlane:
     scheduler: bool = True
     api_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_hex(16))
+    audit: bool = False
+    """Write every request's metadata (user, user agent, verb, resource) to workdir/audit.log."""
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     @property
@@ -254,6 +256,7 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=0",
+                *self._audit_flags(),
             ],
         )
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -267,6 +270,19 @@ class ControlPlane:
                 return False
 
         self._wait("kube-apiserver", ready, timeout)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n"
+        )
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-maxsize=0"]
 
     def _write_kubeconfig(self) -> None:
         ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()

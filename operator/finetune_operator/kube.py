@@ -11,6 +11,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from . import __version__
 from .api import GROUP, VERSION
 
 
@@ -20,7 +21,10 @@ def make_api_client() -> client.ApiClient:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    api = client.ApiClient()
+    # Our own name in audit logs and apiserver metrics, instead of the generic client's.
+    api.user_agent = f"finetune-operator/{__version__}"
+    return api
 
 
 class AdoptionConflictError(RuntimeError):

@@ -25,6 +25,9 @@ PERMANENT_IMAGE_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed")
 MESSAGE_LIMIT = 2048
+# How long a finished Job may wait for its pod's final status to reach the operator's pod index (the Job
+# and Pod watches are separate streams; under load the Job's Complete can arrive first).
+POD_STATUS_GRACE_SECONDS = 60.0
 _REASON = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 
@@ -110,6 +113,8 @@ class JobView:
     failed_message: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    finished_at: str | None = None
+    """completionTime, or when the Failed condition appeared."""
 
     @property
     def finished(self) -> bool:
@@ -122,6 +127,8 @@ def view_job(job: Mapping[str, Any]) -> JobView:
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     # FailureTarget appears before Failed while the Job controller is still terminating pods.
     failed = conditions.get("Failed") or conditions.get("FailureTarget")
+    # SuccessCriteriaMet comes before Complete (and before completionTime is set).
+    ended = failed or conditions.get("SuccessCriteriaMet") or conditions.get("Complete") or {}
     attempt = (meta.get("labels") or {}).get(LABEL_ATTEMPT)
     return JobView(
         name=meta["name"],
@@ -136,6 +143,7 @@ def view_job(job: Mapping[str, Any]) -> JobView:
         failed_message=failed.get("message") if failed else None,
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
+        finished_at=ended.get("lastTransitionTime") or status.get("completionTime"),
     )
 
 
@@ -290,6 +298,29 @@ def _running_pod(pod: PodView, now: datetime, image_pull_timeout: int) -> Outcom
     return None
 
 
+def _pod_status_pending(job: JobView, pods: Sequence[PodView], now: datetime) -> Outcome | None:
+    """A finished Job whose deciding pod has not reached us yet: wait (briefly) rather than judge blind.
+
+    Judging now would fail a successful attempt as ResultMissing, or lose the pod's reason (exit code,
+    OOMKilled, the trainer's message) for a failed one, and a terminal phase is never revisited.
+    """
+    if not job.finished or job.failed_reason == "DeadlineExceeded":  # the Job itself says why
+        return None
+    seen = any(p.exit_code == 0 for p in pods) if job.complete else any(p.terminated for p in pods)
+    if seen:
+        return None
+    finished = parse_time(job.finished_at)
+    waited = (now - finished).total_seconds() if finished else POD_STATUS_GRACE_SECONDS
+    if waited >= POD_STATUS_GRACE_SECONDS:
+        return None
+    return Outcome(
+        "Running",
+        "Finishing",
+        f"Job {job.name} finished; waiting for its pod's final status",
+        recheck_after=POD_STATUS_GRACE_SECONDS - waited,
+    )
+
+
 def assess_attempt(
     job: JobView | None,
     pods: Sequence[PodView],
@@ -302,6 +333,9 @@ def assess_attempt(
     """The phase of the current attempt from its Job and pods."""
     if job is None:
         return Outcome("Pending", "JobCreating", "creating the trainer Job")
+    waiting = _pod_status_pending(job, pods, now)
+    if waiting is not None:
+        return waiting
     if job.complete:
         return _success(pods, judge)
     if job.failed_reason is not None:

@@ -81,9 +81,17 @@ def test_apiserver_fills_in_documented_defaults(kube: Kube) -> None:
     )
     spec = kube.ftj("defaults")["spec"]
     assert spec["method"] == "qlora"
-    assert spec["lora"] == {"r": 16, "alpha": 32, "dropout": 0.05}  # targetModules: list default stays in the model
+    assert spec["lora"] == {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}
+    assert "quantization" not in spec  # optional: unset means the qlora default, and lora must stay possible
     assert spec["training"]["learningRate"] == 0.0002
     assert "epochs" not in spec["training"]
+
+
+def test_a_lora_job_is_admitted(kube: Kube) -> None:
+    """Regression: a schema default of `quantization: {}` once made every method-lora job fail its CEL rule."""
+    spec = {"baseModel": {"uri": "hf://a/b"}, "dataset": {"uri": "s3://d/t.jsonl"}, "method": "lora", "suspend": True}
+    _create(kube, "plain-lora", spec)
+    assert kube.ftj("plain-lora")["spec"]["method"] == "lora"
 
 
 def test_kubectl_explain_teaches_the_api(kube: Kube) -> None:

@@ -298,3 +298,29 @@ def test_invalid_spec_condition() -> None:
         "InvalidSpec",
         "spec.lora.r: too small",
     )
+
+
+def test_a_finished_job_waits_briefly_for_its_pods_final_status() -> None:
+    """The Job and Pod watches are separate streams: Complete may arrive before the pod's exit."""
+    done = view_job(job(succeeded=1, conditions=[{"type": "Complete"}]))  # completionTime 10:30
+    running = [view_pod(pod(phase="Running"))]
+    just_done = datetime(2026, 11, 23, 10, 30, 10, tzinfo=UTC)
+    waiting = assess_attempt(done, running, SPEC, just_done, 300)
+    assert (waiting.phase, waiting.reason, waiting.recheck_after) == ("Running", "Finishing", 50.0)
+    # Kubernetes >= 1.31 marks SuccessCriteriaMet before Complete, with no completionTime yet.
+    criteria = view_job(
+        job(succeeded=1, conditions=[{"type": "SuccessCriteriaMet", "lastTransitionTime": "2026-11-23T10:30:00Z"}])
+    )
+    assert assess_attempt(criteria, running, SPEC, just_done, 300).reason == "Finishing"
+    later = datetime(2026, 11, 23, 10, 31, 30, tzinfo=UTC)
+    assert assess_attempt(done, running, SPEC, later, 300).reason == "ResultMissing"
+    failed = view_job(
+        job(
+            failed=1,
+            conditions=[
+                {"type": "Failed", "reason": "BackoffLimitExceeded", "lastTransitionTime": "2026-11-23T10:30:00Z"}
+            ],
+        )
+    )
+    assert assess_attempt(failed, running, SPEC, just_done, 300).reason == "Finishing"
+    assert assess_attempt(failed, running, SPEC, later, 300).reason == "BackoffLimitExceeded"
