@@ -109,10 +109,16 @@ def replacing_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> d
 
 
 def _event_for(previous: Mapping[str, Any], outcome: Outcome) -> list[Event]:
+    """An Event per phase change, and per new warning reason within a phase (e.g. Unschedulable).
+
+    A routine step within a phase (JobCreating -> Starting) updates the condition but is no Event:
+    each Event is an API write, and users read them for what changed, not for every step.
+    """
     before: Mapping[str, Any] = next((c for c in previous.get("conditions") or [] if c.get("type") == "Running"), {})
-    if previous.get("phase") == outcome.phase and before.get("reason") == outcome.reason:
-        return []
     warning = outcome.phase == "Failed" or outcome.reason in _WARNING_REASONS
+    same_phase = previous.get("phase") == outcome.phase
+    if same_phase and (not warning or before.get("reason") == outcome.reason):
+        return []
     return [Event("Warning" if warning else "Normal", outcome.reason, outcome.message)]
 
 

@@ -201,3 +201,18 @@ def test_merge_patch_is_minimal_and_leaves_other_keys_alone() -> None:
     current = {"phase": "Running", "progress": {"step": 5, "loss": 2.0}, "adapter": {"uri": "s3://x/"}}
     desired = {"phase": "Running", "progress": {"percent": 100}, "adapter": None, "metrics": None}
     assert merge_patch(current, desired) == {"progress": {"percent": 100}, "adapter": None}
+
+
+def test_events_mark_phase_changes_and_warnings_not_every_step() -> None:
+    body = finetunejob()
+    body = _apply(body, _plan(body))  # AttemptStarted
+    digest = body["status"]["specHash"]
+    starting = _plan(body, jobs=[job(spec_hash=digest)])
+    assert starting.status["conditions"][1]["reason"] == "Starting"
+    assert starting.events == []  # a routine step within Pending
+    body = _apply(body, starting)
+    waiting = _plan(body, jobs=[job(spec_hash=digest)], pods=[pod(waiting={"reason": "CreateContainerConfigError"})])
+    assert [(e.type, e.reason) for e in waiting.events] == [("Warning", "ConfigError")]
+    body = _apply(body, waiting)
+    running = _plan(body, jobs=[job(active=1, spec_hash=digest)], pods=[pod(phase="Running")])
+    assert [(e.type, e.reason) for e in running.events] == [("Normal", "Training")]
