@@ -40,53 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        if args.command == "eval":
-            return _evaluate(args)
-        run = load_run_spec(args.spec, os.environ)
-        from .train import TrainingRecipe
-
-        recipe = TrainingRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource))
-        if args.command == "prepare":
-            recipe._fetch_inputs()
-            recipe._setup_tokenizer()
-            recipe._setup_data()
-            print(recipe.data.summary())
-            return 0
-        result = recipe.run()
+        result = _run(args)
     except TrainerError as error:
-        return _failed(error)
+        log.error("%s: %s", error.reason, error)
+        write_result(TrainerResult(result="failed", reason=error.reason, message=str(error)[:2048]))
+        return error.exit_code
     except Exception as error:  # unexpected: retriable, with the traceback in the log
-        return _crashed(error)
+        traceback.print_exc()
+        write_result(TrainerResult(result="failed", message=f"{type(error).__name__}: {error}"[:2048]))
+        return EXIT_RETRIABLE
+    if result is None:
+        return 0
     path = write_result(result)
-    assert result.adapter is not None
-    print(f"adapter published to {result.adapter.uri} (result written to {path})")
-    return 0
-
-
-def _failed(error: TrainerError) -> int:
-    log.error("%s: %s", error.reason, error)
-    write_result(TrainerResult(result="failed", reason=error.reason, message=str(error)[:2048]))
-    return error.exit_code
-
-
-def _crashed(error: Exception) -> int:
-    traceback.print_exc()
-    write_result(TrainerResult(result="failed", message=f"{type(error).__name__}: {error}"[:2048]))
-    return EXIT_RETRIABLE
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    try:
-        run = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
-        from .evaluate import EvaluationRecipe
-
-        result = EvaluationRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource)).run()
-    except TrainerError as error:
-        return _failed(error)
-    except Exception as error:  # unexpected: retriable, with the traceback in the log
-        return _crashed(error)
-    path = write_result(result)
-    assert result.evaluation is not None
+    if result.evaluation is None:
+        assert result.adapter is not None
+        print(f"adapter published to {result.adapter.uri} (result written to {path})")
+        return 0
     for item in result.evaluation.summary:
         print(
             f"{item.metric}: {item.value:.4f}"
@@ -94,6 +63,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     print(f"report published to {result.evaluation.report.uri} (result written to {path})")
     return 0
+
+
+def _run(args: argparse.Namespace) -> TrainerResult | None:
+    """The command's result; None for `prepare`, which publishes nothing."""
+    if args.command == "eval":
+        evaluation = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
+        from .evaluate import EvaluationRecipe
+
+        reporter = ProgressReporter(evaluation.resource)
+        return EvaluationRecipe(evaluation, _workdir(args.workdir), os.environ, reporter).run()
+    run = load_run_spec(args.spec, os.environ)
+    from .train import TrainingRecipe
+
+    recipe = TrainingRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource))
+    if args.command == "prepare":
+        recipe._fetch_inputs()
+        recipe._setup_tokenizer()
+        recipe._setup_data()
+        print(recipe.data.summary())
+        return None
+    return recipe.run()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from ..kube import (
     create_or_adopt,
     delete_custom,
     delete_job,
+    get_custom,
     patch_custom_spec,
     patch_custom_status,
     patch_job,
@@ -89,6 +90,44 @@ def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any
         patch_custom_spec(runtime.api, "evalruns", namespace, *plan.evalrun_patch)
     if plan.evalrun_delete:
         delete_custom(runtime.api, "evalruns", namespace, plan.evalrun_delete)
+
+
+def children_of(indices: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+    """The trainer Jobs and Pods indexed under this resource's uid."""
+    uid = body["metadata"]["uid"]
+    return list(indices["trainer_jobs"].get(uid, [])), list(indices["trainer_pods"].get(uid, []))
+
+
+def reconcile_resource(
+    runtime: Runtime,
+    kind: str,
+    plural: str,
+    *,
+    namespace: str,
+    name: str,
+    plan_for: Callable[[dict[str, Any]], Plan],
+    again: Callable[[], None],
+) -> None:
+    """One reconcile of one resource, whatever its kind: read it fresh, plan, execute, maybe recheck later.
+
+    The per-resource lock keeps reconciles woken by different watches from interleaving.
+    """
+    key = (f"{plural}/{namespace}", name)
+    with runtime.locks(key):
+        body = get_custom(runtime.api, plural, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # gone or going: the garbage collector removes the children
+        plan = plan_for(body)
+        guarded(runtime, kind, namespace, name, lambda: execute(runtime, kind, plural, body, plan))
+    if plan.recheck_after is not None:
+        runtime.rechecks.schedule(key, plan.recheck_after + 1, again)
+
+
+def forget_resource(runtime: Runtime, plural: str, namespace: str, name: str) -> None:
+    """Drop the in-memory lock and pending recheck of a deleted resource."""
+    key = (f"{plural}/{namespace}", name)
+    runtime.locks.discard(key)
+    runtime.rechecks.cancel(key)
 
 
 def guarded(runtime: Runtime, kind: str, namespace: str, name: str, step: Callable[[], None]) -> None:

@@ -16,8 +16,8 @@ import kopf
 from ..api import GROUP, VERSION
 from ..kube import get_custom
 from ..manifests.names import LABEL_FINETUNEJOB
-from ..reconcile import plan_evalrun
-from .common import execute, guarded, with_retries
+from ..reconcile import Plan, plan_evalrun
+from .common import children_of, forget_resource, reconcile_resource, with_retries
 from .runtime import MEMO_KEY, Runtime
 
 PLURAL = "evalruns"
@@ -33,27 +33,21 @@ def evalruns_by_job(
 
 
 def reconcile_evalrun(runtime: Runtime, namespace: str, name: str, indices: Mapping[str, Any]) -> None:
-    key = (f"{PLURAL}/{namespace}", name)
-    with runtime.locks(key):
-        evr = get_custom(runtime.api, PLURAL, namespace, name)
-        if evr is None or evr["metadata"].get("deletionTimestamp"):
-            return
-        uid = evr["metadata"]["uid"]
+    def plan_for(evr: dict[str, Any]) -> Plan:
         ref = (((evr.get("spec") or {}).get("model") or {}).get("fineTuneJobRef") or {}).get("name")
         ftj = get_custom(runtime.api, "finetunejobs", namespace, ref) if ref else None
-        plan = plan_evalrun(
-            evr,
-            list(indices["trainer_jobs"].get(uid, [])),
-            list(indices["trainer_pods"].get(uid, [])),
-            runtime.settings,
-            runtime.now(),
-            ftj=ftj,
-        )
-        guarded(runtime, KIND, namespace, name, lambda: execute(runtime, KIND, PLURAL, evr, plan))
-    if plan.recheck_after is not None:
-        runtime.rechecks.schedule(
-            key, plan.recheck_after + 1, lambda: reconcile_evalrun(runtime, namespace, name, indices)
-        )
+        jobs, pods = children_of(indices, evr)
+        return plan_evalrun(evr, jobs, pods, runtime.settings, runtime.now(), ftj=ftj)
+
+    reconcile_resource(
+        runtime,
+        KIND,
+        PLURAL,
+        namespace=namespace,
+        name=name,
+        plan_for=plan_for,
+        again=lambda: reconcile_evalrun(runtime, namespace, name, indices),
+    )
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -77,11 +71,9 @@ def observe_evalrun(
 ) -> None:
     runtime: Runtime = memo[MEMO_KEY]
     namespace = namespace or ""
-    key = (f"{PLURAL}/{namespace}", name)
     if type == "DELETED":
         runtime.metrics.forget_evalrun(namespace, name)
-        runtime.locks.discard(key)
-        runtime.rechecks.cancel(key)
+        forget_resource(runtime, PLURAL, namespace, name)
     else:
         runtime.metrics.observe_evalrun(namespace, name, status)
     owner = labels.get(LABEL_FINETUNEJOB)

@@ -16,9 +16,9 @@ import kopf
 from ..api import GROUP, TERMINAL_PHASES, VERSION
 from ..kube import get_custom
 from ..manifests.names import Owner
-from ..reconcile import plan_finetunejob
+from ..reconcile import Plan, plan_finetunejob
 from ..workloads import evalrun_name
-from .common import execute, guarded, with_retries
+from .common import children_of, forget_resource, reconcile_resource, with_retries
 from .runtime import MEMO_KEY, Runtime
 
 PLURAL = "finetunejobs"
@@ -26,28 +26,22 @@ KIND = "FineTuneJob"
 
 
 def reconcile_finetunejob(runtime: Runtime, namespace: str, name: str, indices: Mapping[str, Any]) -> None:
-    key = (f"{PLURAL}/{namespace}", name)
-    with runtime.locks(key):
-        ftj = get_custom(runtime.api, PLURAL, namespace, name)
-        if ftj is None or ftj["metadata"].get("deletionTimestamp"):
-            return  # gone or going: the garbage collector removes the children
-        uid = ftj["metadata"]["uid"]
+    def plan_for(ftj: dict[str, Any]) -> Plan:
         evalrun = None
         if (ftj.get("spec") or {}).get("evaluation") or (ftj.get("status") or {}).get("evaluation"):
             evalrun = get_custom(runtime.api, "evalruns", namespace, evalrun_name(Owner.from_body(ftj)))
-        plan = plan_finetunejob(
-            ftj,
-            list(indices["trainer_jobs"].get(uid, [])),
-            list(indices["trainer_pods"].get(uid, [])),
-            runtime.settings,
-            runtime.now(),
-            evalrun=evalrun,
-        )
-        guarded(runtime, KIND, namespace, name, lambda: execute(runtime, KIND, PLURAL, ftj, plan))
-    if plan.recheck_after is not None:
-        runtime.rechecks.schedule(
-            key, plan.recheck_after + 1, lambda: reconcile_finetunejob(runtime, namespace, name, indices)
-        )
+        jobs, pods = children_of(indices, ftj)
+        return plan_finetunejob(ftj, jobs, pods, runtime.settings, runtime.now(), evalrun=evalrun)
+
+    reconcile_resource(
+        runtime,
+        KIND,
+        PLURAL,
+        namespace=namespace,
+        name=name,
+        plan_for=plan_for,
+        again=lambda: reconcile_finetunejob(runtime, namespace, name, indices),
+    )
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -77,11 +71,9 @@ def observe_finetunejob(
 ) -> None:
     runtime: Runtime = memo[MEMO_KEY]
     namespace = namespace or ""
-    key = (f"{PLURAL}/{namespace}", name)
     if type == "DELETED":
         runtime.metrics.forget(namespace, name)
-        runtime.locks.discard(key)
-        runtime.rechecks.cancel(key)
+        forget_resource(runtime, PLURAL, namespace, name)
     else:
         runtime.metrics.observe_status(namespace, name, status)
     if type == "DELETED" or status.get("phase") in TERMINAL_PHASES:
