@@ -94,6 +94,18 @@ def test_a_lora_job_is_admitted(kube: Kube) -> None:
     assert kube.ftj("plain-lora")["spec"]["method"] == "lora"
 
 
+def test_gates_without_thresholds_are_admitted(kube: Kube) -> None:
+    """Regression: the threshold rule read `self.thresholds` unguarded, so every EvalRun (and FineTuneJob
+    spec.evaluation) without thresholds was refused with "no such key: thresholds"."""
+    bench = {"name": "qa", "dataset": {"uri": "s3://eval/qa.jsonl"}, "task": "qa", "metrics": ["f1"]}
+    evaluation = {"model": {"fineTuneJobRef": {"name": "x"}}, "benchmarks": [bench]}
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EvalRun", "metadata": {"name": "ungated"}, "spec": evaluation}
+    kube.custom.create_namespaced_custom_object(GROUP, VERSION, kube.namespace, "evalruns", body)
+    spec = {**quick_spec("success"), "suspend": True, "evaluation": {"benchmarks": [bench]}}
+    _create(kube, "ungated", spec)
+    assert kube.ftj("ungated")["spec"]["evaluation"]["benchmarks"][0]["name"] == "qa"
+
+
 def test_kubectl_explain_teaches_the_api(kube: Kube) -> None:
     out = kube.kubectl("explain", "finetunejob.spec.training.maxSteps").stdout
     assert "Optimizer steps to run" in out

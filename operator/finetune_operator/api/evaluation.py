@@ -117,7 +117,8 @@ class EvaluationSettings(ApiModel):
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="self.thresholds.all(k, self.benchmarks.exists(b, k in b.metrics))",
+            # has(): an omitted map is absent in CEL (no default), not empty.
+            cel="!has(self.thresholds) || self.thresholds.all(k, self.benchmarks.exists(b, k in b.metrics))",
             message="every threshold must name a metric that some benchmark computes",
             check=lambda s: all(any(k in b.metrics for b in s.benchmarks) for k in s.thresholds),
             field="thresholds",
