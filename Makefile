@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
 
-.PHONY: help venv tools crds lint test test-unit demo demo-kind e2e-kind bench-gpu bench-eval bench clean
+.PHONY: help venv tools crds lint test test-unit soak demo demo-kind e2e-kind bench-gpu bench-eval bench clean
 
 help:
 	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
 	@echo "make demo   - a FineTuneJob end to end on the local control plane"
+	@echo "make soak   - long reliability variants (operator crashes, pod loss, store outages; ~30 min)"
 	@echo "make demo-kind - the same on kind with the real images (needs Docker and kind)"
 	@echo "make lint   - ruff + mypy --strict on operator/"
 	@echo "make crds   - regenerate crds/ and docs/api.md from the API models"
@@ -44,6 +45,9 @@ test-unit: venv
 test: venv tools lint
 	$(PY) -m pytest
 
+soak: venv tools
+	$(PY) -m pytest -m soak -s tests/reliability
+
 demo: venv tools
 	$(PY) hack/demo.py
 
@@ -58,7 +62,7 @@ bench-gpu: venv
 bench-eval: venv
 	$(PY) bench/eval_generation.py
 
-# The CPU benchmarks (about 5 minutes here); figures go to docs/benchmarks.md by hand, with the command.
+# The CPU benchmarks (about 6 minutes here); each appends a dated row with its command to docs/benchmarks.md.
 bench: venv tools
 	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours-unpacked,ours --steps 20
 	$(PY) bench/eval_generation.py

@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
 
     import torch
@@ -71,6 +72,18 @@ def main() -> int:
     first, second = figures.values()
     ratio = second["prompts_per_s"] / first["prompts_per_s"]
     print(f"batched / one at a time: {ratio:.2f}x")
+    from record import record
+
+    record(
+        "eval_generation.py",
+        {
+            "one at a time prompts/s": first["prompts_per_s"],
+            f"batched ({args.batch_size}) prompts/s": second["prompts_per_s"],
+            "x one at a time": round(ratio, 2),
+            "target": ">= 5x",
+        },
+        enabled=not args.no_record,
+    )
     print(
         json.dumps(
             {"args": vars(args), "figures": figures, "ratio": round(ratio, 2), "threads": torch.get_num_threads()}

@@ -271,6 +271,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", default="baseline,ours,ours+liger")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
     import torch
 
@@ -309,6 +310,26 @@ def main() -> int:
         print(
             f"{r.variant:<12} {r.tokens_per_second:>10.1f} {speed:>7} {r.padded_fraction:>7.1%} "
             f"{r.peak_memory_gib:>9.2f} {memory:>7} {mfu:>6} {r.loss:>7.3f}"
+        )
+    from record import record
+
+    for r in results:
+        record(
+            "gpu_qlora.py",
+            {
+                "device": device,
+                "seq x batch": f"{args.seq_len} x {args.batch_size}",
+                "variant": r.variant,
+                "tokens/s": round(r.tokens_per_second, 1),
+                "x baseline": round(r.tokens_per_second / base.tokens_per_second, 2) if base else "-",
+                "padded": f"{r.padded_fraction:.1%}",
+                "peak GiB": round(r.peak_memory_gib, 2),
+                "memory x baseline": round(r.peak_memory_gib / base.peak_memory_gib, 2)
+                if base and base.peak_memory_gib
+                else "-",
+                "MFU": f"{r.mfu:.1%}" if r.mfu is not None else "-",
+            },
+            enabled=not args.no_record,
         )
     if args.json:
         args.json.write_text(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -60,6 +61,72 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+HEAP_HOOK = """
+import signal, tracemalloc, os
+
+def _dump(*_):
+    snapshot = tracemalloc.take_snapshot()
+    stats = snapshot.statistics("filename")
+    total = sum(s.size for s in stats)
+    path = os.environ["FINETUNE_BENCH_HEAP_DUMP"]
+    with open(path + ".partial", "w") as out:
+        out.write(f"total {total}\\n")
+        for stat in stats[:25]:
+            out.write(f"{stat.size} {stat.count} {stat.traceback[0].filename}\\n")
+    os.replace(path + ".partial", path)  # whole or absent for the reader
+
+signal.signal(signal.SIGUSR1, _dump)
+"""
+
+
+def heap_env(folder: Path) -> dict[str, str]:
+    """Operator env that traces Python allocations and dumps them by file on SIGUSR1 (a sitecustomize)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HEAP_HOOK)
+    return {"PYTHONPATH": str(folder), "PYTHONTRACEMALLOC": "1", "FINETUNE_BENCH_HEAP_DUMP": str(folder / "heap.txt")}
+
+
+def heap_by_package(dump: Path) -> dict[str, float]:
+    """MB of live Python allocations by top-level package (site-packages name, or our own modules)."""
+    lines = dump.read_text().splitlines()
+    by: Counter[str] = Counter()
+    for line in lines[1:]:
+        size, _, filename = line.split(" ", 2)
+        path = Path(filename)
+        parts = path.parts
+        if "site-packages" in parts:
+            package = parts[parts.index("site-packages") + 1]
+        elif "finetune_operator" in parts:
+            package = "finetune_operator/" + path.name
+        else:
+            package = path.name
+        by[package] += int(size)
+    by["(all Python allocations)"] = int(lines[0].split()[1])
+    return {k: round(v / 2**20, 1) for k, v in by.most_common(12)}
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def current_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _step(status: dict[str, Any]) -> str:
+    """What a status patch recorded: the Running condition's reason, or the fields it set."""
+    running = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), None)
+    if running is not None:
+        return f"{status.get('phase', '')}/{running.get('reason')}".lstrip("/")
+    return "+".join(sorted(status))
+
+
 def operator_requests(audit_log: Path) -> Counter[str]:
     """Completed requests by the operator, keyed "read"/"write"/"watch" (one per auditID)."""
     counts: Counter[str] = Counter()
@@ -77,10 +144,13 @@ def operator_requests(audit_log: Path) -> Counter[str]:
         if verb in WRITE_VERBS:
             resource = event.get("objectRef", {})
             counts[f"write {verb} {resource.get('resource')}/{resource.get('subresource', '')}".rstrip("/")] += 1
+            status = (event.get("requestObject") or {}).get("status")
+            if status is not None:
+                counts[f"status patch {_step(status)}"] += 1
     return counts
 
 
-def run(jobs: int, suspended: bool, workdir: Path) -> dict[str, Any]:
+def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False) -> dict[str, Any]:
     from kubernetes import client, watch
     from tests.kube import quick_spec
 
@@ -92,11 +162,12 @@ def run(jobs: int, suspended: bool, workdir: Path) -> dict[str, Any]:
         api = cluster.api()
         api.user_agent = "finetune-bench"
         client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-        operator = OperatorProcess(
-            cluster.kubeconfig, workdir / "operator.log", env={"FINETUNE_TRAINER_IMAGE": "local/stand-in:dev"}
-        ).start()
+        env = {"FINETUNE_TRAINER_IMAGE": "local/stand-in:dev", **(heap_env(workdir / "heap") if heap else {})}
+        operator = OperatorProcess(cluster.kubeconfig, workdir / "operator.log", env=env).start()
         operator.wait_ready()
         assert operator.process is not None
+        time.sleep(2)
+        idle_rss = current_rss_mb(operator.process.pid)
         added: dict[str, float] = {}
         stop = threading.Event()
 
@@ -144,6 +215,15 @@ def run(jobs: int, suspended: bool, workdir: Path) -> dict[str, Any]:
 
         wait_for(lambda: finished() >= jobs, 3600, f"{jobs} FineTuneJobs to settle", describe=lambda: str(finished()))
         time.sleep(5)  # let trailing events (pod deletion, final patches) land in the audit log
+        time.sleep(25)  # quiet: kopf's per-object workers exit after their idle timeout
+        settled_rss = current_rss_mb(operator.process.pid)
+        heap_mb: dict[str, float] = {}
+        if heap:
+            dump = workdir / "heap" / "heap.txt"
+            os.kill(operator.process.pid, signal.SIGUSR1)
+            wait_for(dump.exists, 120, "the heap dump")
+            time.sleep(1)
+            heap_mb = heap_by_package(dump)
         stop.set()
         items = custom.list_namespaced_custom_object("finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs")["items"]
         phases = Counter((i.get("status") or {}).get("phase") for i in items)
@@ -172,8 +252,15 @@ def run(jobs: int, suspended: bool, workdir: Path) -> dict[str, Any]:
             "operator_reads_per_job": round(requests["read"] / jobs, 2),
             "operator_watches": requests["watch"],
             "writes_by_kind": {k.removeprefix("write "): v for k, v in requests.items() if k.startswith("write ")},
+            "status_patches_by_step": {
+                k.removeprefix("status patch "): v for k, v in requests.items() if k.startswith("status patch ")
+            },
             "cpu_seconds_until_last_job": busy,
             "operator_peak_rss_mb": round(peak_rss_mb(operator.process.pid), 1),
+            "operator_idle_rss_mb": round(idle_rss, 1),
+            "operator_rss_mb_settled": round(settled_rss, 1),
+            "operator_threads": threads(operator.process.pid),
+            "python_heap_mb_by_package": heap_mb,
         }
     finally:
         if operator is not None:
@@ -185,9 +272,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--suspended", action="store_true", help="create the Jobs suspended: no pods run")
+    parser.add_argument(
+        "--heap", action="store_true", help="attribute the operator's Python heap by package (tracemalloc: slow)"
+    )
+    parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        result = run(args.jobs, args.suspended, Path(folder))
+        result = run(args.jobs, args.suspended, Path(folder), heap=args.heap)
     print(
         f"{result['jobs']} FineTuneJobs{' (suspended)' if args.suspended else ''}: create -> Job p50 "
         f"{result['latency_p50_s']:.3f}s p99 {result['latency_p99_s']:.3f}s, {result['jobs_per_second']:.1f} jobs/s, "
@@ -195,6 +286,28 @@ def main() -> int:
         f"operator peak RSS {result['operator_peak_rss_mb']:.0f} MB; phases {result['phases']}"
     )
     print(json.dumps(result))
+    from record import record
+
+    if args.heap:
+        print("Python heap by package (MB):", result["python_heap_mb_by_package"])
+        return 0  # tracemalloc slows the operator: these figures are for attribution, not the log
+    record(
+        "operator_scale.py",
+        {
+            "run": f"{result['jobs']}{', suspended' if args.suspended else ', lifecycle'}",
+            "p50 s": result["latency_p50_s"],
+            "p99 s": result["latency_p99_s"],
+            "jobs/s": result["jobs_per_second"],
+            "writes/job": result["operator_writes_per_job"],
+            "reads/job": result["operator_reads_per_job"],
+            "peak RSS MB": result["operator_peak_rss_mb"],
+            "idle RSS MB": result["operator_idle_rss_mb"],
+            "settled RSS MB": result["operator_rss_mb_settled"],
+            "operator CPU s": result["cpu_seconds_until_last_job"].get("operator"),
+            "phases": ", ".join(f"{k} {v}" for k, v in result["phases"].items()),
+        },
+        enabled=not args.no_record,
+    )
     return 0
 
 

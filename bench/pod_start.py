@@ -69,6 +69,7 @@ def import_seconds(module: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
 
     from tinymodel import make_quickstart
@@ -90,6 +91,13 @@ def main() -> int:
         print(f"  {before + ' -> ' + name:<30} {phases[name] - previous:6.2f}   (at {phases[name]:6.2f})")
         previous, before = phases[name], name
     print("import in a fresh interpreter:", ", ".join(f"{k} {v:.2f}s" for k, v in imports.items()))
+    from record import record
+
+    record(
+        "pod_start.py",
+        {"first step s": round(phases["first step"], 2), **{f"at {k} s": round(v, 2) for k, v in phases.items()}},
+        enabled=not args.no_record,
+    )
     print(json.dumps({"first_step_seconds": round(phases["first step"], 2), "phases": phases, "imports": imports}))
     return 0
 

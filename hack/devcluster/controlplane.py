@@ -280,7 +280,10 @@ class ControlPlane:
             return []
         policy = self.workdir / "audit-policy.yaml"
         policy.write_text(
-            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n"
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+            # Status patches with their bodies, so a benchmark can say which step each write was.
+            "- level: Request\n  resources: [{group: finetune.dev, resources: [finetunejobs/status]}]\n"
+            "- level: Metadata\n"
         )
         return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-maxsize=0"]
 

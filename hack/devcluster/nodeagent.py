@@ -15,7 +15,9 @@ does what a kubelet would, as far as a process can stand in for a container:
   killer's signal);
 - pulls nothing: images are ignored, except that an image from an `*.invalid` registry fails with
   `ErrImagePull` (RFC 6761 reserves .invalid), so image-pull failures can be exercised;
-- stops the process when the pod is deleted.
+- stops the process when the pod is deleted as the kubelet does (SIGTERM, SIGKILL after the pod's
+  grace period) and reports the exit as the pod's final status, so the Job controller counts it and
+  starts a replacement.
 
 What it cannot do: resource limits, PVC mounts, networking, real images. A command that is not on
 this machine fails the pod with a message saying so.
@@ -126,6 +128,10 @@ class ConfigError(Exception):
 class _Running:
     process: subprocess.Popen[bytes]
     started_at: str
+    name: str
+    stopping: bool = False
+    """The pod is being deleted: the exit is the kubelet's kill, not the container's doing."""
+    reported: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -138,6 +144,7 @@ class LocalNodeAgent:
     path_prepend: tuple[str, ...] = ()
     _running: dict[str, _Running] = field(default_factory=dict)
     _handled: set[str] = field(default_factory=set)
+    _stopping: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -212,10 +219,16 @@ class LocalNodeAgent:
             return
         uid = meta["uid"]
         if kind == "DELETED" or meta.get("deletionTimestamp"):
-            self._kill(uid)
-            if kind != "DELETED":
-                with contextlib.suppress(ApiException):
-                    self.core.delete_namespaced_pod(meta["name"], meta["namespace"], grace_period_seconds=0)
+            with self._lock:
+                if uid in self._stopping:
+                    return
+                self._stopping.add(uid)
+            grace = 0 if kind == "DELETED" else int(spec.get("terminationGracePeriodSeconds", 30))
+            thread = threading.Thread(
+                target=self._stop_pod, args=(pod, grace), name=f"stop-{meta['name']}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
             return
         phase = (pod.get("status") or {}).get("phase", "Pending")
         with self._lock:
@@ -226,11 +239,28 @@ class LocalNodeAgent:
         thread.start()
         self._threads.append(thread)
 
-    def _kill(self, uid: str) -> None:
+    def _stop_pod(self, pod: dict[str, Any], grace: int) -> None:
+        """What the kubelet does for a deleted pod: SIGTERM, SIGKILL after the grace period, report
+        the container's exit as the pod's final status, then let the deletion complete."""
+        meta = pod["metadata"]
         with self._lock:
-            running = self._running.pop(uid, None)
+            running = self._running.get(meta["uid"])
         if running:
-            _terminate(running.process, grace=5)
+            running.stopping = True
+            _terminate(running.process, grace=max(grace, 1))
+            running.reported.wait(timeout=10)
+        with contextlib.suppress(ApiException):
+            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], grace_period_seconds=0)
+
+    def signal_container(self, namespace: str, pod_name: str, sig: signal.Signals) -> bool:
+        """Send `sig` to a running pod's process group, as a crash or the OOM killer would; False if none runs."""
+        with self._lock:
+            running = next((r for r in self._running.values() if r.name == f"{namespace}/{pod_name}"), None)
+        if running is None or running.process.poll() is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(running.process.pid, sig)
+        return True
 
     # --- running a pod ----------------------------------------------------------------------------
 
@@ -312,7 +342,9 @@ class LocalNodeAgent:
                 start_new_session=True,
             )
         with self._lock:
-            self._running[meta["uid"]] = _Running(process, started)
+            self._running[meta["uid"]] = running_entry = _Running(
+                process, started, f"{meta['namespace']}/{meta['name']}"
+            )
         running = {"running": {"startedAt": started}}
         self._patch_status(
             pod,
@@ -331,15 +363,16 @@ class LocalNodeAgent:
         )
         code = process.wait()
         with self._lock:
-            was_running = self._running.pop(meta["uid"], None) is not None
-        if not was_running:
-            return  # killed because the pod was deleted
+            self._running.pop(meta["uid"], None)
         reason = "Completed" if code == 0 else "Error"
         if code < 0:
-            reason = "OOMKilled" if -code == signal.SIGKILL else "Error"
+            # SIGKILL is the kernel OOM killer's signal, unless the kubelet sent it after the grace period.
+            killed = -code == signal.SIGKILL and not running_entry.stopping
+            reason = "OOMKilled" if killed else "Error"
             code = 128 - code
         message = _termination_message(pod_dir / "termination-log", log_path, code != 0, container)
         self._finish(pod, container, started, code=code, reason=reason, message=message)
+        running_entry.reported.set()
 
     def _finish(
         self, pod: dict[str, Any], container: dict[str, Any], started: str, *, code: int, reason: str, message: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import yaml
 from kubernetes import client
 
 from . import REPO_ROOT, LocalCluster, OperatorProcess, apply_objects
+from .faults import StoreLink
 from .minio import MinioServer
 
 BUCKET = "finetune-demo"
@@ -29,6 +30,10 @@ class Quickstart:
     cluster: LocalCluster | None = None
     minio: MinioServer | None = None
     operator: OperatorProcess | None = None
+    link_store: bool = False
+    """Pods reach MinIO through a StoreLink, so tests can stop MinIO at an exact request."""
+    link: StoreLink | None = None
+    operator_env: dict[str, str] = field(default_factory=dict)
 
     def start(self, say: Callable[[str], None] = print, run_operator: bool = True) -> Quickstart:
         """MinIO with the tiny model and dataset, the cluster, the storage Secret and (unless
@@ -39,6 +44,8 @@ class Quickstart:
         self.workdir.mkdir(parents=True, exist_ok=True)
         say("starting MinIO")
         self.minio = MinioServer(self.workdir / "minio").start()
+        if self.link_store:
+            self.link = StoreLink(self.minio).start()
         say("making a tiny Llama-architecture model and a support dataset, uploading them to MinIO")
         model, data = make_quickstart(self.workdir / "assets")
         self.minio.upload_folder(BUCKET, "models/tiny-llama", model)
@@ -57,9 +64,10 @@ class Quickstart:
                 self.cluster.kubeconfig,
                 self.workdir / "operator.log",
                 env={
-                    "FINETUNE_S3_ENDPOINT": self.minio.url,
+                    "FINETUNE_S3_ENDPOINT": (self.link or self.minio).url,
                     "FINETUNE_S3_SECURE": "false",
                     "FINETUNE_TRAINER_IMAGE": "ghcr.io/finetune-operator/trainer:0.1.0",
+                    **self.operator_env,
                 },
             )
             .start()
@@ -93,6 +101,6 @@ class Quickstart:
         return result
 
     def stop(self) -> None:
-        for part in (self.operator, self.cluster, self.minio):
+        for part in (self.operator, self.cluster, self.link, self.minio):
             if part is not None:
                 part.stop()

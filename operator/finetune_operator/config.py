@@ -39,6 +39,12 @@ class OperatorSettings(BaseModel):
     image_pull_timeout_seconds: int = Field(
         default=300, ge=0, description="How long a pod may fail to pull its image before the attempt fails."
     )
+    cleanup_deadline_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="How long the cleanup of a deleted FineTuneJob's stored objects (output.deletePolicy: Delete) "
+        "may take before its finalizer is released anyway, with a Warning event.",
+    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="0 disables the metrics server.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="kopf liveness (/healthz); 0 disables it.")
 

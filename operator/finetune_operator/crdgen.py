@@ -138,26 +138,41 @@ def _default_nested_objects(node: dict[str, Any]) -> None:
             child["default"] = {}
 
 
-# Fields that may change while an attempt runs: pausing, and a FineTuneJob's evaluation (which only
-# re-runs its EvalRun once training is done).
-_MUTABLE_WHILE_ACTIVE = {"FineTuneJob": ("suspend", "evaluation"), "EvalRun": ("suspend",)}
+# Fields that may change while an attempt runs: pausing, a FineTuneJob's evaluation (which only
+# re-runs its EvalRun once training is done), and what deletion does to its stored objects.
+_MUTABLE_WHILE_ACTIVE = {"FineTuneJob": ("suspend", "evaluation", "output.deletePolicy"), "EvalRun": ("suspend",)}
+
+
+def _unchanged(path: str) -> str:
+    return f"(has(self.{path}) ? (has(oldSelf.{path}) && self.{path} == oldSelf.{path}) : !has(oldSelf.{path}))"
+
+
+def _frozen_clauses(schema: dict[str, Any], path: str, mutable: tuple[str, ...]) -> list[str]:
+    """One "unchanged" clause per field under `path`, descending into objects that hold a mutable field."""
+    clauses = []
+    for name, child in schema["properties"].items():
+        if name in mutable:
+            continue
+        inner = tuple(m.removeprefix(name + ".") for m in mutable if m.startswith(name + "."))
+        if not inner:
+            clauses.append(_unchanged(f"{path}.{name}"))
+            continue
+        nested = " && ".join(_frozen_clauses(child, f"{path}.{name}", inner))
+        clauses.append(
+            f"(has(self.{path}.{name}) && has(oldSelf.{path}.{name}) ? ({nested}) : "
+            f"has(self.{path}.{name}) == has(oldSelf.{path}.{name}))"
+        )
+    return clauses
 
 
 def _spec_frozen_while_active_rule(kind: str, spec_schema: dict[str, Any]) -> dict[str, str]:
-    """Root-level transition rule: while an attempt is in flight only spec.suspend (and evaluation) may change.
+    """Root-level transition rule: while an attempt is in flight only the fields in _MUTABLE_WHILE_ACTIVE may change.
 
     A new spec would silently not apply to the running pod; refusing it at admission tells the user
     (and the GitOps tool, which retries) at once. Status writes never trip it: the status subresource
     cannot change spec.
     """
-    clauses = []
-    for name in spec_schema["properties"]:
-        if name in _MUTABLE_WHILE_ACTIVE[kind]:
-            continue
-        clauses.append(
-            f"(has(self.spec.{name}) ? (has(oldSelf.spec.{name}) && self.spec.{name} == oldSelf.spec.{name})"
-            f" : !has(oldSelf.spec.{name}))"
-        )
+    clauses = _frozen_clauses(spec_schema, "spec", _MUTABLE_WHILE_ACTIVE[kind])
     phases = ", ".join(f"'{phase}'" for phase in _ACTIVE_PHASES)
     rule = (
         f"!has(oldSelf.status) || !has(oldSelf.status.phase) || !(oldSelf.status.phase in [{phases}]) || ("
@@ -167,7 +182,7 @@ def _spec_frozen_while_active_rule(kind: str, spec_schema: dict[str, Any]) -> di
     return {
         "rule": rule,
         "message": f"spec cannot change while the {kind} is Pending, Queued, Running or Suspended (only "
-        + " and ".join(f"spec.{name}" for name in _MUTABLE_WHILE_ACTIVE[kind])
+        + ", ".join(f"spec.{name}" for name in _MUTABLE_WHILE_ACTIVE[kind])
         + " can); wait for it to finish, or delete and re-create it",
     }
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -13,6 +18,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from . import __version__
 from .api import GROUP, VERSION
+from .manifests.names import LABEL_OWNER_UID
 
 
 def make_api_client() -> client.ApiClient:
@@ -44,13 +50,16 @@ def _creators(api: client.ApiClient) -> dict[str, tuple[Callable[..., Any], Call
 _CUSTOM_PLURALS = {"EvalRun": "evalruns", "FineTuneJob": "finetunejobs"}
 
 
-def _owner_uids(api: client.ApiClient, obj: Mapping[str, Any]) -> set[str]:
+def _owner_uids(api: client.ApiClient, obj: Mapping[str, Any]) -> set[str | None]:
+    """Owners of the existing object: its owner references, and the owner-uid label (for the one child
+    that has no owner reference, the cleanup Job of a FineTuneJob being deleted)."""
     meta = obj["metadata"]
     if obj["kind"] in _CUSTOM_PLURALS:
         existing = get_custom(api, _CUSTOM_PLURALS[obj["kind"]], meta["namespace"], meta["name"]) or {}
         return {ref.get("uid") for ref in existing.get("metadata", {}).get("ownerReferences") or []}
     read = _creators(api)[obj["kind"]][1]
-    return {ref.uid for ref in read(meta["name"], meta["namespace"]).metadata.owner_references or []}
+    found = read(meta["name"], meta["namespace"]).metadata
+    return {ref.uid for ref in found.owner_references or []} | {(found.labels or {}).get(LABEL_OWNER_UID)}
 
 
 def create_or_adopt(api: client.ApiClient, obj: Mapping[str, Any]) -> bool:
@@ -67,8 +76,8 @@ def create_or_adopt(api: client.ApiClient, obj: Mapping[str, Any]) -> bool:
     except ApiException as error:
         if error.status != 409:
             raise
-    owners = _owner_uids(api, obj)
-    wanted = {ref["uid"] for ref in meta.get("ownerReferences", [])}
+    owners = _owner_uids(api, obj) - {None}
+    wanted = {ref["uid"] for ref in meta.get("ownerReferences", [])} | {(meta.get("labels") or {}).get(LABEL_OWNER_UID)}
     if not owners & wanted:
         raise AdoptionConflictError(
             f"{obj['kind']} {meta['namespace']}/{meta['name']} exists and is not owned by this resource; "
@@ -102,6 +111,21 @@ def patch_custom_spec(
     """JSON merge patch of spec (nulls delete keys)."""
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
         GROUP, VERSION, namespace, plural, name, {"spec": dict(spec_patch)}
+    )
+
+
+def patch_custom_finalizers(
+    api: client.ApiClient, plural: str, namespace: str, name: str, *, finalizers: list[str], resource_version: str
+) -> None:
+    """Set metadata.finalizers; the resourceVersion makes a concurrent change (another controller's
+    finalizer) a 409 and a retry rather than a lost write."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        name,
+        {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
     )
 
 
@@ -144,33 +168,68 @@ class KeyedLocks:
 class DelayedCalls:
     """At most one pending call per key, for outcomes that change with time rather than with an event.
 
-    In memory only: after a restart the operator's resume handlers reconcile everything anyway.
+    One scheduler thread over a heap, and a small pool to run what is due: a timer thread per call
+    would cost a thread stack per waiting resource. In memory only: after a restart the operator
+    lists and reconciles everything anyway.
     """
 
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._timers: dict[tuple[str, str], threading.Timer] = {}
+    def __init__(self, workers: int = 4) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, tuple[str, str]]] = []
+        self._pending: dict[tuple[str, str], tuple[int, Callable[[], None], contextvars.Context]] = {}
+        self._tokens = itertools.count()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="recheck")
+        self._thread: threading.Thread | None = None
 
     def schedule(self, key: tuple[str, str], delay: float, call: Callable[[], None]) -> None:
-        def run() -> None:
-            with self._guard:
-                self._timers.pop(key, None)
-            try:
-                call()
-            except Exception:  # a timer thread has nobody to raise to
-                logging.getLogger(__name__).exception("delayed reconcile of %s/%s failed", *key)
+        """Run `call` after `delay` seconds, replacing the key's pending call.
 
-        timer = threading.Timer(max(delay, 0.0), run)
-        timer.daemon = True
-        with self._guard:
-            previous = self._timers.pop(key, None)
-            if previous:
-                previous.cancel()
-            self._timers[key] = timer
-        timer.start()
+        The call runs in the scheduling handler's context: kopf.event() finds kopf's event queue
+        through context variables, which a bare thread would not have.
+        """
+        context = contextvars.copy_context()
+        with self._cond:
+            token = next(self._tokens)
+            self._pending[key] = (token, call, context)
+            heapq.heappush(self._heap, (time.monotonic() + max(delay, 0.0), token, key))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="rechecks", daemon=True)
+                self._thread.start()
+            self._cond.notify()
 
     def cancel(self, key: tuple[str, str]) -> None:
-        with self._guard:
-            timer = self._timers.pop(key, None)
-        if timer:
-            timer.cancel()
+        with self._cond:
+            self._pending.pop(key, None)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def _next_due(self) -> tuple[tuple[str, str], Callable[[], None], contextvars.Context]:
+        with self._cond:
+            while True:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                due, token, key = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                entry = self._pending.get(key)
+                if entry is not None and entry[0] == token:  # else replaced or cancelled since
+                    del self._pending[key]
+                    return key, entry[1], entry[2]
+
+    def _loop(self) -> None:
+        while True:
+            key, call, context = self._next_due()
+            self._pool.submit(_run_logged, key, call, context)
+
+
+def _run_logged(key: tuple[str, str], call: Callable[[], None], context: contextvars.Context) -> None:
+    try:
+        context.run(call)
+    except Exception:  # a pool thread has nobody to raise to
+        logging.getLogger(__name__).exception("delayed reconcile of %s/%s failed", *key)

@@ -23,7 +23,7 @@ from .api import TERMINAL_PHASES, Phase, format_validation_error
 from .api.evalrun import EvalRunSpec, ResolvedModel
 from .api.finetunejob import AttemptRecord, FineTuneJobSpec
 from .config import OperatorSettings
-from .manifests.names import LABEL_ATTEMPT, Owner, job_name
+from .manifests.names import ARTIFACTS_FINALIZER, LABEL_ATTEMPT, Owner, job_name
 from .status import (
     JobView,
     Outcome,
@@ -45,6 +45,12 @@ from .workloads import (
 )
 
 HISTORY_LIMIT = 10
+STEP_WRITE_DELAY_SECONDS = 5.0
+"""A transient step (Starting, Finishing) is written to status only once it has lasted this long."""
+_TRANSIENT_STEPS = frozenset({"Starting", "Finishing"})
+_LAZY_FIELDS = frozenset({"startTime", "podFailures"})
+"""Recorded with the next change, never worth a write of their own (the Job's startTime lands a moment
+after the Job, which would otherwise cost every job one more patch)."""
 _WARNING_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ConfigError", "Retrying"})
 
 
@@ -72,6 +78,8 @@ class Plan:
     evalrun_patch: tuple[str, dict[str, Any]] | None = None
     """(name, spec merge patch) of the FineTuneJob's own EvalRun, when spec.evaluation changed."""
     evalrun_delete: str | None = None
+    finalizers: list[str] | None = None
+    """The resource's whole new metadata.finalizers list, when it changes."""
 
 
 def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,7 +175,7 @@ def _start_attempt(obs: Observed, work: Workload, now: datetime) -> Plan:
         history = [*history, _attempt_record(status)][-HISTORY_LIMIT:]
     name = job_name(obs.owner, attempt)
     initial: Phase = "Queued" if work.spec.queue_name else "Suspended" if work.spec.suspend else "Pending"
-    outcome = Outcome(initial, "JobCreated", f"created Job {name} for attempt {attempt}")
+    outcome = Outcome(initial, "JobCreated", f"created Job {name} for attempt {attempt}; waiting for its pod to start")
     fields: dict[str, Any] = dict.fromkeys(work.attempt_fields)
     fields.update(
         phase=initial,
@@ -258,6 +266,16 @@ def plan_attempts(
     plan.status = fields
     plan.events = _event_for(status, outcome)
     plan.recheck_after = outcome.recheck_after
+    if set(merge_patch(status, fields)) <= _LAZY_FIELDS:
+        plan.status = {}
+    quiet = _quiet_step(status, outcome, generation, now)
+    if quiet is not None:
+        # A step usually over in a moment (a pod starting, a Job being marked complete): writing it
+        # would cost every job an API write nobody reads. If it lasts, the recheck writes it.
+        plan.status = {}
+        plan.recheck_after = (
+            min(x for x in (quiet, outcome.recheck_after) if x is not None) if quiet > 0 else outcome.recheck_after
+        )
     if outcome.terminal:
         plan.finished = outcome
         if deferred:
@@ -268,6 +286,25 @@ def plan_attempts(
             follow.delete_job = plan.delete_job
             return follow
     return plan
+
+
+def _quiet_step(status: Mapping[str, Any], outcome: Outcome, generation: int, now: datetime) -> float | None:
+    """Seconds until a transient step (Starting, Finishing) is worth writing, 0 for never; None: write it now.
+
+    Only within the same phase, with nothing else to record. Starting right after JobCreated is never
+    written: JobCreated already says the pod is awaited.
+    """
+    if outcome.reason not in _TRANSIENT_STEPS or outcome.since is None:
+        return None
+    if status.get("phase") != outcome.phase or status.get("observedGeneration") != generation:
+        return None
+    running: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
+    if running.get("reason") == outcome.reason:
+        return None
+    if outcome.reason == "Starting" and running.get("reason") == "JobCreated":
+        return 0.0
+    left = STEP_WRITE_DELAY_SECONDS - (now - outcome.since).total_seconds()
+    return left if left > 0 else None
 
 
 def plan_finetunejob(
@@ -287,7 +324,19 @@ def plan_finetunejob(
         return _invalid(format_validation_error(error), obs, now)
     plan = plan_attempts(obs, training_workload(obs.owner, spec, settings), pods, settings, now)
     _mirror_evaluation(plan, obs, spec, evalrun, now)
+    plan.finalizers = _finalizers(body, spec)
     return plan
+
+
+def _finalizers(body: Mapping[str, Any], spec: FineTuneJobSpec) -> list[str] | None:
+    """The artifacts finalizer is held exactly while output.deletePolicy is Delete; None: no change."""
+    current = list(body["metadata"].get("finalizers") or [])
+    held = ARTIFACTS_FINALIZER in current
+    if spec.output.delete_policy == "Delete" and not held:
+        return [*current, ARTIFACTS_FINALIZER]
+    if spec.output.delete_policy == "Retain" and held:
+        return [f for f in current if f != ARTIFACTS_FINALIZER]
+    return None
 
 
 def _waiting(obs: Observed, outcome: Outcome, now: datetime) -> Plan:

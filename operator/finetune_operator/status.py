@@ -167,6 +167,8 @@ class Outcome:
     result: TrainerResult | None = None
     recheck_after: float | None = None
     """Seconds after which the outcome may change with no event to announce it (a timeout expiring)."""
+    since: datetime | None = None
+    """For a transient step (Starting, Finishing): when it began, as the observed objects say."""
 
     @property
     def terminal(self) -> bool:
@@ -318,6 +320,7 @@ def _pod_status_pending(job: JobView, pods: Sequence[PodView], now: datetime) ->
         "Finishing",
         f"Job {job.name} finished; waiting for its pod's final status",
         recheck_after=POD_STATUS_GRACE_SECONDS - waited,
+        since=finished,
     )
 
 
@@ -350,10 +353,12 @@ def assess_attempt(
         outcome = _running_pod(pod, now, image_pull_timeout)
         if outcome is not None:
             return outcome
-    if any(p.exit_code == 0 for p in pods):
+    done = [p for p in pods if p.exit_code == 0]
+    if done:
         # The pod is done but the Job controller has not marked the Job Complete yet; stay Running
         # rather than flap back to Pending for a moment.
-        return Outcome("Running", "Finishing", "the trainer exited; waiting for the Job to complete")
+        ended = parse_time(max(p.finished_at or "" for p in done)) or now
+        return Outcome("Running", "Finishing", "the trainer exited; waiting for the Job to complete", since=ended)
     if job.failed > 0 and not any(not p.terminated for p in pods):
         last = _last_terminated(pods)
         why = f"exit code {last.exit_code}" if last else "pod failed"
@@ -362,7 +367,9 @@ def assess_attempt(
             "Retrying",
             f"trainer pod failed ({why}); retry {job.failed} of spec.backoffLimit={spec.backoff_limit}",
         )
-    return Outcome("Pending", "Starting", "waiting for the trainer pod to start")
+    unstarted = [p.created for p in pods if not p.terminated and p.created]
+    began = parse_time(max(unstarted)) if unstarted else parse_time(job.start_time)
+    return Outcome("Pending", "Starting", "waiting for the trainer pod to start", since=began or now)
 
 
 def _condition(ctype: str, true: bool, reason: str, message: str) -> dict[str, Any]:

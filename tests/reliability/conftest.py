@@ -1,5 +1,27 @@
-"""The reliability suite runs on its own local cluster and operator process (it kills the operator)."""
+"""The reliability suite runs its own clusters: the integration one (stand-in trainer, and it kills
+the operator), and `demo`, the quickstart stack with the real trainer, whose pods reach MinIO through
+a StoreLink so tests can stop the store at an exact request."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from devcluster.quickstart import Quickstart
 from tests.integration.conftest import cluster, kube, operator
 
-__all__ = ["cluster", "kube", "operator"]
+__all__ = ["cluster", "demo", "kube", "operator"]
+CLEANUP_DEADLINE = 45
+"""FINETUNE_CLEANUP_DEADLINE_SECONDS of the demo operator: a store outage releases a deletion this fast."""
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    started = Quickstart(
+        tmp_path_factory.mktemp("faults"),
+        link_store=True,
+        operator_env={"FINETUNE_CLEANUP_DEADLINE_SECONDS": str(CLEANUP_DEADLINE)},
+    ).start(say=lambda _: None)
+    yield started
+    started.stop()

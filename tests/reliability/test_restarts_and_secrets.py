@@ -28,16 +28,14 @@ def _crash_and_restart(operator: OperatorProcess) -> None:
     operator.start().wait_ready()
 
 
-def test_operator_crashes_during_a_burst_lose_nothing(kube: Kube, operator: OperatorProcess) -> None:
-    names = [f"burst-{i:02d}" for i in range(50)]
-    rng = random.Random(2026)
+def _burst(kube: Kube, operator: OperatorProcess, jobs: int, crashes: int, seed: int) -> None:
+    names = [f"burst-{i:03d}" for i in range(jobs)]
+    rng = random.Random(seed)
     for name in names:
         kube.apply_ftj(name, quick_spec("success"))
-    crashes = 0
-    for _ in range(4):
+    for _ in range(crashes):
         time.sleep(rng.uniform(0.2, 4.0))
         _crash_and_restart(operator)
-        crashes += 1
 
     def settled() -> int:
         items = kube.custom.list_namespaced_custom_object(GROUP, VERSION, kube.namespace, PLURAL)["items"]
@@ -57,6 +55,15 @@ def test_operator_crashes_during_a_burst_lose_nothing(kube: Kube, operator: Oper
         f"{len(names)} FineTuneJobs, {crashes} operator crashes (SIGKILL) during the burst: all Succeeded, "
         f"{sum(jobs_per_owner.values())} Jobs"
     )
+
+
+def test_operator_crashes_during_a_burst_lose_nothing(kube: Kube, operator: OperatorProcess) -> None:
+    _burst(kube, operator, jobs=50, crashes=4, seed=2026)
+
+
+@pytest.mark.soak
+def test_soak_operator_crashes(kube: Kube, operator: OperatorProcess) -> None:
+    _burst(kube, operator, jobs=200, crashes=12, seed=7)
 
 
 def _secret(kube: Kube, name: str, values: dict[str, str]) -> None:

@@ -222,7 +222,8 @@ def test_training_success_creates_the_owned_evalrun() -> None:
 
 def test_no_evalrun_before_training_succeeds() -> None:
     body = _succeeded_ftj(evaluation=EVALUATION)
-    plan = plan_finetunejob(body, [job(active=1, spec_hash=body["status"]["specHash"])], [], SETTINGS, NOW)
+    running = [pod(phase="Running")]
+    plan = plan_finetunejob(body, [job(active=1, spec_hash=body["status"]["specHash"])], running, SETTINGS, NOW)
     assert plan.evalrun_create is None
     assert all(c["type"] != "Evaluated" for c in plan.status["conditions"])
 

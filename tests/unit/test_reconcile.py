@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from finetune_operator.config import OperatorSettings
@@ -207,12 +207,35 @@ def test_events_mark_phase_changes_and_warnings_not_every_step() -> None:
     body = finetunejob()
     body = _apply(body, _plan(body))  # AttemptStarted
     digest = body["status"]["specHash"]
-    starting = _plan(body, jobs=[job(spec_hash=digest)])
-    assert starting.status["conditions"][1]["reason"] == "Starting"
-    assert starting.events == []  # a routine step within Pending
-    body = _apply(body, starting)
+    # JobCreated already says the pod is awaited: Starting costs no write, however long it lasts.
+    for seconds in (0, 60):
+        starting = plan_finetunejob(body, [job(spec_hash=digest)], [], SETTINGS, NOW + timedelta(seconds=seconds))
+        assert starting.status == {} and starting.events == [] and starting.recheck_after is None
     waiting = _plan(body, jobs=[job(spec_hash=digest)], pods=[pod(waiting={"reason": "CreateContainerConfigError"})])
     assert [(e.type, e.reason) for e in waiting.events] == [("Warning", "ConfigError")]
     body = _apply(body, waiting)
     running = _plan(body, jobs=[job(active=1, spec_hash=digest)], pods=[pod(phase="Running")])
     assert [(e.type, e.reason) for e in running.events] == [("Normal", "Training")]
+
+
+def test_a_brief_finishing_step_is_not_written_but_a_lasting_one_is() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    digest = body["status"]["specHash"]
+    body = _apply(body, _plan(body, jobs=[job(active=1, spec_hash=digest)], pods=[pod(phase="Running")]))
+    exited = pod(phase="Succeeded", terminated={"exitCode": 0, "finishedAt": "2026-11-23T09:59:59Z"})
+    brief = _plan(body, jobs=[job(spec_hash=digest)], pods=[exited])
+    assert brief.status == {} and brief.recheck_after == 4
+    later = plan_finetunejob(body, [job(spec_hash=digest)], [exited], SETTINGS, NOW + timedelta(seconds=30))
+    assert later.status["conditions"][1]["reason"] == "Finishing"
+
+
+def test_startime_alone_is_not_worth_a_write_and_a_restarting_pod_is_shown() -> None:
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    digest = body["status"]["specHash"]
+    assert _plan(body, jobs=[job(spec_hash=digest)]).status == {}  # the Job's startTime waits for a real change
+    failed = pod(phase="Failed", name="a", terminated={"exitCode": 1})
+    retrying = _apply(body, _plan(body, jobs=[job(failed=1, spec_hash=digest)], pods=[failed]))
+    assert retrying["status"]["conditions"][1]["reason"] == "Retrying"
+    again = [failed, pod(name="b", created="2026-11-23T09:59:00Z")]
+    plan = _plan(retrying, jobs=[job(failed=1, spec_hash=digest)], pods=again)
+    assert plan.status["conditions"][1]["reason"] == "Starting"  # after a retry, the new pod is news

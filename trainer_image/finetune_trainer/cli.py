@@ -1,4 +1,4 @@
-"""`finetune-trainer train|eval|prepare`: the entry points of the trainer image (contract: exit codes, result file)."""
+"""`finetune-trainer train|eval|cleanup|prepare`: the trainer image's entry points (contract: exit codes, results)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from finetune_operator.api.contract import EvaluationRunSpec, TrainerResult
+from finetune_operator.api.contract import CleanupRunSpec, EvaluationRunSpec, TrainerResult
 
 from .errors import EXIT_RETRIABLE, TrainerError
 from .report import ProgressReporter, write_result
 from .runspec import load_run_spec
+from .storage import store_for
 
 log = logging.getLogger("finetune_trainer")
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (
         ("train", "run the whole pipeline and publish the adapter"),
         ("eval", "benchmark a model (and adapter) and publish the report"),
+        ("cleanup", "delete everything a deleted FineTuneJob published (output.deletePolicy: Delete)"),
         ("prepare", "only load, check and tokenise the dataset; print what training would see"),
     ):
         command = commands.add_parser(name, help=text, description=text)
@@ -52,21 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         return 0
     path = write_result(result)
-    if result.evaluation is None:
-        assert result.adapter is not None
+    if result.evaluation is not None:
+        for item in result.evaluation.summary:
+            print(
+                f"{item.metric}: {item.value:.4f}"
+                + (f" (baseline {item.baseline:.4f})" if item.baseline is not None else "")
+            )
+        print(f"report published to {result.evaluation.report.uri} (result written to {path})")
+    elif result.adapter is not None:
         print(f"adapter published to {result.adapter.uri} (result written to {path})")
-        return 0
-    for item in result.evaluation.summary:
-        print(
-            f"{item.metric}: {item.value:.4f}"
-            + (f" (baseline {item.baseline:.4f})" if item.baseline is not None else "")
-        )
-    print(f"report published to {result.evaluation.report.uri} (result written to {path})")
+    else:
+        print(f"{result.message} (result written to {path})")
     return 0
 
 
 def _run(args: argparse.Namespace) -> TrainerResult | None:
     """The command's result; None for `prepare`, which publishes nothing."""
+    if args.command == "cleanup":
+        cleanup = load_run_spec(args.spec, os.environ, CleanupRunSpec)
+        store = store_for(cleanup.uri, "OUTPUT", cleanup.storage, os.environ)
+        deleted = store.delete_prefix(cleanup.uri)
+        return TrainerResult(
+            result="succeeded", message=f"deleted {deleted} objects under {cleanup.uri}", deleted_objects=deleted
+        )
     if args.command == "eval":
         evaluation = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
         from .evaluate import EvaluationRecipe

@@ -31,6 +31,13 @@ class StorageUnavailable(TrainerError):  # noqa: N818  (the reason users see, ve
     reason = "StorageUnavailable"
 
 
+class Interrupted(TrainerError):  # noqa: N818
+    """SIGTERM (pod deleted, node drained, preempted): retriable, the next pod resumes from the checkpoint."""
+
+    reason = "Interrupted"
+    exit_code = 143  # 128 + SIGTERM, what a container killed by SIGTERM reports
+
+
 class OutOfMemory(TrainerError):  # noqa: N818
     """The GPU ran out of memory even after the batch-size backoff; retrying the same spec cannot help."""
 

@@ -54,7 +54,9 @@ class Store(Protocol):
     def read_text(self, uri: str) -> str | None: ...
     def write_text(self, uri: str, text: str) -> None: ...
     def list_children(self, uri: str) -> list[str]: ...
-    def delete_prefix(self, uri: str) -> None: ...
+    def delete_prefix(self, uri: str) -> int:
+        """Delete every object under `uri`; the number deleted."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,11 @@ class LocalStore:
         folder = self.path(uri)
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
-    def delete_prefix(self, uri: str) -> None:
-        shutil.rmtree(self.path(uri), ignore_errors=True)
+    def delete_prefix(self, uri: str) -> int:
+        root = self.path(uri)
+        count = sum(1 for _ in _files(root)) if root.is_dir() else 0
+        shutil.rmtree(root, ignore_errors=True)
+        return count
 
 
 def _s3_location(uri: str) -> tuple[str, str]:
@@ -229,13 +234,14 @@ class S3Store:
         objects = self._call(f"list {uri}", lambda: list(self.client.list_objects(bucket, prefix=prefix)))
         return sorted(o.object_name[len(prefix) :].rstrip("/") for o in objects if o.is_dir)
 
-    def delete_prefix(self, uri: str) -> None:
+    def delete_prefix(self, uri: str) -> int:
         bucket, key = _s3_location(uri)
         names = self._call(
             f"list {uri}", lambda: [o.object_name for o in self.client.list_objects(bucket, prefix=key, recursive=True)]
         )
         for name in names:
             self._call(f"delete s3://{bucket}/{name}", lambda n=name: self.client.remove_object(bucket, n))
+        return len(names)
 
 
 def _http_client() -> Any:

@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from finetune_operator.api.finetunejob import Artifact, LoraSettings, Provenance
 from . import __version__
 from .data import PreparedData, prepare
 from .data.pack import PackedCollator
-from .errors import InputError, OutOfMemory
+from .errors import InputError, Interrupted, OutOfMemory
 from .report import ProgressReporter
 from .storage import Store, fetch, fetch_verified, join, publish, read_manifest, store_for
 
@@ -160,19 +162,38 @@ class TrainingRecipe:
         self.accumulation = self.spec.training.gradient_accumulation_steps
         self.backoff_note: str | None = None
         self.stores: dict[str, Store] = {}
+        self.training = False
+        self.stop_requested = False
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> TrainerResult:
         started = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._terminated)
         self._progress("fetching the base model and dataset", force=True)
         self._fetch_inputs()
         self._setup_tokenizer()
         self._setup_data()
         self._setup_model()
         resume = self._resume_point()
+        self.training = True
         output = self._train(resume)
+        self.training = False
+        if self.stop_requested:
+            step = self.trainer.state.global_step
+            raise Interrupted(
+                f"terminated (SIGTERM) at step {step}; its checkpoint is synced to "
+                f"{join(self.run_spec.output.checkpoints_uri, checkpoint_name(step))}/ and the next pod resumes there"
+            )
         return self._publish(output, resume, time.monotonic() - started)
+
+    def _terminated(self, signum: int, _frame: Any) -> None:
+        """SIGTERM: finish the current step and checkpoint it (GracefulStop); before training, just stop."""
+        if not self.training:
+            raise Interrupted("terminated (SIGTERM) before training started; nothing to save")
+        log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+        self.stop_requested = True
 
     def _store(self, role: str, uri: str) -> Store:
         if role not in self.stores:
@@ -311,7 +332,7 @@ class TrainingRecipe:
     def _trainer(self) -> Any:
         from transformers import Trainer
 
-        from .callbacks import CheckpointSync, ProgressCallback
+        from .callbacks import CheckpointSync, GracefulStop, ProgressCallback
 
         trainer = Trainer(
             model=self.model,
@@ -319,7 +340,7 @@ class TrainingRecipe:
             train_dataset=self.data.train,
             eval_dataset=self.data.eval,
             data_collator=make_collator(self.spec.training.packing, self.tokenizer),
-            callbacks=[ProgressCallback(self), CheckpointSync(self)],
+            callbacks=[ProgressCallback(self), GracefulStop(self), CheckpointSync(self)],
         )
         self.trainer = trainer
         return trainer

@@ -1,7 +1,8 @@
 """The operator <-> trainer contract (change both sides in one commit).
 
-- The Job runs `finetune-trainer train` with a `TrainingRunSpec` (FineTuneJob), or `finetune-trainer eval`
-  with an `EvaluationRunSpec` (EvalRun), as JSON in `FINETUNE_RUN_SPEC`.
+- The Job runs `finetune-trainer train` with a `TrainingRunSpec` (FineTuneJob), `finetune-trainer eval`
+  with an `EvaluationRunSpec` (EvalRun), or `finetune-trainer cleanup` with a `CleanupRunSpec` (a deleted
+  FineTuneJob with output.deletePolicy Delete), as JSON in `FINETUNE_RUN_SPEC`.
 - Credentials arrive only as `secretKeyRef` env vars named by `secret_env_name`.
 - The trainer patches `status.progress` of `resource` (its ServiceAccount may do nothing else), and
   writes a `TrainerResult` (< 4 KiB) to the termination-message file. The operator trusts that result,
@@ -109,6 +110,18 @@ class EvaluationRunSpec(ApiModel):
     trainer_image: str = Field(description="Image the Job runs.")
 
 
+class CleanupRunSpec(ApiModel):
+    """`finetune-trainer cleanup`: delete every object under a FineTuneJob's prefix (output.deletePolicy: Delete)."""
+
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        default="finetune.dev/v1alpha1", description="Contract version."
+    )
+    kind: Literal["CleanupRun"] = Field(default="CleanupRun", description="Run kind.")
+    resource: ResourceRef | None = Field(default=None, description="The FineTuneJob being deleted.")
+    uri: str = Field(description="Prefix to delete: <output>/<namespace>/<name>/<uid>/.")
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
+
+
 class EvaluationOutcome(ApiModel):
     """An evaluation's figures, bounded to fit the termination message (the report holds everything)."""
 
@@ -136,3 +149,4 @@ class TrainerResult(ApiModel):
     resumed_from_step: int | None = Field(default=None, ge=0, description="Checkpoint step the run resumed from.")
     provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
     evaluation: EvaluationOutcome | None = Field(default=None, description="Figures of an evaluation run.")
+    deleted_objects: int | None = Field(default=None, ge=0, description="Objects a cleanup run deleted.")

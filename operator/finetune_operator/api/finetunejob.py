@@ -205,6 +205,15 @@ class OutputSettings(ApiModel):
     merge: bool = Field(
         default=False, description="Also publish the base model with the adapter merged in, under `merged/`."
     )
+    delete_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain",
+        description="What happens to this job's objects in the store (`<uri>/<namespace>/<name>/<uid>/`: "
+        "adapters, checkpoints and merged models of every attempt) when the FineTuneJob is deleted. `Retain`: "
+        "they stay. `Delete`: a finalizer holds the FineTuneJob while a short cleanup pod (same image and "
+        "secretRef) removes them; if the store stays unreachable through the cleanup's bounded retries, the "
+        "finalizer is released anyway and a Warning event (ArtifactCleanupFailed) names what was left. May "
+        "change at any time.",
+    )
 
     __rules__ = (
         Rule(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from ..manifests.names import LABEL_EVALRUN, LABEL_FINETUNEJOB
-from .common import CHILDREN, with_retries
+from .common import CHILDREN
 from .evalrun import reconcile_evalrun
 from .finetunejob import reconcile_finetunejob
 from .runtime import MEMO_KEY
@@ -22,11 +21,10 @@ def child_changed(
     namespace: str | None,
     labels: Mapping[str, str],
     memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
     **kwargs: Any,
 ) -> None:
     runtime, ns = memo[MEMO_KEY], namespace or ""
     if LABEL_EVALRUN in labels:
-        with_retries(lambda: reconcile_evalrun(runtime, ns, labels[LABEL_EVALRUN], kwargs), logger)
+        reconcile_evalrun(runtime, ns, labels[LABEL_EVALRUN], kwargs)
     elif LABEL_FINETUNEJOB in labels:
-        with_retries(lambda: reconcile_finetunejob(runtime, ns, labels[LABEL_FINETUNEJOB], kwargs), logger)
+        reconcile_finetunejob(runtime, ns, labels[LABEL_FINETUNEJOB], kwargs)

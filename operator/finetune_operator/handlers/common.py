@@ -6,6 +6,7 @@ reconcile costs one GET (the resource, fresh) and only writes what changed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from ..kube import (
     delete_custom,
     delete_job,
     get_custom,
+    patch_custom_finalizers,
     patch_custom_spec,
     patch_custom_status,
     patch_job,
@@ -26,7 +28,8 @@ from ..manifests.names import LABEL_MANAGED_BY, LABEL_OWNER_UID, MANAGED_BY
 from ..reconcile import Plan, merge_patch
 from .runtime import Runtime
 
-CHILD_RETRY_DELAYS = (1.0, 3.0, 9.0)
+RETRY_SECONDS = 10.0
+log = logging.getLogger(__name__)
 CHILDREN: dict[str, Any] = {LABEL_OWNER_UID: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY}
 
 
@@ -62,7 +65,14 @@ def trainer_pods(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[s
 
 def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any], plan: Plan) -> None:
     """Perform a plan's API calls in order; status last, so a crash before it just repeats the plan."""
-    namespace, name = resource["metadata"]["namespace"], resource["metadata"]["name"]
+    meta = resource["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    # A finalizer is added before anything it guards exists, and released after everything else.
+    adding = plan.finalizers is not None and set(plan.finalizers) >= set(meta.get("finalizers") or [])
+    if plan.finalizers is not None and adding:
+        patch_custom_finalizers(
+            runtime.api, plural, namespace, name, finalizers=plan.finalizers, resource_version=meta["resourceVersion"]
+        )
     for obj in plan.create:
         create_or_adopt(runtime.api, obj)
     if plan.job_patch:
@@ -90,6 +100,11 @@ def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any
         patch_custom_spec(runtime.api, "evalruns", namespace, *plan.evalrun_patch)
     if plan.evalrun_delete:
         delete_custom(runtime.api, "evalruns", namespace, plan.evalrun_delete)
+    if plan.finalizers is not None and not adding:
+        # No status patch precedes a release (only deletion plans release), so the version read still holds.
+        patch_custom_finalizers(
+            runtime.api, plural, namespace, name, finalizers=plan.finalizers, resource_version=meta["resourceVersion"]
+        )
 
 
 def children_of(indices: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -107,20 +122,59 @@ def reconcile_resource(
     name: str,
     plan_for: Callable[[dict[str, Any]], Plan],
     again: Callable[[], None],
+    plan_deleting: Callable[[dict[str, Any]], Plan] | None = None,
 ) -> None:
     """One reconcile of one resource, whatever its kind: read it fresh, plan, execute, maybe recheck later.
 
-    The per-resource lock keeps reconciles woken by different watches from interleaving.
+    The per-resource lock keeps reconciles woken by different watches from interleaving. A resource
+    being deleted is planned by `plan_deleting` (its finalizer's work), or left to the garbage
+    collector, which removes the children once it is gone. An API failure is retried after
+    RETRY_SECONDS, for as long as it lasts: the watch events that woke this reconcile will not come again.
     """
     key = (f"{plural}/{namespace}", name)
-    with runtime.locks(key):
-        body = get_custom(runtime.api, plural, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return  # gone or going: the garbage collector removes the children
-        plan = plan_for(body)
-        guarded(runtime, kind, namespace, name, lambda: execute(runtime, kind, plural, body, plan))
+    try:
+        with runtime.locks(key):
+            body = get_custom(runtime.api, plural, namespace, name)
+            if body is None:
+                return
+            if body["metadata"].get("deletionTimestamp"):
+                if plan_deleting is None:
+                    return
+                plan = plan_deleting(body)
+            else:
+                plan = plan_for(body)
+            execute(runtime, kind, plural, body, plan)
+    except (ApiException, AdoptionConflictError) as error:
+        runtime.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
+        reason = getattr(error, "reason", None) or str(error)
+        log.warning(
+            "reconcile of %s %s/%s failed (%s); retrying in %.0fs", kind, namespace, name, reason, RETRY_SECONDS
+        )
+        runtime.rechecks.schedule(key, RETRY_SECONDS, again)
+        return
     if plan.recheck_after is not None:
         runtime.rechecks.schedule(key, plan.recheck_after + 1, again)
+
+
+def needs_reconcile(event_type: str | None, body: Mapping[str, Any], finalizer: str | None = None) -> bool:
+    """Whether a watch event of the resource itself calls for a reconcile.
+
+    Level-triggered: everything after the first reconcile of a spec generation is driven by the
+    children's events (and timed rechecks), so the resource's own events matter only when it is
+    listed (operator start: anything may have happened meanwhile), when its spec generation is not
+    yet observed (created, or changed), or when it is being deleted holding our finalizer. Its
+    other events are our own status patches and the trainer's progress reports: no reconcile,
+    which is also why kopf's change-detecting handlers (and their annotation patches) are not used.
+    """
+    if event_type == "DELETED":
+        return False
+    meta = body.get("metadata") or {}
+    if event_type is None:
+        return True
+    if meta.get("deletionTimestamp"):
+        return finalizer is not None and finalizer in (meta.get("finalizers") or [])
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return observed is None or observed != meta.get("generation")
 
 
 def forget_resource(runtime: Runtime, plural: str, namespace: str, name: str) -> None:
@@ -128,29 +182,3 @@ def forget_resource(runtime: Runtime, plural: str, namespace: str, name: str) ->
     key = (f"{plural}/{namespace}", name)
     runtime.locks.discard(key)
     runtime.rechecks.cancel(key)
-
-
-def guarded(runtime: Runtime, kind: str, namespace: str, name: str, step: Callable[[], None]) -> None:
-    """Run one reconcile step; API failures become a kopf retry (and a counted error)."""
-    try:
-        step()
-    except (ApiException, AdoptionConflictError) as error:
-        runtime.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
-        reason = getattr(error, "reason", None) or str(error)
-        raise kopf.TemporaryError(f"reconcile of {kind} {namespace}/{name} failed: {reason}", delay=10) from error
-
-
-def with_retries(call: Callable[[], None], logger: Any) -> None:
-    """Event handlers are not retried by kopf, so ride out short API blips here (bounded); a longer
-    outage is healed by the owner's next event or the operator's resume on restart."""
-    import time
-
-    for delay in (*CHILD_RETRY_DELAYS, None):
-        try:
-            call()
-            return
-        except kopf.TemporaryError as error:
-            if delay is None:
-                logger.warning("%s (giving up until the next event)", error)
-                return
-            time.sleep(delay)

@@ -1,13 +1,13 @@
 """kopf handlers for EvalRun: the FineTuneJob machinery (handlers/common.py) with `plan_evalrun`.
 
-An EvalRun is woken by its own changes, its Jobs and Pods (handlers/children.py), and the
-FineTuneJob its fineTuneJobRef names finishing (handlers/finetunejob.py, through the
-`evalruns_by_job` index). An EvalRun owned by a FineTuneJob wakes that job when it changes.
+An EvalRun is woken by its own events (`needs_reconcile`), its Jobs and Pods (handlers/children.py),
+and the FineTuneJob its fineTuneJobRef names finishing (handlers/finetunejob.py, through the
+`evalruns_by_job` index). An EvalRun owned by a FineTuneJob wakes that job when its phase or
+verdict changes.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +17,7 @@ from ..api import GROUP, VERSION
 from ..kube import get_custom
 from ..manifests.names import LABEL_FINETUNEJOB
 from ..reconcile import Plan, plan_evalrun
-from .common import children_of, forget_resource, reconcile_resource, with_retries
+from .common import children_of, forget_resource, needs_reconcile, reconcile_resource
 from .runtime import MEMO_KEY, Runtime
 
 PLURAL = "evalruns"
@@ -50,23 +50,16 @@ def reconcile_evalrun(runtime: Runtime, namespace: str, name: str, indices: Mapp
     )
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def evalrun_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    reconcile_evalrun(memo[MEMO_KEY], namespace or "", name, kwargs)
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def observe_evalrun(
+def evalrun_event(
     *,
-    type: str,
+    type: str | None,
     namespace: str | None,
     name: str,
+    body: kopf.Body,
     labels: Mapping[str, str],
     status: Mapping[str, Any],
     memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
     **kwargs: Any,
 ) -> None:
     runtime: Runtime = memo[MEMO_KEY]
@@ -74,11 +67,29 @@ def observe_evalrun(
     if type == "DELETED":
         runtime.metrics.forget_evalrun(namespace, name)
         forget_resource(runtime, PLURAL, namespace, name)
+        runtime.verdicts.pop((namespace, name), None)
     else:
         runtime.metrics.observe_evalrun(namespace, name, status)
+    if needs_reconcile(type, body):
+        reconcile_evalrun(runtime, namespace, name, kwargs)
     owner = labels.get(LABEL_FINETUNEJOB)
-    if owner:
-        # A FineTuneJob's own EvalRun: its verdict goes into the job's status.
+    if owner and (type is None or type == "DELETED" or _verdict_changed(runtime, namespace, name, body)):
+        # A FineTuneJob's own EvalRun: its phase and verdict go into the job's status.
         from .finetunejob import reconcile_finetunejob
 
-        with_retries(lambda: reconcile_finetunejob(runtime, namespace, owner, kwargs), logger)
+        reconcile_finetunejob(runtime, namespace, owner, kwargs)
+
+
+def _verdict_changed(runtime: Runtime, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
+    """Whether what the owning FineTuneJob mirrors changed; its progress patches (every few seconds) do not count."""
+    status = body.get("status") or {}
+    verdict = (
+        (body.get("metadata") or {}).get("generation"),
+        status.get("phase"),
+        status.get("passed"),
+        ((status.get("model") or {}).get("adapter") or {}).get("uri"),
+        (status.get("report") or {}).get("uri"),
+    )
+    previous = runtime.verdicts.get((namespace, name))
+    runtime.verdicts[(namespace, name)] = verdict
+    return verdict != previous

@@ -1,24 +1,24 @@
 """kopf handlers for FineTuneJob. Thin: gather what is observed, call `plan_finetunejob`, execute the plan.
 
-Three watches wake the same reconcile: the FineTuneJob itself (create, spec update, operator
-resume), its trainer Jobs and Pods (handlers/children.py), and its own EvalRun (handlers/evalrun.py).
+Three watches wake the same reconcile: the FineTuneJob itself (listed at start, a spec generation
+not yet observed, deletion while it holds the artifacts finalizer: `needs_reconcile`), its trainer
+Jobs and Pods (handlers/children.py), and its own EvalRun (handlers/evalrun.py).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import kopf
 
 from ..api import GROUP, TERMINAL_PHASES, VERSION
+from ..deletion import plan_deletion
 from ..kube import get_custom
-from ..manifests.names import Owner
+from ..manifests.names import ARTIFACTS_FINALIZER, Owner
 from ..reconcile import Plan, plan_finetunejob
 from ..workloads import evalrun_name
-from .common import children_of, forget_resource, reconcile_resource, with_retries
+from .common import children_of, forget_resource, needs_reconcile, reconcile_resource
 from .runtime import MEMO_KEY, Runtime
 
 PLURAL = "finetunejobs"
@@ -33,6 +33,10 @@ def reconcile_finetunejob(runtime: Runtime, namespace: str, name: str, indices: 
         jobs, pods = children_of(indices, ftj)
         return plan_finetunejob(ftj, jobs, pods, runtime.settings, runtime.now(), evalrun=evalrun)
 
+    def plan_deleting(ftj: dict[str, Any]) -> Plan:
+        jobs, pods = children_of(indices, ftj)
+        return plan_deletion(ftj, jobs, pods, runtime.settings, runtime.now())
+
     reconcile_resource(
         runtime,
         KIND,
@@ -41,32 +45,19 @@ def reconcile_finetunejob(runtime: Runtime, namespace: str, name: str, indices: 
         name=name,
         plan_for=plan_for,
         again=lambda: reconcile_finetunejob(runtime, namespace, name, indices),
+        plan_deleting=plan_deleting,
     )
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def finetunejob_changed(
-    *,
-    namespace: str | None,
-    name: str,
-    memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
-    **kwargs: Any,
-) -> None:
-    reconcile_finetunejob(memo[MEMO_KEY], namespace or "", name, kwargs)
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def observe_finetunejob(
+def finetunejob_event(
     *,
-    type: str,
+    type: str | None,
     namespace: str | None,
     name: str,
+    body: kopf.Body,
     status: Mapping[str, Any],
     memo: Any,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
     **kwargs: Any,
 ) -> None:
     runtime: Runtime = memo[MEMO_KEY]
@@ -76,9 +67,11 @@ def observe_finetunejob(
         forget_resource(runtime, PLURAL, namespace, name)
     else:
         runtime.metrics.observe_status(namespace, name, status)
+    if needs_reconcile(type, body, ARTIFACTS_FINALIZER):
+        reconcile_finetunejob(runtime, namespace, name, kwargs)
     if type == "DELETED" or status.get("phase") in TERMINAL_PHASES:
         # EvalRuns that reference this job wait for it to finish (or run again on its new adapter).
         from .evalrun import reconcile_evalrun
 
         for evalrun in kwargs["evalruns_by_job"].get((namespace, name), []):
-            with_retries(partial(reconcile_evalrun, runtime, namespace, evalrun, kwargs), logger)
+            reconcile_evalrun(runtime, namespace, evalrun, kwargs)

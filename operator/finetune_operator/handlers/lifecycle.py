@@ -19,12 +19,8 @@ def configure(
     settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
     operator_settings = OperatorSettings.from_env(os.environ)
-    # Keep kopf's bookkeeping in annotations under our own prefix, and out of .status, which the
-    # CRD schema types strictly and users read.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="finetune.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="finetune.dev", key="last-handled-configuration"
-    )
+    # Only event handlers and indices are registered (handlers/common.py: needs_reconcile), so kopf
+    # keeps no per-object state in annotations or .status: no bookkeeping patches at all.
     settings.posting.level = logging.INFO
     # Sync handlers run in this pool; the API calls they make are the bottleneck, not the CPU.
     settings.execution.max_workers = 16

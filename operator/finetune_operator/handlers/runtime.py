@@ -21,6 +21,8 @@ class Runtime:
     metrics: OperatorMetrics
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     rechecks: DelayedCalls = field(default_factory=DelayedCalls)
+    verdicts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)
+    """Last seen phase/verdict of each owned EvalRun: only a change wakes its FineTuneJob."""
 
     @staticmethod
     def now() -> datetime:

@@ -18,6 +18,7 @@ from ..api.contract import (
     PVC_MOUNT_ROOT,
     RUN_SPEC_ENV,
     SECRET_KEYS,
+    CleanupRunSpec,
     EvaluationRunSpec,
     ResourceRef,
     RunOutput,
@@ -36,6 +37,7 @@ from .names import (
     LABEL_ATTEMPT,
     TRAINER_CONTAINER,
     Owner,
+    bounded_name,
     child_labels,
     child_metadata,
     job_name,
@@ -49,22 +51,30 @@ RUN_AS_USER = 1000
 def spec_hash(spec: FineTuneJobSpec | EvalRunSpec, model: ResolvedModel | None = None) -> str:
     """Identity of what an attempt runs.
 
-    Excluded: spec.suspend (pausing is not a new attempt) and a FineTuneJob's spec.evaluation (a new
-    benchmark or threshold re-runs the evaluation, not the training). Included for an EvalRun: the
-    resolved model, so a FineTuneJob publishing a new adapter starts a new evaluation.
+    Excluded: spec.suspend (pausing is not a new attempt), a FineTuneJob's spec.evaluation (a new
+    benchmark or threshold re-runs the evaluation, not the training) and output.deletePolicy (it acts
+    on deletion only). Included for an EvalRun: the resolved model, so a FineTuneJob publishing a new
+    adapter starts a new evaluation.
     """
     payload = spec.to_json_dict()
     payload.pop("suspend", None)
     payload.pop("evaluation", None)
+    if isinstance(payload.get("output"), dict):
+        payload["output"].pop("deletePolicy", None)
     if model is not None:
         payload["resolvedModel"] = model.to_json_dict()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def owner_prefix(owner: Owner, output_uri: str | None, settings: OperatorSettings) -> str:
+    """<output>/<namespace>/<name>/<uid>/: everything one object ever publishes, and nothing else."""
+    prefix = (output_uri or settings.output_uri).rstrip("/")
+    return f"{prefix}/{owner.namespace}/{owner.name}/{owner.uid}/"
+
+
 def attempt_prefix(owner: Owner, output_uri: str | None, attempt: int, settings: OperatorSettings) -> str:
     """<output>/<namespace>/<name>/<uid>/attempt-<n>/: unique per object and attempt, never overwritten."""
-    prefix = (output_uri or settings.output_uri).rstrip("/")
-    return f"{prefix}/{owner.namespace}/{owner.name}/{owner.uid}/attempt-{attempt}/"
+    return owner_prefix(owner, output_uri, settings) + f"attempt-{attempt}/"
 
 
 def run_output(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> RunOutput:
@@ -232,9 +242,15 @@ class PodPlan:
     backoff_limit: int
     active_deadline_seconds: int | None
     spec_hash: str
+    component: str = "trainer"
+    reports_status: bool = True
+    """Runs as the trainer ServiceAccount (patches its resource's status); False: no API token at all."""
 
 
-def build_job(owner: Owner, attempt: int, plan: PodPlan, settings: OperatorSettings) -> dict[str, Any]:
+def build_job(
+    owner: Owner, attempt: int | None, plan: PodPlan, settings: OperatorSettings, name: str | None = None
+) -> dict[str, Any]:
+    """The Job of one attempt, or (attempt None, a `name`) a one-off such as the artifact cleanup."""
     env: list[dict[str, Any]] = [
         {"name": RUN_SPEC_ENV, "value": json.dumps(plan.run_spec.to_json_dict(), separators=(",", ":"))},
         {"name": "HOME", "value": WORK_DIR},
@@ -246,15 +262,16 @@ def build_job(owner: Owner, attempt: int, plan: PodPlan, settings: OperatorSetti
         *plan.secrets,
     ]
     volumes, volume_mounts = _volumes(pvc_mounts(plan.pvc_uris))
-    labels = {**child_labels(owner, "trainer"), LABEL_ATTEMPT: str(attempt)}
+    labels = child_labels(owner, plan.component)
+    if attempt is not None:
+        labels[LABEL_ATTEMPT] = str(attempt)
     job_labels = dict(labels)
     if plan.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = plan.queue_name
     resources = plan.resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": trainer_account_name(owner),
-        "automountServiceAccountToken": True,
+        "automountServiceAccountToken": plan.reports_status,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 60,
         "securityContext": RESTRICTED_POD_SECURITY,
@@ -274,6 +291,8 @@ def build_job(owner: Owner, attempt: int, plan: PodPlan, settings: OperatorSetti
         ],
         "volumes": volumes,
     }
+    if plan.reports_status:
+        pod_spec["serviceAccountName"] = trainer_account_name(owner)
     if resources.node_selector:
         pod_spec["nodeSelector"] = dict(resources.node_selector)
     if tolerations_ := tolerations(resources):
@@ -292,7 +311,8 @@ def build_job(owner: Owner, attempt: int, plan: PodPlan, settings: OperatorSetti
     }
     if plan.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = plan.active_deadline_seconds
-    metadata = child_metadata(owner, job_name(owner, attempt), "trainer")
+    assert attempt is not None or name is not None, "a Job is named after its attempt, or explicitly"
+    metadata = child_metadata(owner, name or job_name(owner, attempt or 0), plan.component)
     metadata["labels"] = job_labels
     metadata["annotations"] = {ANNOTATION_SPEC_HASH: plan.spec_hash}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
@@ -363,3 +383,46 @@ def build_eval_job(
         ),
         settings,
     )
+
+
+CLEANUP_BACKOFF_LIMIT = 2
+CLEANUP_RESOURCES = Resources(cpu="500m", memory="512Mi")
+
+
+def cleanup_job_name(owner: Owner) -> str:
+    return bounded_name(owner.name, f"-{owner.uid[:5]}-cleanup")
+
+
+def build_cleanup_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """A short pod that deletes everything the job published (output.deletePolicy: Delete).
+
+    It runs the trainer image with the output's secretRef, so the operator itself never holds store
+    credentials. No owner reference: the FineTuneJob is being deleted, and a foreground deletion
+    would garbage-collect the cleanup before it ran; the operator deletes it (and its TTL backs that up).
+    No API token: it reports only through its exit code and termination message.
+    """
+    prefix = owner_prefix(owner, spec.output.uri, settings)
+    run_spec = CleanupRunSpec(resource=_resource_ref(owner), uri=prefix, storage=_storage(settings))
+    job = build_job(
+        owner,
+        None,
+        PodPlan(
+            command="cleanup",
+            run_spec=run_spec,
+            image=spec.image or settings.trainer_image,
+            secrets=secret_env("OUTPUT", prefix, spec.output.secret_ref, settings.storage_secret),
+            pvc_uris=[(prefix, True)],
+            resources=CLEANUP_RESOURCES,
+            queue_name=None,
+            suspend=False,
+            backoff_limit=CLEANUP_BACKOFF_LIMIT,
+            active_deadline_seconds=settings.cleanup_deadline_seconds,
+            spec_hash=spec_hash(spec),
+            component="cleanup",
+            reports_status=False,
+        ),
+        settings,
+        name=cleanup_job_name(owner),
+    )
+    del job["metadata"]["ownerReferences"]
+    return job

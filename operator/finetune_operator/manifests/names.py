@@ -21,6 +21,8 @@ LABEL_EVALRUN = "finetune.dev/evalrun"
 LABEL_ATTEMPT = "finetune.dev/attempt"
 ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+ARTIFACTS_FINALIZER = "finetune.dev/delete-artifacts"
+"""Held by a FineTuneJob with output.deletePolicy Delete until its stored objects are deleted."""
 TRAINER_CONTAINER = "trainer"
 
 _MAX_NAME = 63

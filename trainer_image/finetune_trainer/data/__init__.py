@@ -36,16 +36,26 @@ class PreparedData:
         )
 
 
+def describe(path: Path) -> str:
+    """The dataset's file names for messages (a downloaded dataset lives in a folder named after its role)."""
+    if not path.is_dir():
+        return path.name
+    names = sorted(p.name for p in path.rglob("*") if p.is_file())
+    if not names:
+        return path.name
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def load_examples(path: Path, spec: DatasetSource) -> tuple[list[Example], RefineReport, Format]:
     rows = read_rows(path)
     first = next(rows, None)
     if first is None:
-        raise InputError(f"{path.name}: the dataset is empty")
+        raise InputError(f"{describe(path)}: the dataset is empty")
     fmt: Format = detect_format(first, spec.columns) if spec.format == "auto" else spec.format
     examples = (normalise(row, fmt, spec.columns) for row in chain([first], rows))
     kept, report = refine(examples, spec.refine)
     if not kept:
-        raise InputError(f"{path.name}: no usable rows left ({report.summary()})")
+        raise InputError(f"{describe(path)}: no usable rows left ({report.summary()})")
     return kept, report, fmt
 
 
@@ -67,7 +77,7 @@ def prepare(
         encoded.append(item)
     report.kept = len(encoded)
     if not encoded:
-        raise InputError(f"{path.name}: no usable rows left ({report.summary()})")
+        raise InputError(f"{describe(path)}: no usable rows left ({report.summary()})")
     dataset = Dataset.from_list(encoded)
     evaluation = None
     if spec.validation_split > 0 and len(dataset) * spec.validation_split >= 1:

@@ -1,0 +1,78 @@
+"""Append a benchmark's figures as a dated row to docs/benchmarks.md, with the exact command.
+
+Every run leaves a trace next to the analysed sections above it, so a regression (or a claim) can be
+checked against the command that produced it. One table per benchmark under "## Results log";
+a table is created with the first row's columns; later rows fill the same columns (missing: "-").
+Set FINETUNE_BENCH_NO_RECORD=1 (or pass --no-record) for a run that should leave no trace.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+LOG_HEADING = "## Results log (appended by the benchmarks)"
+
+
+def command_line() -> str:
+    """The command as typed from the repository root (interpreter path shortened to `python`)."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        shown = script.relative_to(DOC.parents[1]).as_posix()
+    except ValueError:
+        shown = str(script)
+    return " ".join(["python", shown, *map(shlex.quote, sys.argv[1:])])
+
+
+def code_version() -> str:
+    """The commit measured (with -dirty when the working tree differs from it)."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=DOC.parents[1], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def add_row(text: str, benchmark: str, row: Mapping[str, object], command: str, date: str) -> str:
+    """`text` (the document) with the row appended to `benchmark`'s table, creating what is missing."""
+    if LOG_HEADING not in text:
+        text = text.rstrip("\n") + f"\n\n{LOG_HEADING}\n"
+    heading = f"### {benchmark}"
+    head, _, log = text.partition(LOG_HEADING)
+    if heading not in log:
+        columns = ["date", "command", *row]
+        log = log.rstrip("\n") + (
+            f"\n\n{heading}\n\n| {' | '.join(columns)} |\n| {' | '.join('---' for _ in columns)} |\n"
+        )
+    before, _, rest = log.partition(heading)
+    section, marker, after = rest.partition("\n### ")
+    lines = section.split("\n")
+    header = next(line for line in lines if line.startswith("| date |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    values = {"date": date, "command": f"`{command}`", **{k: _cell(v) for k, v in row.items()}}
+    new = "| " + " | ".join(values.get(c, "-") for c in columns) + " |"
+    last = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    lines.insert(last + 1, new)
+    return head + LOG_HEADING + before + heading + "\n".join(lines) + marker + after
+
+
+def record(benchmark: str, row: Mapping[str, object], enabled: bool = True) -> None:
+    if not enabled or os.environ.get("FINETUNE_BENCH_NO_RECORD"):
+        return
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    DOC.write_text(add_row(DOC.read_text(), benchmark, {"commit": code_version(), **row}, command_line(), date))
+    print(f"recorded in {DOC.relative_to(DOC.parents[1])} ({benchmark})")

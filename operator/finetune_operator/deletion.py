@@ -1,0 +1,94 @@
+"""Deleting a FineTuneJob with output.deletePolicy Delete: (resource, its Jobs, its Pods, now) -> a Plan.
+
+The artifacts finalizer holds the FineTuneJob while, in order: its running trainer Job is deleted and
+its pods are gone (a trainer still writing would re-create what the cleanup removed), a cleanup Job
+deletes `<output>/<namespace>/<name>/<uid>/`, and the finalizer is released. Deletion never hangs
+on the store: a failed cleanup, or none finished within the cleanup deadline, releases the
+finalizer too, with a Warning event naming what was left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from .api.finetunejob import FineTuneJobSpec
+from .config import OperatorSettings
+from .manifests.job import build_cleanup_job, cleanup_job_name, owner_prefix
+from .manifests.names import ARTIFACTS_FINALIZER, LABEL_COMPONENT, Owner
+from .reconcile import Event, Plan
+from .status import parse_result, parse_time, view_job, view_pod
+
+CLEANUP_GRACE_SECONDS = 60
+"""Beyond the cleanup Job's own deadline: time for its pod to be scheduled and its verdict to arrive."""
+
+
+def _failure(pods: Sequence[Mapping[str, Any]], job_message: str | None) -> str:
+    """Why the cleanup failed, in the trainer's words when its last pod left a result."""
+    for pod in reversed(pods):
+        view = view_pod(pod)
+        result = parse_result(view.message)
+        if result is not None and result.result == "failed":
+            return f"{result.reason}: {result.message}"
+    return job_message or "the cleanup Job failed"
+
+
+def plan_deletion(
+    body: Mapping[str, Any],
+    jobs: Sequence[Mapping[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
+    settings: OperatorSettings,
+    now: datetime,
+) -> Plan:
+    meta = body["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if ARTIFACTS_FINALIZER not in finalizers:
+        return Plan()
+    release = [f for f in finalizers if f != ARTIFACTS_FINALIZER]
+    owner = Owner.from_body(body)
+    try:
+        spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        message = "the spec is invalid, so where its objects are is unknown; nothing was deleted from the store"
+        return Plan(finalizers=release, events=[Event("Warning", "ArtifactCleanupFailed", message)])
+    prefix = owner_prefix(owner, spec.output.uri, settings)
+    name = cleanup_job_name(owner)
+    cleanup = next((view_job(j) for j in jobs if j["metadata"]["name"] == name), None)
+    cleanup_pods = [p for p in pods if _component(p) == "cleanup"]
+    left = f"the objects under {prefix} are left in the store; delete them by hand"
+
+    if cleanup is not None and cleanup.complete:
+        done = f"deleted the objects under {prefix}"
+        return Plan(finalizers=release, delete_job=name, events=[Event("Normal", "ArtifactsDeleted", done)])
+    if cleanup is not None and cleanup.finished:
+        why = _failure(cleanup_pods, cleanup.failed_message)
+        message = f"cleanup failed ({why}); {left}"
+        return Plan(finalizers=release, delete_job=name, events=[Event("Warning", "ArtifactCleanupFailed", message)])
+    deleted_at = parse_time(meta.get("deletionTimestamp")) or now
+    limit = settings.cleanup_deadline_seconds + CLEANUP_GRACE_SECONDS
+    waited = (now - deleted_at).total_seconds()
+    if waited >= limit:
+        message = f"cleanup did not finish within {limit}s; {left}"
+        delete = name if cleanup is not None else None
+        return Plan(finalizers=release, delete_job=delete, events=[Event("Warning", "ArtifactCleanupFailed", message)])
+
+    plan = Plan(recheck_after=limit - waited)
+    running = [v for v in map(view_job, jobs) if v.name != name and not v.finished]
+    if running:
+        plan.delete_job = running[0].name  # its pods go with it; their DELETED events bring us back
+        return plan
+    trainer_pods = [p for p in pods if _component(p) != "cleanup" and view_pod(p).phase not in _POD_DONE]
+    if not trainer_pods and cleanup is None:
+        plan.create = [build_cleanup_job(owner, spec, settings)]
+        plan.events = [Event("Normal", "DeletingArtifacts", f"deleting the objects under {prefix}")]
+    return plan
+
+
+_POD_DONE = frozenset({"Succeeded", "Failed"})
+
+
+def _component(pod: Mapping[str, Any]) -> str | None:
+    return (pod["metadata"].get("labels") or {}).get(LABEL_COMPONENT)
