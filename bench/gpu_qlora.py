@@ -323,7 +323,7 @@ def main() -> int:
                 "tokens/s": round(r.tokens_per_second, 1),
                 "x baseline": round(r.tokens_per_second / base.tokens_per_second, 2) if base else "-",
                 "padded": f"{r.padded_fraction:.1%}",
-                "peak GiB": round(r.peak_memory_gib, 2),
+                "peak GiB": round(r.peak_memory_gib, 2) if r.peak_memory_gib else "-",
                 "memory x baseline": round(r.peak_memory_gib / base.peak_memory_gib, 2)
                 if base and base.peak_memory_gib
                 else "-",

@@ -31,14 +31,22 @@ def command_line() -> str:
 
 
 def code_version() -> str:
-    """The commit measured (with -dirty when the working tree differs from it)."""
+    """The commit measured, with -dirty when anything but this log differs from it."""
+    root = DOC.parents[1]
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=DOC.parents[1], capture_output=True, text=True, check=True
-        )
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", ".", f":!{DOC.relative_to(root).as_posix()}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    return commit + ("-dirty" if changed else "")
 
 
 def _cell(value: object) -> str:
