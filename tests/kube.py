@@ -12,6 +12,11 @@ from kubernetes import client
 from devcluster import apply_objects, tool_path, wait_for
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+RESTRICTED_NAMESPACE = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+"""Namespace labels under which the apiserver itself admits only Pod Security "restricted" pods."""
 
 
 @dataclass

@@ -145,6 +145,10 @@ class LocalNodeAgent:
     _running: dict[str, _Running] = field(default_factory=dict)
     _handled: set[str] = field(default_factory=set)
     _stopping: set[str] = field(default_factory=set)
+    _terminating: int = 0
+    """Pods being stopped right now: new processes wait for them (on this node they share one network,
+    so a replacement operator pod would find its ports still taken)."""
+    _terminated: threading.Condition = field(default_factory=threading.Condition)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -245,12 +249,19 @@ class LocalNodeAgent:
         meta = pod["metadata"]
         with self._lock:
             running = self._running.get(meta["uid"])
-        if running:
-            running.stopping = True
-            _terminate(running.process, grace=max(grace, 1))
-            running.reported.wait(timeout=10)
-        with contextlib.suppress(ApiException):
-            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], grace_period_seconds=0)
+        with self._terminated:
+            self._terminating += 1
+        try:
+            if running:
+                running.stopping = True
+                _terminate(running.process, grace=max(grace, 1))
+                running.reported.wait(timeout=10)
+            with contextlib.suppress(ApiException):
+                self.core.delete_namespaced_pod(meta["name"], meta["namespace"], grace_period_seconds=0)
+        finally:
+            with self._terminated:
+                self._terminating -= 1
+                self._terminated.notify_all()
 
     def signal_container(self, namespace: str, pod_name: str, sig: signal.Signals) -> bool:
         """Send `sig` to a running pod's process group, as a crash or the OOM killer would; False if none runs."""
@@ -323,6 +334,8 @@ class LocalNodeAgent:
             return
         argv = [*container.get("command", []), *container.get("args", [])]
         executable = shutil.which(argv[0], path=env["PATH"]) if argv else None
+        with self._terminated:
+            self._terminated.wait_for(lambda: self._terminating == 0, timeout=90)
         started = _now()
         if executable is None:
             message = (

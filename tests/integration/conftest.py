@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import LocalCluster, OperatorProcess
-from tests.kube import GROUP, PLURAL, VERSION, Kube, quick_spec
+from tests.kube import GROUP, PLURAL, RESTRICTED_NAMESPACE, VERSION, Kube, quick_spec
 
 __all__ = ["GROUP", "PLURAL", "VERSION", "Kube", "quick_spec"]
 
@@ -46,11 +46,7 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
 def kube(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[Kube]:
     api = cluster.api()
     namespace = f"t-{uuid.uuid4().hex[:8]}"
-    enforce = {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/enforce-version": "latest",
-    }
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace, "labels": enforce}})
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace, "labels": RESTRICTED_NAMESPACE}})
     yield Kube(api=api, namespace=namespace, kubeconfig=cluster.kubeconfig)
     with contextlib.suppress(ApiException):
         client.CoreV1Api(api).delete_namespace(namespace)

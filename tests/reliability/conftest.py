@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from kubernetes import client
 
 from devcluster.quickstart import Quickstart
 from tests.integration.conftest import cluster, kube, operator
+from tests.kube import RESTRICTED_NAMESPACE
 
 __all__ = ["cluster", "demo", "kube", "operator"]
 CLEANUP_DEADLINE = 45
@@ -23,5 +25,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
         link_store=True,
         operator_env={"FINETUNE_CLEANUP_DEADLINE_SECONDS": str(CLEANUP_DEADLINE)},
     ).start(say=lambda _: None)
+    assert started.cluster
+    # Every pod these tests make (trainer, retries, cleanup) is admitted by Pod Security itself.
+    client.CoreV1Api(started.cluster.api()).patch_namespace("default", {"metadata": {"labels": RESTRICTED_NAMESPACE}})
     yield started
     started.stop()
