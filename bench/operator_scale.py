@@ -48,11 +48,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def peak_rss_mb(pid: int) -> float:
+def proc_status(pid: int, key: str) -> int:
+    """A number from /proc/<pid>/status (VmHWM and VmRSS are in kB), 0 if absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_rss_mb(pid: int) -> float:
+    return proc_status(pid, "VmHWM") / 1024
 
 
 def cpu_seconds(pid: int) -> float:
@@ -105,18 +110,8 @@ def heap_by_package(dump: Path) -> dict[str, float]:
     return {k: round(v / 2**20, 1) for k, v in by.most_common(12)}
 
 
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
-
-
 def current_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return proc_status(pid, "VmRSS") / 1024
 
 
 def _step(status: dict[str, Any]) -> str:
@@ -259,7 +254,7 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False) -> dict[s
             "operator_peak_rss_mb": round(peak_rss_mb(operator.process.pid), 1),
             "operator_idle_rss_mb": round(idle_rss, 1),
             "operator_rss_mb_settled": round(settled_rss, 1),
-            "operator_threads": threads(operator.process.pid),
+            "operator_threads": proc_status(operator.process.pid, "Threads"),
             "python_heap_mb_by_package": heap_mb,
         }
     finally:

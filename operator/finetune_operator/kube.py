@@ -50,7 +50,7 @@ def _creators(api: client.ApiClient) -> dict[str, tuple[Callable[..., Any], Call
 _CUSTOM_PLURALS = {"EvalRun": "evalruns", "FineTuneJob": "finetunejobs"}
 
 
-def _owner_uids(api: client.ApiClient, obj: Mapping[str, Any]) -> set[str | None]:
+def _owner_uids(api: client.ApiClient, obj: Mapping[str, Any]) -> set[str]:
     """Owners of the existing object: its owner references, and the owner-uid label (for the one child
     that has no owner reference, the cleanup Job of a FineTuneJob being deleted)."""
     meta = obj["metadata"]
@@ -59,7 +59,8 @@ def _owner_uids(api: client.ApiClient, obj: Mapping[str, Any]) -> set[str | None
         return {ref.get("uid") for ref in existing.get("metadata", {}).get("ownerReferences") or []}
     read = _creators(api)[obj["kind"]][1]
     found = read(meta["name"], meta["namespace"]).metadata
-    return {ref.uid for ref in found.owner_references or []} | {(found.labels or {}).get(LABEL_OWNER_UID)}
+    labelled = (found.labels or {}).get(LABEL_OWNER_UID)
+    return {ref.uid for ref in found.owner_references or []} | ({labelled} if labelled else set())
 
 
 def create_or_adopt(api: client.ApiClient, obj: Mapping[str, Any]) -> bool:
@@ -76,7 +77,7 @@ def create_or_adopt(api: client.ApiClient, obj: Mapping[str, Any]) -> bool:
     except ApiException as error:
         if error.status != 409:
             raise
-    owners = _owner_uids(api, obj) - {None}
+    owners = _owner_uids(api, obj)
     wanted = {ref["uid"] for ref in meta.get("ownerReferences", [])} | {(meta.get("labels") or {}).get(LABEL_OWNER_UID)}
     if not owners & wanted:
         raise AdoptionConflictError(

@@ -29,6 +29,7 @@ from .status import (
     Outcome,
     assess_attempt,
     build_conditions,
+    condition_of,
     format_time,
     make_condition,
     stamp_conditions,
@@ -122,7 +123,7 @@ def _event_for(previous: Mapping[str, Any], outcome: Outcome) -> list[Event]:
     A routine step within a phase (JobCreating -> Starting) updates the condition but is no Event:
     each Event is an API write, and users read them for what changed, not for every step.
     """
-    before: Mapping[str, Any] = next((c for c in previous.get("conditions") or [] if c.get("type") == "Running"), {})
+    before = condition_of(previous, "Running")
     warning = outcome.phase == "Failed" or outcome.reason in _WARNING_REASONS
     same_phase = previous.get("phase") == outcome.phase
     if same_phase and (not warning or before.get("reason") == outcome.reason):
@@ -132,7 +133,7 @@ def _event_for(previous: Mapping[str, Any], outcome: Outcome) -> list[Event]:
 
 def _attempt_record(status: Mapping[str, Any]) -> dict[str, Any]:
     phase = status.get("phase") or "Failed"
-    reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == phase), None)
+    reason = condition_of(status, phase).get("reason")
     return AttemptRecord(
         attempt=status["attempt"],
         generation=status.get("observedGeneration"),
@@ -207,7 +208,7 @@ def _invalid(message: str, obs: Observed, now: datetime) -> Plan:
         "conditions": build_conditions(outcome, status.get("conditions") or [], obs.generation, now, invalid=message),
         "completionTime": status.get("completionTime") or format_time(now),
     }
-    validated: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Validated"), {})
+    validated = condition_of(status, "Validated")
     events = [] if validated.get("message") == message else [Event("Warning", "InvalidSpec", message)]
     running = current is not None and not current.finished
     return Plan(status=fields, events=events, delete_job=current.name if running and current else None)
@@ -273,9 +274,8 @@ def plan_attempts(
         # A step usually over in a moment (a pod starting, a Job being marked complete): writing it
         # would cost every job an API write nobody reads. If it lasts, the recheck writes it.
         plan.status = {}
-        plan.recheck_after = (
-            min(x for x in (quiet, outcome.recheck_after) if x is not None) if quiet > 0 else outcome.recheck_after
-        )
+        rechecks = [x for x in (quiet or None, outcome.recheck_after) if x is not None]  # quiet 0: never
+        plan.recheck_after = min(rechecks, default=None)
     if outcome.terminal:
         plan.finished = outcome
         if deferred:
@@ -298,7 +298,7 @@ def _quiet_step(status: Mapping[str, Any], outcome: Outcome, generation: int, no
         return None
     if status.get("phase") != outcome.phase or status.get("observedGeneration") != generation:
         return None
-    running: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
+    running = condition_of(status, "Running")
     if running.get("reason") == outcome.reason:
         return None
     if outcome.reason == "Starting" and running.get("reason") == "JobCreated":

@@ -399,6 +399,11 @@ def build_conditions(
     return stamp_conditions([*conditions, *extra], previous, generation, now)
 
 
+def condition_of(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
+    """The condition of type `ctype` in a resource's status, or {} when it has none."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), {})
+
+
 def make_condition(ctype: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
     """A condition without its timestamps; status None is Unknown."""
     condition = _condition(ctype, bool(status), reason, message)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import yaml
@@ -14,7 +13,6 @@ from devcluster import apply_objects
 from devcluster.quickstart import BUCKET, EXAMPLE, Quickstart
 
 GROUP, VERSION = "finetune.dev", "v1alpha1"
-TERMINAL = {"Succeeded", "Failed"}
 
 
 def example_finetunejob(name: str, **training: Any) -> dict[str, Any]:
@@ -56,13 +54,3 @@ def condition(status: dict[str, Any], ctype: str | None = None) -> dict[str, Any
 def objects(demo: Quickstart, prefix: str) -> list[str]:
     assert demo.minio
     return [o.object_name for o in demo.minio.client().list_objects(BUCKET, prefix=prefix, recursive=True)]
-
-
-def wait_terminal(demo: Quickstart, name: str, plural: str = "finetunejobs", timeout: float = 420) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = status(demo, name, plural)
-        if current.get("phase") in TERMINAL:
-            return current
-        time.sleep(0.5)
-    raise AssertionError(f"{plural}/{name} did not finish in {timeout}s: {status(demo, name, plural)}")

@@ -7,6 +7,7 @@ operator survives all of it.
 from __future__ import annotations
 
 import copy
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +190,7 @@ def test_bad_data_and_unusable_specs_end_with_a_named_reason(demo: Quickstart) -
     for case in RUNTIME:
         if case.data is not None:
             demo.minio.client().put_object(
-                BUCKET, f"datasets/bad/{case.name}.jsonl", _stream(case.data), len(case.data)
+                BUCKET, f"datasets/bad/{case.name}.jsonl", io.BytesIO(case.data), len(case.data)
             )
     apply(demo, *(case.body for case in RUNTIME))
 
@@ -214,9 +215,3 @@ def test_bad_data_and_unusable_specs_end_with_a_named_reason(demo: Quickstart) -
     assert demo.operator.process.poll() is None, "the operator crashed"
     log = demo.operator.log()[log_start:]
     assert "Traceback" not in log, log[-3000:]
-
-
-def _stream(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)

@@ -15,10 +15,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import LocalCluster, OperatorProcess, wait_for
+from finetune_operator.api import TERMINAL_PHASES
 from tests.kube import GROUP, PLURAL, VERSION, Kube, quick_spec
 
 pytestmark = pytest.mark.cluster
-TERMINAL = {"Succeeded", "Failed"}
 
 
 def _crash_and_restart(operator: OperatorProcess) -> None:
@@ -39,7 +39,7 @@ def _burst(kube: Kube, operator: OperatorProcess, jobs: int, crashes: int, seed:
 
     def settled() -> int:
         items = kube.custom.list_namespaced_custom_object(GROUP, VERSION, kube.namespace, PLURAL)["items"]
-        return sum((i.get("status") or {}).get("phase") in TERMINAL for i in items)
+        return sum((i.get("status") or {}).get("phase") in TERMINAL_PHASES for i in items)
 
     wait_for(lambda: settled() == len(names), 600, "every FineTuneJob to finish", describe=lambda: str(settled()))
     jobs_per_owner = Counter((j.metadata.labels or {}).get("finetune.dev/finetunejob") for j in kube.jobs())

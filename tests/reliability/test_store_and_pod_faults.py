@@ -19,10 +19,11 @@ from kubernetes import client
 
 from devcluster import wait_for
 from devcluster.quickstart import BUCKET, Quickstart
+from finetune_operator.api import TERMINAL_PHASES
 from finetune_operator.api.contract import TrainerResult
 from tests.reliability import stack
 from tests.reliability.conftest import CLEANUP_DEADLINE
-from tests.reliability.stack import TERMINAL, apply, condition, example_finetunejob, get, objects
+from tests.reliability.stack import apply, condition, example_finetunejob, get, objects
 
 pytestmark = pytest.mark.cluster
 
@@ -48,7 +49,7 @@ def _follow(demo: Quickstart, name: str, timeout: float = 420) -> tuple[dict[str
         current = stack.status(demo, name)
         if uri := (current.get("adapter") or {}).get("uri"):
             seen.add(uri)
-        if current.get("phase") in TERMINAL:
+        if current.get("phase") in TERMINAL_PHASES:
             return current, seen
         time.sleep(0.3)
     raise AssertionError(f"{name} did not finish in {timeout}s: {stack.status(demo, name)}")
