@@ -10,9 +10,12 @@ quantization and LoRA (r=16, all linear layers) and trains on the same variable-
 - baseline: HF Trainer + peft + bitsandbytes as a tutorial sets it up: batches padded to their
   longest example, reentrant gradient checkpointing, default AdamW, logits for the whole batch.
 - ours-unpacked: our model setup with `training.packing: false` (padded batches), to isolate packing.
+- ours-plain: packed, with the CPU fast paths (fastpath.py: per-example attention, cheaper dropout
+  masks) switched off, to isolate them; the same as "ours" on a GPU, where they are not used.
 - ours: what `finetune-trainer` does (TrainingRecipe's model, collator and arguments): padding-free
-  packing, non-reentrant checkpointing, paged 8-bit AdamW on GPU; and "ours+liger" adds Liger's fused
-  kernels (fused linear cross-entropy never materialises the 128k-vocabulary logits) when installed.
+  packing, non-reentrant checkpointing, paged 8-bit AdamW on GPU, the CPU fast paths on CPU; and
+  "ours+liger" adds Liger's fused kernels (fused linear cross-entropy never materialises the
+  128k-vocabulary logits) when installed.
 
 Printed per variant: real (non-pad) tokens/s, padded-token fraction, peak GPU memory, MFU (6 x params
 per real token, over the GPU's dense bf16 peak; attention not counted). Ratios are against the
@@ -125,16 +128,25 @@ def load_baseline(model_dir: Path, cuda: bool) -> Any:
     )
 
 
-def load_ours(model_dir: Path, device: Any, liger: bool) -> Any:
-    """Exactly what TrainingRecipe._setup_model does (the same functions)."""
+def load_ours(model_dir: Path, device: Any, liger: bool, packing: bool, fast_paths: bool = True) -> Any:
+    """Exactly what TrainingRecipe._setup_model does (the same function)."""
     from finetune_operator.api.common import Quantization
     from finetune_operator.api.finetunejob import LoraSettings
-    from finetune_trainer.train import apply_fused_kernels, apply_lora, load_base_model, prepare_for_training
+    from finetune_trainer.train import setup_model
 
-    model = prepare_for_training(load_base_model(model_dir, Quantization(), device, False), gradient_checkpointing=True)
-    if liger and not apply_fused_kernels(model, device):
+    setup = setup_model(
+        model_dir,
+        device,
+        quantization=Quantization(),
+        lora=LoraSettings(r=16, alpha=32, dropout=0.05),
+        packing=packing,
+        gradient_checkpointing=True,
+        fused_kernels=liger,
+        fast_paths=fast_paths,
+    )
+    if liger != setup.fused_kernels:
         raise RuntimeError("liger-kernel requested but not applied (needs CUDA and liger-kernel)")
-    return apply_lora(model, LoraSettings(r=16, alpha=32, dropout=0.05))
+    return setup.model
 
 
 class Timer:
@@ -178,17 +190,17 @@ def run_variant(
 
     cuda = torch.cuda.is_available()
     device = pick_device("auto", cuda, cuda and torch.cuda.is_bf16_supported())
-    packed = name in {"ours", "ours+liger"}
+    packed = name in {"ours", "ours-plain", "ours+liger"}
     padded_lengths = [len(r["input_ids"]) for r in data[: (args.warmup + args.steps) * args.batch_size]]
     if packed:
-        model = load_ours(model_dir, device, liger=name == "ours+liger")
+        model = load_ours(model_dir, device, liger=name == "ours+liger", packing=True, fast_paths=name != "ours-plain")
         train: list[dict[str, list[int]]] = pack_rows(data, args.seq_len)  # bins of up to seq_len tokens
         collator: Any = make_collator(True, None)
         optim = resolve_optimizer("auto", device)
         padded = 0.0  # packed rows are flattened into one sequence: no pad tokens at all
     elif name == "ours-unpacked":
         # Our model setup with packing switched off (training.packing: false): what packing alone buys.
-        model = load_ours(model_dir, device, liger=False)
+        model = load_ours(model_dir, device, liger=False, packing=False)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=_dummy_tokenizer(), pad_token="<pad>")
         collator = make_collator(False, tokenizer)
         optim = resolve_optimizer("auto", device)
@@ -256,6 +268,10 @@ def run_variant(
     return result
 
 
+def median_run(runs: list[Result]) -> Result:
+    return sorted(runs, key=lambda r: r.tokens_per_second)[len(runs) // 2]
+
+
 def _dummy_tokenizer() -> Any:
     from tokenizers import Tokenizer, models
 
@@ -270,6 +286,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", default="baseline,ours,ours+liger")
+    parser.add_argument("--rounds", type=int, default=1, help="run the variants round-robin N times, keep medians")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
@@ -293,12 +310,20 @@ def main() -> int:
         print(f"random model: {params / 1e9:.2f}B parameters, saved in {time.perf_counter() - started:.0f}s")
         # Enough examples for the packed variants too (each of their rows holds several examples).
         data = examples((args.warmup + args.steps) * args.batch_size * 8, args.seq_len, config.vocab_size, seed=0)
-        results = [run_variant(name, model_dir, data, args, params, config) for name in variants]
+        rounds: dict[str, list[Result]] = {name: [] for name in variants}
+        for _ in range(args.rounds):  # round-robin, so a slow spell of the machine hits every variant
+            for name in variants:
+                rounds[name].append(run_variant(name, model_dir, data, args, params, config))
+        results = [median_run(rounds[name]) for name in variants]
     base = next((r for r in results if r.variant == "baseline"), None)
     device = torch.cuda.get_device_name() if cuda else "CPU"
     print(
         f"\n{device}, seq {args.seq_len}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up"
+        + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
     )
+    if args.rounds > 1:
+        for name, runs in rounds.items():
+            print(f"  {name}: tokens/s by round {[r.tokens_per_second for r in runs]}")
     print(
         f"{'variant':<12} {'tokens/s':>10} {'x base':>7} {'padded':>7} {'peak GiB':>9} {'x base':>7} "
         f"{'MFU':>6} {'loss':>7}"

@@ -25,7 +25,7 @@ from finetune_operator.api.common import Quantization
 from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
 from finetune_operator.api.finetunejob import Artifact, LoraSettings, Provenance, TrainingMetrics
 
-from . import __version__
+from . import __version__, fastpath
 from .data import PreparedData, prepare
 from .data.pack import PackedCollator
 from .errors import InputError, Interrupted, OutOfMemory
@@ -66,7 +66,13 @@ def resolve_optimizer(name: str, device: Device) -> str:
     return "paged_adamw_8bit" if device.kind == "cuda" else "adamw_torch"
 
 
-def load_base_model(model_dir: Path, quantization: Quantization | None, device: Device, trust_remote_code: bool) -> Any:
+def load_base_model(
+    model_dir: Path,
+    quantization: Quantization | None,
+    device: Device,
+    trust_remote_code: bool,
+    attention: str = "sdpa",
+) -> Any:
     """The frozen base: bitsandbytes 4/8-bit for qlora (quantized while loading), the compute dtype for lora."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -75,7 +81,7 @@ def load_base_model(model_dir: Path, quantization: Quantization | None, device: 
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "trust_remote_code": trust_remote_code,
-        "attn_implementation": "sdpa",
+        "attn_implementation": attention,
         "device_map": {"": 0 if device.kind == "cuda" else "cpu"},
     }
     if quantization is not None and quantization.bits == 4:
@@ -129,6 +135,40 @@ def apply_lora(model: Any, lora: LoraSettings) -> Any:
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
         ),
     )
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    model: Any
+    fused_kernels: bool
+    cpu_fast_paths: bool
+
+
+def setup_model(
+    model_dir: Path,
+    device: Device,
+    *,
+    quantization: Quantization | None,
+    lora: LoraSettings,
+    packing: bool,
+    gradient_checkpointing: bool,
+    trust_remote_code: bool = False,
+    fused_kernels: bool = True,
+    fast_paths: bool = True,
+) -> ModelSetup:
+    """Base model -> frozen (+ activation checkpointing) -> fused kernels (CUDA) -> LoRA (+ CPU fast paths).
+
+    The benchmark calls this too, so what it measures is what a FineTuneJob runs; it switches the
+    optimisations off one by one to measure each."""
+    fast = fast_paths and fastpath.use_on(device.kind, packing)
+    attention = fastpath.register_segment_attention() if fast else "sdpa"
+    model = load_base_model(model_dir, quantization, device, trust_remote_code, attention)
+    model = prepare_for_training(model, gradient_checkpointing)
+    fused = fused_kernels and apply_fused_kernels(model, device)
+    model = apply_lora(model, lora)
+    if fast:
+        fastpath.use_mask_dropout(model)
+    return ModelSetup(model, fused, fast)
 
 
 def make_collator(packing: bool, tokenizer: Any) -> Any:
@@ -242,19 +282,24 @@ class TrainingRecipe:
 
     def _setup_model(self) -> None:
         self._progress("loading the base model", force=True)
-        model = load_base_model(
-            self.model_dir, self.spec.quantization, self.device, self.spec.base_model.trust_remote_code
+        setup = setup_model(
+            self.model_dir,
+            self.device,
+            quantization=self.spec.quantization,
+            lora=self.spec.lora,
+            packing=self.spec.training.packing,
+            gradient_checkpointing=self.spec.training.gradient_checkpointing,
+            trust_remote_code=self.spec.base_model.trust_remote_code,
         )
-        model = prepare_for_training(model, self.spec.training.gradient_checkpointing)
-        self.fused_kernels = apply_fused_kernels(model, self.device)
-        self.model = apply_lora(model, self.spec.lora)
+        self.model, self.fused_kernels = setup.model, setup.fused_kernels
         trainable, total = self.model.get_nb_trainable_parameters()
         log.info(
-            "model: %s on %s/%s (fused kernels: %s); %d of %d parameters train (%.2f%%)",
-            type(model).__name__,
+            "model: %s on %s/%s (fused kernels: %s, CPU fast paths: %s); %d of %d parameters train (%.2f%%)",
+            type(self.model.get_base_model()).__name__,
             self.device.kind,
             self.device.dtype_name,
             self.fused_kernels,
+            setup.cpu_fast_paths,
             trainable,
             total,
             100 * trainable / total,
