@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .api import TERMINAL_PHASES, Phase, format_validation_error
+from .api import TERMINAL_PHASES, format_validation_error
 from .api.evalrun import EvalRunSpec, ResolvedModel
 from .api.finetunejob import AttemptRecord, FineTuneJobSpec
 from .config import OperatorSettings
@@ -31,6 +31,7 @@ from .status import (
     build_conditions,
     condition_of,
     format_time,
+    held,
     make_condition,
     stamp_conditions,
     view_job,
@@ -81,6 +82,22 @@ class Plan:
     evalrun_delete: str | None = None
     finalizers: list[str] | None = None
     """The resource's whole new metadata.finalizers list, when it changes."""
+
+
+def is_idle(plan: Plan, status: Mapping[str, Any]) -> bool:
+    """Whether executing the plan against this status would make no API call (a recheck aside)."""
+    acts = (
+        plan.create
+        or plan.job_patch
+        or plan.delete_job
+        or plan.events
+        or plan.finished
+        or plan.evalrun_create
+        or plan.evalrun_patch
+        or plan.evalrun_delete
+        or plan.finalizers is not None
+    )
+    return not acts and not merge_patch(status, plan.status)
 
 
 def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,11 +192,15 @@ def _start_attempt(obs: Observed, work: Workload, now: datetime) -> Plan:
     if status.get("attempt"):
         history = [*history, _attempt_record(status)][-HISTORY_LIMIT:]
     name = job_name(obs.owner, attempt)
-    initial: Phase = "Queued" if work.spec.queue_name else "Suspended" if work.spec.suspend else "Pending"
-    outcome = Outcome(initial, "JobCreated", f"created Job {name} for attempt {attempt}; waiting for its pod to start")
+    created = f"created Job {name} for attempt {attempt}"
+    # A held Job (queued or suspended) is recorded as held at once: the same status its Job's first
+    # event would give, so that event costs no second write.
+    holding = bool(work.spec.queue_name or work.spec.suspend)
+    waiting = Outcome("Pending", "JobCreated", f"{created}; waiting for its pod to start")
+    outcome = held(work.spec) if holding else waiting
     fields: dict[str, Any] = dict.fromkeys(work.attempt_fields)
     fields.update(
-        phase=initial,
+        phase=outcome.phase,
         attempt=attempt,
         jobName=name,
         specHash=work.digest,
@@ -194,7 +215,7 @@ def _start_attempt(obs: Observed, work: Workload, now: datetime) -> Plan:
     return Plan(
         create=work.children(attempt),
         status=fields,
-        events=[Event("Normal", "AttemptStarted", outcome.message)],
+        events=[Event("Normal", "AttemptStarted", f"{created}; {outcome.message}" if holding else outcome.message)],
     )
 
 

@@ -324,6 +324,15 @@ def _pod_status_pending(job: JobView, pods: Sequence[PodView], now: datetime) ->
     )
 
 
+def held(spec: Scheduling) -> Outcome:
+    """Why a created Job does not run: Kueue has not admitted it, or spec.suspend holds it."""
+    if spec.queue_name:
+        return Outcome(
+            "Queued", "WaitingForAdmission", f"waiting for Kueue to admit the job from LocalQueue {spec.queue_name}"
+        )
+    return Outcome("Suspended", "Suspended", "spec.suspend is true; set it to false to continue")
+
+
 def assess_attempt(
     job: JobView | None,
     pods: Sequence[PodView],
@@ -344,11 +353,7 @@ def assess_attempt(
     if job.failed_reason is not None:
         return _failure(job, pods, spec, judge)
     if job.suspended and job.active == 0:
-        if spec.queue_name:
-            return Outcome(
-                "Queued", "WaitingForAdmission", f"waiting for Kueue to admit the job from LocalQueue {spec.queue_name}"
-            )
-        return Outcome("Suspended", "Suspended", "spec.suspend is true; set it to false to continue")
+        return held(spec)
     for pod in sorted((p for p in pods if not p.terminated), key=lambda p: p.created or ""):
         outcome = _running_pod(pod, now, image_pull_timeout)
         if outcome is not None:

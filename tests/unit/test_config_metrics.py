@@ -93,3 +93,39 @@ def test_duration_histogram_and_transitions() -> None:
     metrics.reconcile_errors.labels("FineTuneJob", "ApiException").inc()
     text = generate_latest(metrics.registry).decode()
     assert 'finetune_reconcile_errors_total{error="ApiException",kind="FineTuneJob"} 1.0' in text
+
+
+def test_only_event_handlers_are_registered_so_kopf_needs_no_diff_base() -> None:
+    """handlers/lifecycle.NoDiffBase drops kopf's per-event diff base: only sound while no
+    create/update/delete handler (which reads it) is registered."""
+    import kopf
+
+    import finetune_operator.handlers  # noqa: F401  (registers)
+    from finetune_operator.handlers.lifecycle import NoDiffBase
+
+    registry = kopf.get_default_registry()
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
+    assert len(list(registry._watching.get_all_handlers())) >= 3
+    assert NoDiffBase().build(body=kopf.Body({"spec": {"a": 1}})) == {}
+
+
+def test_watched_copies_drop_what_planning_never_reads() -> None:
+    from finetune_operator.handlers.common import LAST_APPLIED, _watched
+
+    body = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {
+            "name": "a",
+            "resourceVersion": "7",
+            "managedFields": [{"manager": "kubectl"}],
+            "annotations": {LAST_APPLIED: "{...}", "team": "nlp"},
+        },
+        "spec": {"suspend": True},
+        "status": {"phase": "Suspended"},
+    }
+    watched = _watched(body)
+    assert watched["metadata"] == {"name": "a", "resourceVersion": "7", "annotations": {"team": "nlp"}}
+    assert watched["spec"] == body["spec"] and watched["status"] == body["status"]
+    assert body["metadata"]["managedFields"] and LAST_APPLIED in body["metadata"]["annotations"]  # untouched

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from finetune_operator.config import OperatorSettings
-from finetune_operator.reconcile import Plan, merge_patch, plan_finetunejob
+from finetune_operator.reconcile import Plan, is_idle, merge_patch, plan_finetunejob
 from tests.factories import MINIMAL_SPEC, finetunejob, job, pod, succeeded_result
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -58,6 +60,10 @@ def test_reconciling_again_is_a_no_op_once_status_is_recorded() -> None:
     assert plan.job_patch is None and plan.delete_job is None
     again = _apply(body, plan)
     assert merge_patch(again["status"], _plan(again, jobs=[job()]).status) == {}
+    assert is_idle(_plan(again, jobs=[job()]), again["status"])
+    assert not is_idle(Plan(status={"phase": "Running"}), {"phase": "Pending"})
+    assert is_idle(Plan(status={"phase": "Running"}, recheck_after=5), {"phase": "Running"})
+    assert not is_idle(created, body["status"])  # it would create children and post an event
     assert created.create[-1]["metadata"]["name"] == body["status"]["jobName"]
 
 
@@ -239,3 +245,24 @@ def test_startime_alone_is_not_worth_a_write_and_a_restarting_pod_is_shown() -> 
     again = [failed, pod(name="b", created="2026-11-23T09:59:00Z")]
     plan = _plan(retrying, jobs=[job(failed=1, spec_hash=digest)], pods=again)
     assert plan.status["conditions"][1]["reason"] == "Starting"  # after a retry, the new pod is news
+
+
+@pytest.mark.parametrize(
+    ("held", "phase", "reason"),
+    [({"suspend": True}, "Suspended", "Suspended"), ({"queueName": "team-a"}, "Queued", "WaitingForAdmission")],
+)
+def test_a_held_job_is_recorded_held_at_once_so_its_job_costs_no_second_write(
+    held: dict[str, Any], phase: str, reason: str
+) -> None:
+    body = finetunejob(spec={**MINIMAL_SPEC, **held})
+    plan = _plan(body)
+    assert plan.create[-1]["spec"]["suspend"] is True
+    assert plan.status["phase"] == phase
+    running = next(c for c in plan.status["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", reason)
+    assert plan.events[0].message.startswith(f"created Job {plan.status['jobName']} for attempt 1; ")
+    body = _apply(body, plan)
+    suspended_job = job(suspend=True, spec_hash=body["status"]["specHash"])
+    del suspended_job["status"]["startTime"]  # a suspended Job has not started
+    observed = _plan(body, jobs=[suspended_job])
+    assert observed.status == {} and observed.events == []

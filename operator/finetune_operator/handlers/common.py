@@ -1,7 +1,8 @@
 """What the FineTuneJob and EvalRun handlers share: the child indices and executing a Plan.
 
-Jobs and Pods the operator created are kept in kopf indices keyed by their owner's uid, so a
-reconcile costs one GET (the resource, fresh) and only writes what changed.
+Jobs and Pods the operator created are kept in kopf indices keyed by their owner's uid, and the
+FineTuneJobs as watched, so a reconcile costs at most one GET (the resource, fresh; none when the
+watched copy is current and nothing is to be done) and only writes what changed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from ..api import GROUP, VERSION
 from ..kube import (
     AdoptionConflictError,
     create_or_adopt,
@@ -25,12 +27,13 @@ from ..kube import (
     patch_job,
 )
 from ..manifests.names import LABEL_MANAGED_BY, LABEL_OWNER_UID, MANAGED_BY
-from ..reconcile import Plan, merge_patch
+from ..reconcile import Plan, is_idle, merge_patch
 from .runtime import Runtime
 
 RETRY_SECONDS = 10.0
 log = logging.getLogger(__name__)
 CHILDREN: dict[str, Any] = {LABEL_OWNER_UID: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY}
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 def _trim(body: Mapping[str, Any], keep_spec: bool) -> dict[str, Any]:
@@ -63,16 +66,37 @@ def trainer_pods(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[s
     return {labels[LABEL_OWNER_UID]: _trim(body, keep_spec=False)}
 
 
-def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any], plan: Plan) -> None:
-    """Perform a plan's API calls in order; status last, so a crash before it just repeats the plan."""
+def _watched(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The resource as planning reads it, without the bulk nobody reads (managedFields, kubectl's
+    last-applied copy of the spec)."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations") or {}
+    if LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+
+
+@kopf.index(GROUP, VERSION, "finetunejobs")
+def watched_finetunejobs(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", name): _watched(body)}
+
+
+def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any], plan: Plan) -> str | None:
+    """Perform a plan's API calls in order; status last, so a crash before it just repeats the plan.
+
+    Returns the resource's resourceVersion afterwards when known (None after a finalizer patch)."""
     meta = resource["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    version: str | None = meta.get("resourceVersion")
     # A finalizer is added before anything it guards exists, and released after everything else.
     adding = plan.finalizers is not None and set(plan.finalizers) >= set(meta.get("finalizers") or [])
     if plan.finalizers is not None and adding:
         patch_custom_finalizers(
             runtime.api, plural, namespace, name, finalizers=plan.finalizers, resource_version=meta["resourceVersion"]
         )
+        version = None
     for obj in plan.create:
         create_or_adopt(runtime.api, obj)
     if plan.job_patch:
@@ -82,7 +106,7 @@ def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any
     previous = resource.get("status") or {}
     patch = merge_patch(previous, plan.status)
     if patch:
-        patch_custom_status(runtime.api, plural, namespace, name, patch)
+        version = patch_custom_status(runtime.api, plural, namespace, name, patch)
     for event in plan.events:
         kopf.event(cast(kopf.Body, resource), type=event.type, reason=event.reason, message=event.message)
     new_phase = plan.status.get("phase")
@@ -105,6 +129,8 @@ def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any
         patch_custom_finalizers(
             runtime.api, plural, namespace, name, finalizers=plan.finalizers, resource_version=meta["resourceVersion"]
         )
+        version = None
+    return version
 
 
 def children_of(indices: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -123,6 +149,7 @@ def reconcile_resource(
     plan_for: Callable[[dict[str, Any]], Plan],
     again: Callable[[], None],
     plan_deleting: Callable[[dict[str, Any]], Plan] | None = None,
+    watched: Mapping[str, Any] | None = None,
 ) -> None:
     """One reconcile of one resource, whatever its kind: read it fresh, plan, execute, maybe recheck later.
 
@@ -130,20 +157,29 @@ def reconcile_resource(
     being deleted is planned by `plan_deleting` (its finalizer's work), or left to the garbage
     collector, which removes the children once it is gone. An API failure is retried after
     RETRY_SECONDS, for as long as it lasts: the watch events that woke this reconcile will not come again.
+
+    Most child events change nothing (a Job's status catching up, a pod's container starting): if
+    the watched copy is at the version of our last read or write, a GET would return it, so a plan
+    on it that does nothing needs no GET at all. Anything else is planned on a fresh read.
     """
     key = (f"{plural}/{namespace}", name)
     try:
         with runtime.locks(key):
-            body = get_custom(runtime.api, plural, namespace, name)
-            if body is None:
-                return
-            if body["metadata"].get("deletionTimestamp"):
-                if plan_deleting is None:
+            plan = _idle_plan(runtime, key, watched, plan_for)
+            if plan is None:
+                body = get_custom(runtime.api, plural, namespace, name)
+                if body is None:
                     return
-                plan = plan_deleting(body)
-            else:
-                plan = plan_for(body)
-            execute(runtime, kind, plural, body, plan)
+                if body["metadata"].get("deletionTimestamp"):
+                    if plan_deleting is None:
+                        return
+                    plan = plan_deleting(body)
+                else:
+                    plan = plan_for(body)
+                runtime.versions.pop(key, None)  # unknown until the plan is through
+                version = execute(runtime, kind, plural, body, plan)
+                if version:
+                    runtime.versions[key] = version
     except (ApiException, AdoptionConflictError) as error:
         runtime.metrics.reconcile_errors.labels(kind, type(error).__name__).inc()
         reason = getattr(error, "reason", None) or str(error)
@@ -154,6 +190,22 @@ def reconcile_resource(
         return
     if plan.recheck_after is not None:
         runtime.rechecks.schedule(key, plan.recheck_after + 1, again)
+
+
+def _idle_plan(
+    runtime: Runtime,
+    key: tuple[str, str],
+    watched: Mapping[str, Any] | None,
+    plan_for: Callable[[dict[str, Any]], Plan],
+) -> Plan | None:
+    """The plan on the watched copy if that copy is current and the plan does nothing, else None."""
+    if watched is None:
+        return None
+    meta = watched.get("metadata") or {}
+    if meta.get("deletionTimestamp") or runtime.versions.get(key) != meta.get("resourceVersion"):
+        return None
+    plan = plan_for(dict(watched))
+    return plan if is_idle(plan, watched.get("status") or {}) else None
 
 
 def needs_reconcile(event_type: str | None, body: Mapping[str, Any], finalizer: str | None = None) -> bool:
@@ -182,3 +234,4 @@ def forget_resource(runtime: Runtime, plural: str, namespace: str, name: str) ->
     key = (f"{plural}/{namespace}", name)
     runtime.locks.discard(key)
     runtime.rechecks.cancel(key)
+    runtime.versions.pop(key, None)

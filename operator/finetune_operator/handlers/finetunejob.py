@@ -46,6 +46,7 @@ def reconcile_finetunejob(runtime: Runtime, namespace: str, name: str, indices: 
         plan_for=plan_for,
         again=lambda: reconcile_finetunejob(runtime, namespace, name, indices),
         plan_deleting=plan_deleting,
+        watched=next(iter(indices["watched_finetunejobs"].get((namespace, name), [])), None),
     )
 
 

@@ -23,6 +23,9 @@ class Runtime:
     rechecks: DelayedCalls = field(default_factory=DelayedCalls)
     verdicts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)
     """Last seen phase/verdict of each owned EvalRun: only a change wakes its FineTuneJob."""
+    versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    """resourceVersion of each resource as of its last fresh read or our own last write to it: a
+    watched copy at that version is what a GET would return (handlers/common.reconcile_resource)."""
 
     @staticmethod
     def now() -> datetime:
