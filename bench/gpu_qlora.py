@@ -30,6 +30,7 @@ import gc
 import json
 import math
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -272,6 +273,16 @@ def median_run(runs: list[Result]) -> Result:
     return sorted(runs, key=lambda r: r.tokens_per_second)[len(runs) // 2]
 
 
+def speedups(rounds: dict[str, list[Result]]) -> dict[str, float]:
+    """Each variant over the baseline of the same round (same spell of the machine), median over rounds."""
+    base = [r.tokens_per_second for r in rounds["baseline"]]
+    return {
+        name: statistics.median(r.tokens_per_second / b for r, b in zip(runs, base, strict=True) if b)
+        for name, runs in rounds.items()
+        if all(base)
+    }
+
+
 def _dummy_tokenizer() -> Any:
     from tokenizers import Tokenizer, models
 
@@ -316,10 +327,11 @@ def main() -> int:
                 rounds[name].append(run_variant(name, model_dir, data, args, params, config))
         results = [median_run(rounds[name]) for name in variants]
     base = next((r for r in results if r.variant == "baseline"), None)
+    speedup = speedups(rounds) if base else {}
     device = torch.cuda.get_device_name() if cuda else "CPU"
     print(
         f"\n{device}, seq {args.seq_len}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up"
-        + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
+        + (f", medians of {args.rounds} rounds (x base: of the per-round ratios)" if args.rounds > 1 else "")
     )
     if args.rounds > 1:
         for name, runs in rounds.items():
@@ -329,7 +341,7 @@ def main() -> int:
         f"{'MFU':>6} {'loss':>7}"
     )
     for r in results:
-        speed = f"{r.tokens_per_second / base.tokens_per_second:.2f}" if base and base.tokens_per_second else "-"
+        speed = f"{speedup[r.variant]:.2f}" if r.variant in speedup else "-"
         memory = f"{r.peak_memory_gib / base.peak_memory_gib:.2f}" if base and base.peak_memory_gib else "-"
         mfu = f"{r.mfu:.1%}" if r.mfu is not None else "-"
         print(
@@ -346,7 +358,7 @@ def main() -> int:
                 "seq x batch": f"{args.seq_len} x {args.batch_size}",
                 "variant": r.variant,
                 "tokens/s": round(r.tokens_per_second, 1),
-                "x baseline": round(r.tokens_per_second / base.tokens_per_second, 2) if base else "-",
+                "x baseline": round(speedup[r.variant], 2) if r.variant in speedup else "-",
                 "padded": f"{r.padded_fraction:.1%}",
                 "peak GiB": round(r.peak_memory_gib, 2) if r.peak_memory_gib else "-",
                 "memory x baseline": round(r.peak_memory_gib / base.peak_memory_gib, 2)
