@@ -129,19 +129,16 @@ def patch_custom_status(
     return str(json.loads(patched)["metadata"]["resourceVersion"])
 
 
+def _patch_custom(api: client.ApiClient, plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+    """JSON merge patch of one of our custom resources (not its status)."""
+    _write(client.CustomObjectsApi(api).patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body)
+
+
 def patch_custom_spec(
     api: client.ApiClient, plural: str, namespace: str, name: str, spec_patch: Mapping[str, Any]
 ) -> None:
     """JSON merge patch of spec (nulls delete keys)."""
-    _write(
-        client.CustomObjectsApi(api).patch_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        plural,
-        name,
-        {"spec": dict(spec_patch)},
-    )
+    _patch_custom(api, plural, namespace, name, {"spec": dict(spec_patch)})
 
 
 def patch_custom_finalizers(
@@ -149,14 +146,8 @@ def patch_custom_finalizers(
 ) -> None:
     """Set metadata.finalizers; the resourceVersion makes a concurrent change (another controller's
     finalizer) a 409 and a retry rather than a lost write."""
-    _write(
-        client.CustomObjectsApi(api).patch_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        plural,
-        name,
-        {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}},
+    _patch_custom(
+        api, plural, namespace, name, {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
     )
 
 

@@ -85,19 +85,11 @@ class Plan:
 
 
 def is_idle(plan: Plan, status: Mapping[str, Any]) -> bool:
-    """Whether executing the plan against this status would make no API call (a recheck aside)."""
-    acts = (
-        plan.create
-        or plan.job_patch
-        or plan.delete_job
-        or plan.events
-        or plan.finished
-        or plan.evalrun_create
-        or plan.evalrun_patch
-        or plan.evalrun_delete
-        or plan.finalizers is not None
-    )
-    return not acts and not merge_patch(status, plan.status)
+    """Whether executing the plan against this status would make no API call (a recheck aside).
+
+    Every field of a Plan but status and recheck_after is an action, so any field a Plan gains
+    counts here without being listed."""
+    return replace(plan, status={}, recheck_after=None) == Plan() and not merge_patch(status, plan.status)
 
 
 def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,10 +344,10 @@ def plan_finetunejob(
 def _finalizers(body: Mapping[str, Any], spec: FineTuneJobSpec) -> list[str] | None:
     """The artifacts finalizer is held exactly while output.deletePolicy is Delete; None: no change."""
     current = list(body["metadata"].get("finalizers") or [])
-    held = ARTIFACTS_FINALIZER in current
-    if spec.output.delete_policy == "Delete" and not held:
+    holding = ARTIFACTS_FINALIZER in current
+    if spec.output.delete_policy == "Delete" and not holding:
         return [*current, ARTIFACTS_FINALIZER]
-    if spec.output.delete_policy == "Retain" and held:
+    if spec.output.delete_policy == "Retain" and holding:
         return [f for f in current if f != ARTIFACTS_FINALIZER]
     return None
 
