@@ -16,6 +16,7 @@ operator<->trainer contract in a second), so the figures are the operator's, not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -114,6 +115,27 @@ def current_rss_mb(pid: int) -> float:
     return proc_status(pid, "VmRSS") / 1024
 
 
+def open_sockets(pid: int) -> int:
+    """Sockets the process holds open now (its API connections, watches included)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed while we looked
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+class PeakSampler(threading.Thread):
+    """The highest value of `probe()` seen, sampled every 0.1 s until stopped."""
+
+    def __init__(self, probe: Any) -> None:
+        super().__init__(daemon=True)
+        self.probe, self.peak, self.done = probe, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, self.probe())
+
+
 def _step(status: dict[str, Any]) -> str:
     """What a status patch recorded: the Running condition's reason, or the fields it set."""
     running = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), None)
@@ -194,12 +216,16 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False) -> dict[s
         processes["operator"] = operator.process.pid
         processes["benchmark client"] = os.getpid()  # the creates and the Job watch share the 2 cores too
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        operator_pid = operator.process.pid
+        sockets = PeakSampler(lambda: open_sockets(operator_pid))
+        sockets.start()
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(create, range(jobs)))
         created_in = time.perf_counter() - started
         wait_for(lambda: len(added) >= jobs, 1800, f"{jobs} trainer Jobs", describe=lambda: f"{len(added)} Jobs")
         busy = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()}
+        sockets.done.set()
         busy["wall"] = round(time.perf_counter() - started, 1)
         latencies = [added[name] - sent[name] for name in sent]
         throughput = jobs / (max(added.values()) - started)
@@ -256,6 +282,7 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False) -> dict[s
             "operator_idle_rss_mb": round(idle_rss, 1),
             "operator_rss_mb_settled": round(settled_rss, 1),
             "operator_threads": proc_status(operator.process.pid, "Threads"),
+            "operator_peak_sockets": sockets.peak,
             "python_heap_mb_by_package": heap_mb,
         }
     finally:
@@ -279,7 +306,8 @@ def main() -> int:
         f"{result['jobs']} FineTuneJobs{' (suspended)' if args.suspended else ''}: create -> Job p50 "
         f"{result['latency_p50_s']:.3f}s p99 {result['latency_p99_s']:.3f}s, {result['jobs_per_second']:.1f} jobs/s, "
         f"{result['operator_writes_per_job']:.2f} API writes/job ({result['operator_reads_per_job']:.2f} reads/job), "
-        f"operator peak RSS {result['operator_peak_rss_mb']:.0f} MB; phases {result['phases']}"
+        f"operator peak RSS {result['operator_peak_rss_mb']:.0f} MB, {result['operator_peak_sockets']} sockets at most;"
+        f" phases {result['phases']}"
     )
     print(json.dumps(result))
     from record import record

@@ -191,6 +191,19 @@ class OperatorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def metrics(self) -> str:
+        """The operator's /metrics page, as Prometheus scrapes it."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def metric(self, sample: str) -> float | None:
+        """One sample's value, `sample` as the page prints it (name and labels); None while absent."""
+        for line in self.metrics().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        return None
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

@@ -65,6 +65,17 @@ class OperatorMetrics:
         self.loss = Gauge(
             "finetune_job_loss", "Latest training loss of a FineTuneJob.", ["namespace", "name"], registry=self.registry
         )
+        self.reconciles = Counter(
+            "finetune_reconciles_total",
+            "Reconciles that ran to the end, by kind (each may stand for several watch events).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.reconciles_pending = Gauge(
+            "finetune_reconciles_pending",
+            "Reconciles queued: due now and waiting for a thread, or waiting for their recheck time.",
+            registry=self.registry,
+        )
         self.reconcile_errors = Counter(
             "finetune_reconcile_errors_total",
             "Reconciles that failed, by kind and exception type.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Any
 
 import pytest
@@ -159,9 +158,7 @@ def test_metrics_endpoint_reports_jobs_by_phase(kube: Kube, operator: Any) -> No
     kube.apply_ftj("counted", quick_spec("success"))
     kube.wait_phase("counted", "Succeeded")
 
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
+    scrape = operator.metrics
 
     def counted() -> str | None:
         text = scrape()
@@ -172,3 +169,6 @@ def test_metrics_endpoint_reports_jobs_by_phase(kube: Kube, operator: Any) -> No
     succeeded = next(line for line in text.splitlines() if line.startswith('finetune_jobs{phase="Succeeded"}'))
     assert float(succeeded.split()[-1]) >= 1
     assert 'finetune_job_transitions_total{kind="FineTuneJob",phase="Succeeded",reason="TrainingComplete"}' in text
+    # At least three reconciles: the one that created the Job, then Running, then Succeeded.
+    assert (operator.metric('finetune_reconciles_total{kind="FineTuneJob"}') or 0) >= 3
+    assert operator.metric("finetune_reconciles_pending") is not None

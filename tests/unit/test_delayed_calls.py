@@ -1,9 +1,11 @@
-"""The operator's rechecks: one pending call per resource, run later in the scheduler's context."""
+"""The operator's reconcile queue: one pending call per resource, run by free worker threads in the
+scheduler's context."""
 
 from __future__ import annotations
 
 import contextvars
 import threading
+import time
 
 from finetune_operator.kube import DelayedCalls
 
@@ -22,6 +24,33 @@ def test_a_new_schedule_replaces_the_pending_call_and_cancel_drops_it() -> None:
     assert ran == ["second"] and calls.pending() == 0
 
 
+def test_a_later_recheck_never_postpones_a_pending_reconcile() -> None:
+    calls = DelayedCalls(workers=1)
+    done = threading.Event()
+    queued = time.monotonic()
+    calls.schedule(("ftj/a", "x"), 0, lambda: None)  # a watch event's reconcile, due now
+    calls.schedule(("ftj/a", "x"), 60, done.set)  # a recheck planned meanwhile: replaces, keeps "now"
+    assert done.wait(5)
+    assert time.monotonic() - queued < 5
+
+
+def test_events_queued_while_every_worker_is_busy_share_one_reconcile() -> None:
+    calls = DelayedCalls(workers=1)
+    release, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+    calls.schedule(("ftj/a", "busy"), 0, lambda: (started.set(), release.wait(5), ran.append("busy")))
+    assert started.wait(5)
+    for _ in range(50):  # a burst of events for one resource while the only worker is taken
+        calls.schedule(("ftj/a", "x"), 0, lambda: ran.append("x"))
+    assert calls.pending() == 1
+    release.set()
+    deadline = time.monotonic() + 5
+    while calls.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert ran == ["busy", "x"]
+
+
 def test_calls_run_in_the_context_they_were_scheduled_from() -> None:
     calls = DelayedCalls(workers=2)
     seen: list[str] = []
@@ -33,4 +62,4 @@ def test_calls_run_in_the_context_they_were_scheduled_from() -> None:
 
     contextvars.copy_context().run(schedule)
     assert done.wait(5)
-    assert seen == ["handler"]  # kopf.event() needs kopf's context variables in a recheck
+    assert seen == ["handler"]  # kopf.event() needs kopf's context variables in a queued reconcile

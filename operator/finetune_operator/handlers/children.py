@@ -1,4 +1,4 @@
-"""Trainer Jobs and Pods changed: reconcile the FineTuneJob or EvalRun that owns them."""
+"""Trainer Jobs and Pods changed: queue a reconcile of the FineTuneJob or EvalRun that owns them."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Any
 import kopf
 
 from ..manifests.names import LABEL_EVALRUN, LABEL_FINETUNEJOB
-from .common import CHILDREN
-from .evalrun import reconcile_evalrun
-from .finetunejob import reconcile_finetunejob
+from .common import CHILDREN, indices_in
+from .evalrun import queue_evalrun
+from .finetunejob import queue_finetunejob
 from .runtime import MEMO_KEY
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILDREN)
 @kopf.on.event("", "v1", "pods", labels=CHILDREN)
-def child_changed(
+async def child_changed(
     *,
     namespace: str | None,
     labels: Mapping[str, str],
@@ -25,6 +25,6 @@ def child_changed(
 ) -> None:
     runtime, ns = memo[MEMO_KEY], namespace or ""
     if LABEL_EVALRUN in labels:
-        reconcile_evalrun(runtime, ns, labels[LABEL_EVALRUN], kwargs)
+        queue_evalrun(runtime, ns, labels[LABEL_EVALRUN], indices_in(kwargs))
     elif LABEL_FINETUNEJOB in labels:
-        reconcile_finetunejob(runtime, ns, labels[LABEL_FINETUNEJOB], kwargs)
+        queue_finetunejob(runtime, ns, labels[LABEL_FINETUNEJOB], indices_in(kwargs))

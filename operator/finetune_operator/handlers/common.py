@@ -56,13 +56,14 @@ def _trim(body: Mapping[str, Any], keep_spec: bool) -> dict[str, Any]:
     return trimmed
 
 
+# Indices are async: pure and cheap, they need no thread (a sync one waits for a free one).
 @kopf.index("batch", "v1", "jobs", labels=CHILDREN)
-def trainer_jobs(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def trainer_jobs(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {labels[LABEL_OWNER_UID]: _trim(body, keep_spec=True)}
 
 
 @kopf.index("", "v1", "pods", labels=CHILDREN)
-def trainer_pods(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def trainer_pods(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {labels[LABEL_OWNER_UID]: _trim(body, keep_spec=False)}
 
 
@@ -77,10 +78,29 @@ def _watched(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @kopf.index(GROUP, VERSION, "finetunejobs")
-def watched_finetunejobs(
+async def watched_finetunejobs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace or "", name): _watched(body)}
+
+
+INDICES = ("trainer_jobs", "trainer_pods", "watched_finetunejobs", "evalruns_by_job")
+
+
+def indices_in(handler_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """kopf's indices out of a handler's arguments. They are live views, read by the queued
+    reconcile when it runs; the rest of the arguments (the event's body) must not be kept for it."""
+    return {index: handler_kwargs[index] for index in INDICES}
+
+
+def resource_key(plural: str, namespace: str, name: str) -> tuple[str, str]:
+    """A resource's key in the reconcile queue and the lock table."""
+    return (f"{plural}/{namespace}", name)
+
+
+def queue_reconcile(runtime: Runtime, plural: str, namespace: str, name: str, reconcile: Callable[[], None]) -> None:
+    """Run a resource's reconcile on the queue's threads as soon as one is free (kube.DelayedCalls)."""
+    runtime.reconciles.schedule(resource_key(plural, namespace, name), 0, reconcile)
 
 
 def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any], plan: Plan) -> str | None:
@@ -162,7 +182,7 @@ def reconcile_resource(
     the watched copy is at the version of our last read or write, a GET would return it, so a plan
     on it that does nothing needs no GET at all. Anything else is planned on a fresh read.
     """
-    key = (f"{plural}/{namespace}", name)
+    key = resource_key(plural, namespace, name)
     try:
         with runtime.locks(key):
             plan = _idle_plan(runtime, key, watched, plan_for)
@@ -186,10 +206,11 @@ def reconcile_resource(
         log.warning(
             "reconcile of %s %s/%s failed (%s); retrying in %.0fs", kind, namespace, name, reason, RETRY_SECONDS
         )
-        runtime.rechecks.schedule(key, RETRY_SECONDS, again)
+        runtime.reconciles.schedule(key, RETRY_SECONDS, again)
         return
+    runtime.metrics.reconciles.labels(kind).inc()
     if plan.recheck_after is not None:
-        runtime.rechecks.schedule(key, plan.recheck_after + 1, again)
+        runtime.reconciles.schedule(key, plan.recheck_after + 1, again)
 
 
 def _idle_plan(
@@ -230,8 +251,8 @@ def needs_reconcile(event_type: str | None, body: Mapping[str, Any], finalizer: 
 
 
 def forget_resource(runtime: Runtime, plural: str, namespace: str, name: str) -> None:
-    """Drop the in-memory lock and pending recheck of a deleted resource."""
-    key = (f"{plural}/{namespace}", name)
+    """Drop the in-memory lock and pending reconcile of a deleted resource."""
+    key = resource_key(plural, namespace, name)
     runtime.locks.discard(key)
-    runtime.rechecks.cancel(key)
+    runtime.reconciles.cancel(key)
     runtime.versions.pop(key, None)

@@ -17,7 +17,7 @@ from ..api import GROUP, VERSION
 from ..kube import get_custom
 from ..manifests.names import LABEL_FINETUNEJOB
 from ..reconcile import Plan, plan_evalrun
-from .common import children_of, forget_resource, needs_reconcile, reconcile_resource
+from .common import children_of, forget_resource, indices_in, needs_reconcile, queue_reconcile, reconcile_resource
 from .runtime import MEMO_KEY, Runtime
 
 PLURAL = "evalruns"
@@ -25,7 +25,7 @@ KIND = "EvalRun"
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def evalruns_by_job(
+async def evalruns_by_job(
     namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], str] | None:
     ref = ((spec.get("model") or {}).get("fineTuneJobRef") or {}).get("name")
@@ -50,8 +50,12 @@ def reconcile_evalrun(runtime: Runtime, namespace: str, name: str, indices: Mapp
     )
 
 
+def queue_evalrun(runtime: Runtime, namespace: str, name: str, indices: Mapping[str, Any]) -> None:
+    queue_reconcile(runtime, PLURAL, namespace, name, lambda: reconcile_evalrun(runtime, namespace, name, indices))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def evalrun_event(
+async def evalrun_event(
     *,
     type: str | None,
     namespace: str | None,
@@ -70,14 +74,15 @@ def evalrun_event(
         runtime.verdicts.pop((namespace, name), None)
     else:
         runtime.metrics.observe_evalrun(namespace, name, status)
+    indices = indices_in(kwargs)
     if needs_reconcile(type, body):
-        reconcile_evalrun(runtime, namespace, name, kwargs)
+        queue_evalrun(runtime, namespace, name, indices)
     owner = labels.get(LABEL_FINETUNEJOB)
     if owner and (type is None or type == "DELETED" or _verdict_changed(runtime, namespace, name, body)):
         # A FineTuneJob's own EvalRun: its phase and verdict go into the job's status.
-        from .finetunejob import reconcile_finetunejob
+        from .finetunejob import queue_finetunejob
 
-        reconcile_finetunejob(runtime, namespace, owner, kwargs)
+        queue_finetunejob(runtime, namespace, owner, indices)
 
 
 def _verdict_changed(runtime: Runtime, namespace: str, name: str, body: Mapping[str, Any]) -> bool:

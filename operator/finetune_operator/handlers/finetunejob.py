@@ -18,7 +18,7 @@ from ..kube import get_custom
 from ..manifests.names import ARTIFACTS_FINALIZER, Owner
 from ..reconcile import Plan, plan_finetunejob
 from ..workloads import evalrun_name
-from .common import children_of, forget_resource, needs_reconcile, reconcile_resource
+from .common import children_of, forget_resource, indices_in, needs_reconcile, queue_reconcile, reconcile_resource
 from .runtime import MEMO_KEY, Runtime
 
 PLURAL = "finetunejobs"
@@ -50,8 +50,12 @@ def reconcile_finetunejob(runtime: Runtime, namespace: str, name: str, indices: 
     )
 
 
+def queue_finetunejob(runtime: Runtime, namespace: str, name: str, indices: Mapping[str, Any]) -> None:
+    queue_reconcile(runtime, PLURAL, namespace, name, lambda: reconcile_finetunejob(runtime, namespace, name, indices))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def finetunejob_event(
+async def finetunejob_event(
     *,
     type: str | None,
     namespace: str | None,
@@ -68,11 +72,12 @@ def finetunejob_event(
         forget_resource(runtime, PLURAL, namespace, name)
     else:
         runtime.metrics.observe_status(namespace, name, status)
+    indices = indices_in(kwargs)
     if needs_reconcile(type, body, ARTIFACTS_FINALIZER):
-        reconcile_finetunejob(runtime, namespace, name, kwargs)
+        queue_finetunejob(runtime, namespace, name, indices)
     if type == "DELETED" or status.get("phase") in TERMINAL_PHASES:
         # EvalRuns that reference this job wait for it to finish (or run again on its new adapter).
-        from .evalrun import reconcile_evalrun
+        from .evalrun import queue_evalrun
 
-        for evalrun in kwargs["evalruns_by_job"].get((namespace, name), []):
-            reconcile_evalrun(runtime, namespace, evalrun, kwargs)
+        for evalrun in indices["evalruns_by_job"].get((namespace, name), []):
+            queue_evalrun(runtime, namespace, evalrun, indices)

@@ -20,7 +20,8 @@ class Runtime:
     api: client.ApiClient
     metrics: OperatorMetrics
     locks: KeyedLocks = field(default_factory=KeyedLocks)
-    rechecks: DelayedCalls = field(default_factory=DelayedCalls)
+    reconciles: DelayedCalls = field(default_factory=DelayedCalls)
+    """Every reconcile runs from this queue: queued by watch events, rechecks and retries."""
     verdicts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)
     """Last seen phase/verdict of each owned EvalRun: only a change wakes its FineTuneJob."""
     versions: dict[tuple[str, str], str] = field(default_factory=dict)
