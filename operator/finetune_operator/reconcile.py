@@ -33,6 +33,7 @@ from .status import (
     format_time,
     held,
     make_condition,
+    pod_failures,
     stamp_conditions,
     view_job,
     view_pod,
@@ -267,7 +268,7 @@ def plan_attempts(
     fields: dict[str, Any] = {
         "phase": outcome.phase,
         "observedGeneration": status.get("observedGeneration") if deferred else generation,
-        "podFailures": current.failed if current else 0,
+        "podFailures": pod_failures(current, attempt_pods),
         "startTime": current.start_time if current else None,
         "completionTime": completion,
         "conditions": build_conditions(

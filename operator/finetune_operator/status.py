@@ -64,6 +64,10 @@ class PodView:
     def terminated(self) -> bool:
         return self.exit_code is not None
 
+    @property
+    def failed(self) -> bool:
+        return self.phase == "Failed" or (self.exit_code is not None and self.exit_code != 0)
+
 
 def view_pod(pod: Mapping[str, Any]) -> PodView:
     status = pod.get("status") or {}
@@ -145,6 +149,16 @@ def view_job(job: Mapping[str, Any]) -> JobView:
         completion_time=status.get("completionTime"),
         finished_at=ended.get("lastTransitionTime") or status.get("completionTime"),
     )
+
+
+def pod_failures(job: JobView | None, pods: Sequence[PodView]) -> int:
+    """Failed pods of an attempt: the Job's count, or the failed pods we see where it lags.
+
+    The Job controller counts a failed pod a moment after the pod's status says so, and the
+    operator may record a terminal phase from the pod first (a terminal phase is never revisited).
+    A deleted pod is gone from `pods` but stays in the Job's count.
+    """
+    return max(job.failed if job else 0, sum(pod.failed for pod in pods))
 
 
 def parse_result(message: str | None) -> TrainerResult | None:

@@ -111,7 +111,7 @@ def test_only_event_handlers_are_registered_so_kopf_needs_no_diff_base() -> None
 
 
 def test_watched_copies_drop_what_planning_never_reads() -> None:
-    from finetune_operator.handlers.common import LAST_APPLIED, _watched
+    from finetune_operator.handlers.common import LAST_APPLIED, Packed, _watched
 
     body = {
         "apiVersion": "finetune.dev/v1alpha1",
@@ -129,3 +129,5 @@ def test_watched_copies_drop_what_planning_never_reads() -> None:
     assert watched["metadata"] == {"name": "a", "resourceVersion": "7", "annotations": {"team": "nlp"}}
     assert watched["spec"] == body["spec"] and watched["status"] == body["status"]
     assert body["metadata"]["managedFields"] and LAST_APPLIED in body["metadata"]["annotations"]  # untouched
+    packed = Packed.of(watched)  # what the index keeps: compact JSON, a fresh copy on every read
+    assert " " not in packed.text and packed.unpack() == watched and packed.unpack() is not packed.unpack()

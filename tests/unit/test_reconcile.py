@@ -196,6 +196,18 @@ def test_failed_attempt_never_reports_an_adapter() -> None:
     assert "adapter" not in plan.status
 
 
+def test_pod_failures_counts_the_failed_pod_before_the_job_controller_does() -> None:
+    # backoffLimit 0: the Job says FailureTarget while its `failed` count is still 0.
+    body = _apply(finetunejob(), _plan(finetunejob()))
+    failed = pod(phase="Failed", terminated={"exitCode": 1, "reason": "Error", "message": "boom"})
+    lagging = job(failed=0, conditions=[{"type": "FailureTarget", "reason": "BackoffLimitExceeded"}])
+    plan = _plan(body, jobs=[lagging], pods=[failed])
+    assert plan.status["phase"] == "Failed" and plan.status["podFailures"] == 1
+    # A deleted pod is gone from the list but still in the Job's count.
+    plan = _plan(body, jobs=[job(failed=2, conditions=[{"type": "Failed", "reason": "BackoffLimitExceeded"}])])
+    assert plan.status["podFailures"] == 2
+
+
 def test_pods_of_an_older_attempt_are_ignored() -> None:
     body = _apply(finetunejob(), _plan(finetunejob()))
     old = pod(attempt=7, phase="Failed", terminated={"exitCode": 2, "reason": "Error", "message": "old failure"})

@@ -7,8 +7,10 @@ watched copy is current and nothing is to be done) and only writes what changed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
@@ -36,6 +38,24 @@ CHILDREN: dict[str, Any] = {LABEL_OWNER_UID: kopf.PRESENT, LABEL_MANAGED_BY: MAN
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """An indexed body kept as its compact JSON, decoded when a reconcile reads it.
+
+    The indices hold a body per trainer Job, Pod and FineTuneJob for as long as these live; decoded,
+    each costs about five times its JSON in Python objects (every key a string of its own), which
+    was most of the operator's memory per live resource. A reconcile reads a handful of them."""
+
+    text: str
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Packed:
+        return cls(json.dumps(body, separators=(",", ":")))
+
+    def unpack(self) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(self.text))
+
+
 def _trim(body: Mapping[str, Any], keep_spec: bool) -> dict[str, Any]:
     """Keep only what status derivation reads: indices hold every trainer Job and Pod in memory."""
     meta = body.get("metadata") or {}
@@ -58,13 +78,13 @@ def _trim(body: Mapping[str, Any], keep_spec: bool) -> dict[str, Any]:
 
 # Indices are async: pure and cheap, they need no thread (a sync one waits for a free one).
 @kopf.index("batch", "v1", "jobs", labels=CHILDREN)
-async def trainer_jobs(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {labels[LABEL_OWNER_UID]: _trim(body, keep_spec=True)}
+async def trainer_jobs(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, Packed]:
+    return {labels[LABEL_OWNER_UID]: Packed.of(_trim(body, keep_spec=True))}
 
 
 @kopf.index("", "v1", "pods", labels=CHILDREN)
-async def trainer_pods(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {labels[LABEL_OWNER_UID]: _trim(body, keep_spec=False)}
+async def trainer_pods(labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[str, Packed]:
+    return {labels[LABEL_OWNER_UID]: Packed.of(_trim(body, keep_spec=False))}
 
 
 def _watched(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,8 +100,8 @@ def _watched(body: Mapping[str, Any]) -> dict[str, Any]:
 @kopf.index(GROUP, VERSION, "finetunejobs")
 async def watched_finetunejobs(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(namespace or "", name): _watched(body)}
+) -> dict[tuple[str, str], Packed]:
+    return {(namespace or "", name): Packed.of(_watched(body))}
 
 
 INDICES = ("trainer_jobs", "trainer_pods", "watched_finetunejobs", "evalruns_by_job")
@@ -153,10 +173,13 @@ def execute(runtime: Runtime, kind: str, plural: str, resource: Mapping[str, Any
     return version
 
 
-def children_of(indices: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+def children_of(
+    indices: Mapping[str, Any], body: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The trainer Jobs and Pods indexed under this resource's uid."""
     uid = body["metadata"]["uid"]
-    return list(indices["trainer_jobs"].get(uid, [])), list(indices["trainer_pods"].get(uid, []))
+    jobs, pods = indices["trainer_jobs"].get(uid, []), indices["trainer_pods"].get(uid, [])
+    return [job.unpack() for job in jobs], [pod.unpack() for pod in pods]
 
 
 def reconcile_resource(
@@ -169,7 +192,7 @@ def reconcile_resource(
     plan_for: Callable[[dict[str, Any]], Plan],
     again: Callable[[], None],
     plan_deleting: Callable[[dict[str, Any]], Plan] | None = None,
-    watched: Mapping[str, Any] | None = None,
+    watched: Packed | None = None,
 ) -> None:
     """One reconcile of one resource, whatever its kind: read it fresh, plan, execute, maybe recheck later.
 
@@ -216,16 +239,17 @@ def reconcile_resource(
 def _idle_plan(
     runtime: Runtime,
     key: tuple[str, str],
-    watched: Mapping[str, Any] | None,
+    packed: Packed | None,
     plan_for: Callable[[dict[str, Any]], Plan],
 ) -> Plan | None:
     """The plan on the watched copy if that copy is current and the plan does nothing, else None."""
-    if watched is None:
+    if packed is None:
         return None
+    watched = packed.unpack()
     meta = watched.get("metadata") or {}
     if meta.get("deletionTimestamp") or runtime.versions.get(key) != meta.get("resourceVersion"):
         return None
-    plan = plan_for(dict(watched))
+    plan = plan_for(watched)
     return plan if is_idle(plan, watched.get("status") or {}) else None
 
 
