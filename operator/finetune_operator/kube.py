@@ -203,6 +203,12 @@ class DelayedCalls:
     same queue. The worker threads take what is due from one heap only when they are free, so a
     backlog stays in the heap, where later events for the same resource join it. In memory only:
     after a restart the operator lists and reconciles everything anyway.
+
+    Every call runs in a copy of the context of the first handler that scheduled one: kopf.event()
+    finds kopf's operator-wide event queue through context variables, which a bare thread lacks.
+    One context, not one per call: kopf's context also holds the handler's cause, the watch event
+    itself, so a context per queued call kept a whole burst's events decoded (peak RSS at 1000
+    suspended jobs 158-160 MB against 115 MB).
     """
 
     WORKERS = 16
@@ -211,7 +217,8 @@ class DelayedCalls:
     def __init__(self, workers: int = WORKERS) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, tuple[str, str]]] = []
-        self._pending: dict[tuple[str, str], tuple[int, Callable[[], None], contextvars.Context, float]] = {}
+        self._pending: dict[tuple[str, str], tuple[int, Callable[[], None], float]] = {}
+        self._context: contextvars.Context | None = None
         self._tokens = itertools.count()
         self._workers = workers
         self._threads: list[threading.Thread] = []
@@ -220,18 +227,17 @@ class DelayedCalls:
         """Run `call` after `delay` seconds, or at the key's pending call's time if that is sooner.
 
         The new call replaces the pending one but never postpones it: a recheck queued by a reconcile
-        must not delay the reconcile that an event queued meanwhile. The call runs in the scheduling
-        handler's context: kopf.event() finds kopf's event queue through context variables, which a
-        bare thread would not have.
+        must not delay the reconcile that an event queued meanwhile.
         """
-        context = contextvars.copy_context()
         due = time.monotonic() + max(delay, 0.0)
         with self._cond:
+            if self._context is None:
+                self._context = contextvars.copy_context()
             pending = self._pending.get(key)
             if pending is not None:
-                due = min(due, pending[3])
+                due = min(due, pending[2])
             token = next(self._tokens)
-            self._pending[key] = (token, call, context, due)
+            self._pending[key] = (token, call, due)
             heapq.heappush(self._heap, (due, token, key))
             if not self._threads:
                 self._threads = [
@@ -265,7 +271,8 @@ class DelayedCalls:
                 entry = self._pending.get(key)
                 if entry is not None and entry[0] == token:  # else replaced or cancelled since
                     del self._pending[key]
-                    return key, entry[1], entry[2]
+                    assert self._context is not None  # set by the schedule() that queued it
+                    return key, entry[1], self._context.copy()
 
     def _work(self) -> None:
         while True:

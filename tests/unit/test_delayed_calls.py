@@ -1,5 +1,5 @@
 """The operator's reconcile queue: one pending call per resource, run by free worker threads in the
-scheduler's context."""
+first scheduler's context."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ def test_a_new_schedule_replaces_the_pending_call_and_cancel_drops_it() -> None:
 
 def test_a_later_recheck_never_postpones_a_pending_reconcile() -> None:
     calls = DelayedCalls(workers=1)
-    done = threading.Event()
+    release, started, done = threading.Event(), threading.Event(), threading.Event()
+    calls.schedule(("ftj/b", "busy"), 0, lambda: (started.set(), release.wait(5)))
+    assert started.wait(5)  # the only worker is taken, so the next call stays pending
     queued = time.monotonic()
     calls.schedule(("ftj/a", "x"), 0, lambda: None)  # a watch event's reconcile, due now
     calls.schedule(("ftj/a", "x"), 60, done.set)  # a recheck planned meanwhile: replaces, keeps "now"
+    release.set()
     assert done.wait(5)
     assert time.monotonic() - queued < 5
 
@@ -51,15 +54,18 @@ def test_events_queued_while_every_worker_is_busy_share_one_reconcile() -> None:
     assert ran == ["busy", "x"]
 
 
-def test_calls_run_in_the_context_they_were_scheduled_from() -> None:
+def test_calls_run_in_the_first_schedulers_context_not_their_own() -> None:
     calls = DelayedCalls(workers=2)
     seen: list[str] = []
     done = threading.Event()
 
-    def schedule() -> None:
-        WHO.set("handler")
-        calls.schedule(("ftj/a", "z"), 0.01, lambda: (seen.append(WHO.get("none")), done.set()))
+    def schedule(who: str, name: str) -> None:
+        WHO.set(who)
+        calls.schedule(("ftj/a", name), 0.01, lambda: (seen.append(WHO.get("none")), len(seen) == 2 and done.set()))
 
-    contextvars.copy_context().run(schedule)
+    contextvars.copy_context().run(schedule, "first handler", "y")
+    contextvars.copy_context().run(schedule, "later handler", "z")
     assert done.wait(5)
-    assert seen == ["handler"]  # kopf.event() needs kopf's context variables in a queued reconcile
+    # kopf.event() needs kopf's context variables in a queued reconcile, and the later handler's
+    # context (which holds its watch event) is not kept
+    assert seen == ["first handler", "first handler"]
