@@ -69,6 +69,7 @@ bench: venv tools
 	$(PY) bench/pod_start.py
 	$(PY) bench/operator_scale.py --jobs 100
 	$(PY) bench/operator_scale.py --jobs 1000 --suspended
+	$(PY) bench/operator_scale.py --jobs 1000 --suspended --rate 30
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

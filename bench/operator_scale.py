@@ -2,12 +2,16 @@
 
     python bench/operator_scale.py --jobs 100                 # whole lifecycle: pods run the stand-in trainer
     python bench/operator_scale.py --jobs 1000 --suspended    # 1000 live resources, Jobs created suspended
+    python bench/operator_scale.py --jobs 1000 --suspended --rate 40   # the same creates, paced at 40/s
 
 Figures: time from the create request to the trainer Job's ADDED event (p50/p99, a watch in this
 process), creation throughput (jobs/s from the first create to the last Job), the operator's Kubernetes
 API requests per job over the run (from the apiserver's audit log, by the operator's user agents:
 `finetune-operator/*` for its own calls, `kopf/*` for kopf's watches and patches; writes and reads
 apart), and the operator's peak RSS (VmHWM) with all N resources live.
+
+A burst arrives faster than two cores can reconcile, so its latency is queueing behind throughput;
+`--rate` paces the creates to show the latency of a load the machine keeps up with.
 
 The pods of the lifecycle run are the stand-in trainer of the integration tests (it honours the
 operator<->trainer contract in a second), so the figures are the operator's, not training's.
@@ -167,7 +171,7 @@ def operator_requests(audit_log: Path) -> Counter[str]:
     return counts
 
 
-def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False) -> dict[str, Any]:
+def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: float = 0) -> dict[str, Any]:
     from kubernetes import client, watch
     from tests.kube import quick_spec
 
@@ -207,6 +211,8 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False) -> dict[s
             name = f"scale-{index:04d}"
             spec = quick_spec("success", suspend=True) if suspended else quick_spec("success")
             body = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}}
+            if rate:
+                time.sleep(max(0.0, started + index / rate - time.perf_counter()))
             sent[name] = time.perf_counter()
             custom.create_namespaced_custom_object(
                 "finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs", {**body, "spec": spec}
@@ -258,6 +264,7 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False) -> dict[s
         return {
             "jobs": jobs,
             "suspended": suspended,
+            "rate_per_second": rate or None,
             "phases": dict(phases),
             "failure_reasons": dict(reasons),
             "failure_examples": {
@@ -298,12 +305,14 @@ def main() -> int:
     parser.add_argument(
         "--heap", action="store_true", help="attribute the operator's Python heap by package (tracemalloc: slow)"
     )
+    parser.add_argument("--rate", type=float, default=0, help="create at most this many per second (default: a burst)")
     parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        result = run(args.jobs, args.suspended, Path(folder), heap=args.heap)
+        result = run(args.jobs, args.suspended, Path(folder), heap=args.heap, rate=args.rate)
     print(
-        f"{result['jobs']} FineTuneJobs{' (suspended)' if args.suspended else ''}: create -> Job p50 "
+        f"{result['jobs']} FineTuneJobs{' (suspended)' if args.suspended else ''}"
+        f"{f', created at {args.rate:g}/s' if args.rate else ''}: create -> Job p50 "
         f"{result['latency_p50_s']:.3f}s p99 {result['latency_p99_s']:.3f}s, {result['jobs_per_second']:.1f} jobs/s, "
         f"{result['operator_writes_per_job']:.2f} API writes/job ({result['operator_reads_per_job']:.2f} reads/job), "
         f"operator peak RSS {result['operator_peak_rss_mb']:.0f} MB, {result['operator_peak_sockets']} sockets at most;"
@@ -318,7 +327,8 @@ def main() -> int:
     record(
         "operator_scale.py",
         {
-            "run": f"{result['jobs']}{', suspended' if args.suspended else ', lifecycle'}",
+            "run": f"{result['jobs']}{', suspended' if args.suspended else ', lifecycle'}"
+            + (f", created at {args.rate:g}/s" if args.rate else ""),
             "p50 s": result["latency_p50_s"],
             "p99 s": result["latency_p99_s"],
             "jobs/s": result["jobs_per_second"],

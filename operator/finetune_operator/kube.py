@@ -20,13 +20,22 @@ from . import __version__
 from .api import GROUP, VERSION
 from .manifests.names import LABEL_OWNER_UID
 
+API_CLASSES = ("CoreV1Api", "RbacAuthorizationV1Api", "BatchV1Api", "CustomObjectsApi")
+"""Every API class the operator calls through."""
+
 
 def make_api_client(connections: int) -> client.ApiClient:
     """In-cluster credentials when running as a pod, else the kubeconfig (KUBECONFIG honoured).
 
     `connections` should be the number of threads that call the API: the client keeps at most that
     many connections for reuse (its default is 5 per CPU) and a call finding none idle opens one
-    more (a TLS handshake, on the apiserver too) that is then thrown away."""
+    more (a TLS handshake, on the apiserver too) that is then thrown away.
+
+    The API classes are resolved here, at start-up: the client imports each on first use, with the
+    ~290 models its methods name (0.5 s of CPU under the import lock), which stalled the first
+    reconciles and made them the slowest of a run (p99 0.65-0.85 s at 30 creates/s, p50 0.04 s)."""
+    for api_class in API_CLASSES:
+        getattr(client, api_class)
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except ConfigException:
