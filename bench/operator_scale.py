@@ -2,7 +2,7 @@
 
     python bench/operator_scale.py --jobs 100                 # whole lifecycle: pods run the stand-in trainer
     python bench/operator_scale.py --jobs 1000 --suspended    # 1000 live resources, Jobs created suspended
-    python bench/operator_scale.py --jobs 1000 --suspended --rate 40   # the same creates, paced at 40/s
+    python bench/operator_scale.py --jobs 1000 --suspended --rate 30   # the same creates, paced at 30/s
 
 Figures: time from the create request to the trainer Job's ADDED event (p50/p99, a watch in this
 process), creation throughput (jobs/s from the first create to the last Job), the operator's Kubernetes
@@ -310,9 +310,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         result = run(args.jobs, args.suspended, Path(folder), heap=args.heap, rate=args.rate)
+    paced = f", created at {args.rate:g}/s" if args.rate else ""
     print(
-        f"{result['jobs']} FineTuneJobs{' (suspended)' if args.suspended else ''}"
-        f"{f', created at {args.rate:g}/s' if args.rate else ''}: create -> Job p50 "
+        f"{result['jobs']} FineTuneJobs{' (suspended)' if args.suspended else ''}{paced}: create -> Job p50 "
         f"{result['latency_p50_s']:.3f}s p99 {result['latency_p99_s']:.3f}s, {result['jobs_per_second']:.1f} jobs/s, "
         f"{result['operator_writes_per_job']:.2f} API writes/job ({result['operator_reads_per_job']:.2f} reads/job), "
         f"operator peak RSS {result['operator_peak_rss_mb']:.0f} MB, {result['operator_peak_sockets']} sockets at most;"
@@ -327,8 +327,7 @@ def main() -> int:
     record(
         "operator_scale.py",
         {
-            "run": f"{result['jobs']}{', suspended' if args.suspended else ', lifecycle'}"
-            + (f", created at {args.rate:g}/s" if args.rate else ""),
+            "run": f"{result['jobs']}{', suspended' if args.suspended else ', lifecycle'}{paced}",
             "p50 s": result["latency_p50_s"],
             "p99 s": result["latency_p99_s"],
             "jobs/s": result["jobs_per_second"],
