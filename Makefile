@@ -64,7 +64,7 @@ bench-eval: venv
 
 # The CPU benchmarks (about 6 minutes here); each appends a dated row with its command to docs/benchmarks.md.
 bench: venv tools
-	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours-unpacked,ours-plain,ours --steps 40 --rounds 3
+	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours-unpacked,ours-plain,ours-all-logits,ours --steps 40 --rounds 3
 	$(PY) bench/eval_generation.py
 	$(PY) bench/pod_start.py
 	$(PY) bench/operator_scale.py --jobs 100

@@ -12,8 +12,11 @@ quantization and LoRA (r=16, all linear layers) and trains on the same variable-
 - ours-unpacked: our model setup with `training.packing: false` (padded batches), to isolate packing.
 - ours-plain: packed, with the CPU fast paths (fastpath.py: per-example attention, cheaper dropout
   masks) switched off, to isolate them; the same as "ours" on a GPU, where they are not used.
+- ours-all-logits: packed, with the output head run on every token rather than on the loss
+  positions only (pack.loss_positions), to isolate that.
 - ours: what `finetune-trainer` does (TrainingRecipe's model, collator and arguments): padding-free
-  packing, non-reentrant checkpointing, paged 8-bit AdamW on GPU, the CPU fast paths on CPU; and
+  packing, logits only where a label counts, non-reentrant checkpointing, paged 8-bit AdamW on GPU,
+  the CPU fast paths on CPU; and
   "ours+liger" adds Liger's fused kernels (fused linear cross-entropy never materialises the
   128k-vocabulary logits) when installed.
 
@@ -129,8 +132,10 @@ def load_baseline(model_dir: Path, cuda: bool) -> Any:
     )
 
 
-def load_ours(model_dir: Path, device: Any, liger: bool, packing: bool, fast_paths: bool = True) -> Any:
-    """Exactly what TrainingRecipe._setup_model does (the same function)."""
+def load_ours(
+    model_dir: Path, device: Any, liger: bool, packing: bool, fast_paths: bool = True, loss_positions: bool = True
+) -> Any:
+    """Exactly what TrainingRecipe._setup_model does (the same function); returns its ModelSetup."""
     from finetune_operator.api.common import Quantization
     from finetune_operator.api.finetunejob import LoraSettings
     from finetune_trainer.train import setup_model
@@ -144,10 +149,11 @@ def load_ours(model_dir: Path, device: Any, liger: bool, packing: bool, fast_pat
         gradient_checkpointing=True,
         fused_kernels=liger,
         fast_paths=fast_paths,
+        loss_positions=loss_positions,
     )
     if liger != setup.fused_kernels:
         raise RuntimeError("liger-kernel requested but not applied (needs CUDA and liger-kernel)")
-    return setup.model
+    return setup
 
 
 class Timer:
@@ -191,17 +197,25 @@ def run_variant(
 
     cuda = torch.cuda.is_available()
     device = pick_device("auto", cuda, cuda and torch.cuda.is_bf16_supported())
-    packed = name in {"ours", "ours-plain", "ours+liger"}
+    packed = name in {"ours", "ours-plain", "ours-all-logits", "ours+liger"}
     padded_lengths = [len(r["input_ids"]) for r in data[: (args.warmup + args.steps) * args.batch_size]]
     if packed:
-        model = load_ours(model_dir, device, liger=name == "ours+liger", packing=True, fast_paths=name != "ours-plain")
+        setup = load_ours(
+            model_dir,
+            device,
+            liger=name == "ours+liger",
+            packing=True,
+            fast_paths=name != "ours-plain",
+            loss_positions=name != "ours-all-logits",
+        )
+        model = setup.model
         train: list[dict[str, list[int]]] = pack_rows(data, args.seq_len)  # bins of up to seq_len tokens
-        collator: Any = make_collator(True, None)
+        collator: Any = make_collator(True, None, setup.loss_logits_only)
         optim = resolve_optimizer("auto", device)
         padded = 0.0  # packed rows are flattened into one sequence: no pad tokens at all
     elif name == "ours-unpacked":
         # Our model setup with packing switched off (training.packing: false): what packing alone buys.
-        model = load_ours(model_dir, device, liger=False, packing=False)
+        model = load_ours(model_dir, device, liger=False, packing=False).model
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=_dummy_tokenizer(), pad_token="<pad>")
         collator = make_collator(False, tokenizer)
         optim = resolve_optimizer("auto", device)

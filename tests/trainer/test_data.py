@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from finetune_operator.api.finetunejob import DatasetSource
 from finetune_trainer.data import load_examples, prepare
 from finetune_trainer.data.encode import FALLBACK_CHAT_TEMPLATE, IGNORE, encode, padding_fraction
 from finetune_trainer.data.formats import Example
-from finetune_trainer.data.pack import PackedCollator, pack_lengths, pack_rows
+from finetune_trainer.data.pack import PackedCollator, loss_positions, pack_lengths, pack_rows
 from finetune_trainer.errors import InputError
 
 ALPACA = [
@@ -160,6 +161,17 @@ def test_packed_rows_restart_positions_and_mask_boundaries() -> None:
     batch = PackedCollator()([packed, packed])
     assert batch["input_ids"].shape == (1, 10)
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 0, 1]]
+    assert "logits_to_keep" not in batch
+
+
+def test_loss_positions_are_where_the_next_token_counts() -> None:
+    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5, 6], "labels": [-100, -100, 6]}]
+    batch = PackedCollator(loss_logits_only=True)(pack_rows(rows, 8))
+    assert batch["labels"].tolist() == [[-100, 2, 3, -100, -100, 6]]  # the model still gets every label
+    assert batch["logits_to_keep"].tolist() == [0, 1, 4]  # positions 0, 1 predict 2, 3; position 4 predicts 6
+    assert batch["shift_labels"].tolist() == [[2, 3, 6]]
+    assert loss_positions(torch.tensor([[-100, -100, 7]]))["logits_to_keep"].tolist() == [1]
+    assert loss_positions(torch.tensor([[-100, -100]])) == {}  # nothing counts: the head keeps every logit
 
 
 def test_packing_removes_padding(tokenizer: Any, write: Any) -> None:

@@ -1,4 +1,4 @@
-"""The CPU fast paths compute what the plain paths compute: same logits and gradients, same dropout law."""
+"""The fast paths compute what the plain paths compute: same logits, loss and gradients, same dropout law."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from finetune_operator.api.common import Quantization
 from finetune_operator.api.finetunejob import LoraSettings
 from finetune_trainer import fastpath
 from finetune_trainer.data.pack import PackedCollator
-from finetune_trainer.train import Device, setup_model
+from finetune_trainer.train import Device, head_takes_positions, make_collator, setup_model
 
 CPU = Device("cpu", "float32")
 
@@ -30,13 +30,15 @@ def test_used_only_for_packed_training_on_cpu() -> None:
     assert not fastpath.use_on("cuda", packing=True)
 
 
-def _packed_batch(lengths: list[int], vocab: int) -> dict[str, Any]:
+def _packed_batch(lengths: list[int], vocab: int, prompt: float = 0.0, collator: Any = None) -> dict[str, Any]:
+    """Packed examples whose first `prompt` fraction (at least the first token) is labelled IGNORE."""
     generator = torch.Generator().manual_seed(1)
     rows = []
     for length in lengths:
         ids = torch.randint(3, vocab, (length,), generator=generator).tolist()
-        rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(length))})
-    return dict(PackedCollator()(rows))
+        masked = max(1, int(length * prompt))
+        rows.append({"input_ids": ids, "labels": [-100] * masked + ids[masked:], "position_ids": list(range(length))})
+    return dict((collator or PackedCollator())(rows))
 
 
 def _loss_and_grads(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -117,3 +119,49 @@ def test_lora_dropouts_swapped_and_adapter_unchanged(tiny_model: Path, tmp_path:
     setup.model.save_pretrained(tmp_path / "adapter")
     files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
     assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("quantization", [None, Quantization()], ids=["lora", "qlora-nf4"])
+def test_logits_on_loss_positions_only_keep_loss_and_gradients(
+    tiny_model: Path, quantization: Quantization | None
+) -> None:
+    """Half of each example is prompt: the head skips those positions, the loss and LoRA gradients
+    (the output head's included, through every layer) stay those of the full head."""
+    lora = LoraSettings(r=8, alpha=16, dropout=0.0)
+    results = []
+    for positions in (False, True):
+        torch.manual_seed(0)
+        setup = setup_model(
+            tiny_model,
+            CPU,
+            quantization=quantization,
+            lora=lora,
+            packing=True,
+            gradient_checkpointing=True,
+            loss_positions=positions,
+        )
+        assert setup.loss_logits_only is positions
+        collator = make_collator(True, None, setup.loss_logits_only)
+        batch = _packed_batch([7, 30, 1, 12], setup.model.config.vocab_size, prompt=0.5, collator=collator)
+        results.append(_loss_and_grads(setup.model, batch))
+    (loss_all, logits_all, grads_all), (loss_kept, logits_kept, grads_kept) = results
+    counted = 4 + 15 + 0 + 6  # the labelled tail of each example; the 1-token one has none
+    assert logits_all.shape[1] == 50
+    assert logits_kept.shape[1] == counted
+    torch.testing.assert_close(loss_kept, loss_all, rtol=1e-5, atol=1e-5)
+    assert len(grads_kept) == len(grads_all) > 0
+    for kept, full in zip(grads_kept, grads_all, strict=True):
+        torch.testing.assert_close(kept, full, rtol=1e-3, atol=1e-5)
+
+
+def test_loss_positions_need_packing_and_a_head_that_takes_them(tiny_model: Path) -> None:
+    lora = LoraSettings(r=8, alpha=16, dropout=0.0)
+    padded = setup_model(tiny_model, CPU, quantization=None, lora=lora, packing=False, gradient_checkpointing=False)
+    assert not padded.loss_logits_only  # (B, T) rows cannot share one list of positions
+
+    class OldStyleLM(torch.nn.Module):
+        def forward(self, input_ids: Any = None, labels: Any = None) -> Any:
+            return input_ids
+
+    assert not head_takes_positions(OldStyleLM())
+    assert head_takes_positions(padded.model.get_base_model())

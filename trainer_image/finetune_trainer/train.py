@@ -9,6 +9,7 @@ Only the LoRA adapter trains; it is saved in PEFT's own format so any PEFT or vL
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -137,11 +138,23 @@ def apply_lora(model: Any, lora: LoraSettings) -> Any:
     )
 
 
+def head_takes_positions(model: Any) -> bool:
+    """Whether the model's forward takes a tensor ``logits_to_keep`` and hands ``shift_labels`` to
+    transformers' causal-LM loss: true of transformers' own causal LMs, checked because remote code
+    may not be."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    parameters = inspect.signature(model.forward).parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return "logits_to_keep" in parameters and takes_kwargs and getattr(model, "loss_function", None) is ForCausalLMLoss
+
+
 @dataclass(frozen=True)
 class ModelSetup:
     model: Any
     fused_kernels: bool
     cpu_fast_paths: bool
+    loss_logits_only: bool  # for make_collator: the head runs on loss positions only (pack.loss_positions)
 
 
 def setup_model(
@@ -155,25 +168,29 @@ def setup_model(
     trust_remote_code: bool = False,
     fused_kernels: bool = True,
     fast_paths: bool = True,
+    loss_positions: bool = True,
 ) -> ModelSetup:
     """Base model -> frozen (+ activation checkpointing) -> fused kernels (CUDA) -> LoRA (+ CPU fast paths).
 
     The benchmark calls this too, so what it measures is what a FineTuneJob runs; it switches the
-    optimisations off one by one to measure each."""
+    optimisations off one by one to measure each. Logits on loss positions only need packed
+    (flattened) batches; Liger's fused head is left as measured on the GPU, where it already never
+    materialises the logits."""
     fast = fast_paths and fastpath.use_on(device.kind, packing)
     attention = fastpath.register_segment_attention() if fast else "sdpa"
     model = load_base_model(model_dir, quantization, device, trust_remote_code, attention)
     model = prepare_for_training(model, gradient_checkpointing)
     fused = fused_kernels and apply_fused_kernels(model, device)
+    loss_logits_only = loss_positions and packing and not fused and head_takes_positions(model)
     model = apply_lora(model, lora)
     if fast:
         fastpath.use_mask_dropout(model)
-    return ModelSetup(model, fused, fast)
+    return ModelSetup(model, fused, fast, loss_logits_only)
 
 
-def make_collator(packing: bool, tokenizer: Any) -> Any:
+def make_collator(packing: bool, tokenizer: Any, loss_logits_only: bool = False) -> Any:
     if packing:
-        return PackedCollator()
+        return PackedCollator(loss_logits_only)
     from transformers import DataCollatorForSeq2Seq
 
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -292,14 +309,17 @@ class TrainingRecipe:
             trust_remote_code=self.spec.base_model.trust_remote_code,
         )
         self.model, self.fused_kernels = setup.model, setup.fused_kernels
+        self.loss_logits_only = setup.loss_logits_only
         trainable, total = self.model.get_nb_trainable_parameters()
         log.info(
-            "model: %s on %s/%s (fused kernels: %s, CPU fast paths: %s); %d of %d parameters train (%.2f%%)",
+            "model: %s on %s/%s (fused kernels: %s, CPU fast paths: %s, logits on loss positions only: %s); "
+            "%d of %d parameters train (%.2f%%)",
             type(self.model.get_base_model()).__name__,
             self.device.kind,
             self.device.dtype_name,
             self.fused_kernels,
             setup.cpu_fast_paths,
+            setup.loss_logits_only,
             trainable,
             total,
             100 * trainable / total,
@@ -384,7 +404,7 @@ class TrainingRecipe:
             args=self._arguments(),
             train_dataset=self.data.train,
             eval_dataset=self.data.eval,
-            data_collator=make_collator(self.spec.training.packing, self.tokenizer),
+            data_collator=make_collator(self.spec.training.packing, self.tokenizer, self.loss_logits_only),
             callbacks=[ProgressCallback(self), GracefulStop(self), CheckpointSync(self)],
         )
         self.trainer = trainer

@@ -48,8 +48,29 @@ def pack_rows(rows: Sequence[dict[str, list[int]]], capacity: int) -> list[dict[
     return packed
 
 
+def loss_positions(labels: Any) -> dict[str, Any]:
+    """``logits_to_keep`` and ``shift_labels`` for a (1, T) row: the output head runs only where the
+    next token counts in the loss.
+
+    Prompts, system turns and each example's first token are labelled IGNORE, so their logits are
+    computed and thrown away: in chat SFT that is often half the rows' tokens, and the head is the
+    widest matrix product (vocabulary x hidden) with a softmax over the vocabulary behind it. The
+    loss keeps its terms and its normaliser (the same labels count), so it is unchanged. A batch
+    with no counted token gets nothing (the model then keeps every logit, as before).
+    """
+    following = labels[0, 1:]
+    keep = (following != IGNORE).nonzero().reshape(-1)
+    if keep.numel() == 0:
+        return {}
+    return {"logits_to_keep": keep, "shift_labels": following[keep].unsqueeze(0)}
+
+
 class PackedCollator:
-    """Flattens a batch of packed rows into a single row of shape (1, total tokens), positions kept."""
+    """Flattens a batch of packed rows into a single row of shape (1, total tokens), positions kept;
+    with ``loss_logits_only`` the batch also says which positions need logits (loss_positions)."""
+
+    def __init__(self, loss_logits_only: bool = False) -> None:
+        self.loss_logits_only = loss_logits_only
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -58,4 +79,5 @@ class PackedCollator:
         for feature in features:
             for key in batch:
                 batch[key] += list(feature[key])
-        return {key: torch.tensor([values], dtype=torch.long) for key, values in batch.items()}
+        tensors = {key: torch.tensor([values], dtype=torch.long) for key, values in batch.items()}
+        return tensors | loss_positions(tensors["labels"]) if self.loss_logits_only else tensors
