@@ -62,9 +62,11 @@ bench-gpu: venv
 bench-eval: venv
 	$(PY) bench/eval_generation.py
 
-# The CPU benchmarks (about 6 minutes here); each appends a dated row with its command to docs/benchmarks.md.
+# The CPU benchmarks (about 8 minutes here); each appends a dated row with its command to docs/benchmarks.md.
 bench: venv tools
 	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours-unpacked,ours-plain,ours-all-logits,ours --steps 40 --rounds 3
+	$(PY) bench/trainer_switch.py --switch loss-positions
+	$(PY) bench/trainer_switch.py --switch fast-paths
 	$(PY) bench/eval_generation.py
 	$(PY) bench/pod_start.py
 	$(PY) bench/operator_scale.py --jobs 100

@@ -351,7 +351,7 @@ def main() -> int:
         for name, runs in rounds.items():
             print(f"  {name}: tokens/s by round {[r.tokens_per_second for r in runs]}")
     print(
-        f"{'variant':<12} {'tokens/s':>10} {'x base':>7} {'padded':>7} {'peak GiB':>9} {'x base':>7} "
+        f"{'variant':<15} {'tokens/s':>10} {'x base':>7} {'padded':>7} {'peak GiB':>9} {'x base':>7} "
         f"{'MFU':>6} {'loss':>7}"
     )
     for r in results:
@@ -359,7 +359,7 @@ def main() -> int:
         memory = f"{r.peak_memory_gib / base.peak_memory_gib:.2f}" if base and base.peak_memory_gib else "-"
         mfu = f"{r.mfu:.1%}" if r.mfu is not None else "-"
         print(
-            f"{r.variant:<12} {r.tokens_per_second:>10.1f} {speed:>7} {r.padded_fraction:>7.1%} "
+            f"{r.variant:<15} {r.tokens_per_second:>10.1f} {speed:>7} {r.padded_fraction:>7.1%} "
             f"{r.peak_memory_gib:>9.2f} {memory:>7} {mfu:>6} {r.loss:>7.3f}"
         )
     from record import record
