@@ -174,6 +174,7 @@ def operator_requests(audit_log: Path) -> Counter[str]:
 def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: float = 0) -> dict[str, Any]:
     from kubernetes import client, watch
     from tests.kube import quick_spec
+    from urllib3.exceptions import ProtocolError
 
     from devcluster import LocalCluster, OperatorProcess, wait_for
 
@@ -194,12 +195,16 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: flo
 
         def watch_jobs() -> None:
             stream = watch.Watch()
-            for event in stream.stream(client.BatchV1Api(api).list_namespaced_job, NAMESPACE, timeout_seconds=3600):
-                if event["type"] == "ADDED":
-                    owner = (event["object"].metadata.labels or {}).get("finetune.dev/finetunejob")
-                    added.setdefault(owner, time.perf_counter())
-                if stop.is_set():
-                    stream.stop()
+            try:
+                for event in stream.stream(client.BatchV1Api(api).list_namespaced_job, NAMESPACE, timeout_seconds=3600):
+                    if event["type"] == "ADDED":
+                        owner = (event["object"].metadata.labels or {}).get("finetune.dev/finetunejob")
+                        added.setdefault(owner, time.perf_counter())
+                    if stop.is_set():
+                        stream.stop()
+            except ProtocolError:
+                if not stop.is_set():  # the apiserver going away at the end of the run ends the watch too
+                    raise
 
         watcher = threading.Thread(target=watch_jobs, daemon=True)
         watcher.start()

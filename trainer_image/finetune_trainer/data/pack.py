@@ -80,4 +80,6 @@ class PackedCollator:
             for key in batch:
                 batch[key] += list(feature[key])
         tensors = {key: torch.tensor([values], dtype=torch.long) for key, values in batch.items()}
-        return tensors | loss_positions(tensors["labels"]) if self.loss_logits_only else tensors
+        if self.loss_logits_only:
+            tensors |= loss_positions(tensors["labels"])
+        return tensors
