@@ -71,6 +71,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def exited_children_cpu() -> float:
+    """CPU of this process's exited children: the pods the in-process node agent ran and reaped (the
+    control plane's processes are children too, but they are reaped only when the cluster stops)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 HEAP_HOOK = """
 import signal, tracemalloc, os
 
@@ -227,6 +234,7 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: flo
         processes["operator"] = operator.process.pid
         processes["benchmark client"] = os.getpid()  # the creates and the Job watch share the 2 cores too
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        pods_before = exited_children_cpu()
         operator_pid = operator.process.pid
         sockets = PeakSampler(lambda: open_sockets(operator_pid))
         sockets.start()
@@ -236,6 +244,7 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: flo
         created_in = time.perf_counter() - started
         wait_for(lambda: len(added) >= jobs, 1800, f"{jobs} trainer Jobs", describe=lambda: f"{len(added)} Jobs")
         busy = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()}
+        busy["pods (exited by then)"] = round(exited_children_cpu() - pods_before, 1)
         sockets.done.set()
         busy["wall"] = round(time.perf_counter() - started, 1)
         latencies = [added[name] - sent[name] for name in sent]
