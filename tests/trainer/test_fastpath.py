@@ -70,6 +70,8 @@ def test_segment_attention_matches_masked_sdpa(tiny_model: Path, quantization: Q
         )
         assert setup.cpu_fast_paths is fast
         assert setup.model.config._attn_implementation == (fastpath.SEGMENT_ATTENTION if fast else "sdpa")
+        checkpointing = setup.model.get_base_model().model.layers[0]._gradient_checkpointing_func
+        assert checkpointing.keywords["use_reentrant"] is fast  # the same recomputation, cheaper hooks on CPU
         batch = _packed_batch([7, 30, 1, 12], setup.model.config.vocab_size)
         with spy:
             results.append(_loss_and_grads(setup.model, batch))

@@ -6,8 +6,12 @@ On CUDA, flash-attention's varlen kernels and fused dropout already do this; on 
   ``segment_sdpa`` runs causal SDPA per example instead, found from the restarting position_ids;
 - ``nn.Dropout`` on CPU draws its mask with ``bernoulli_``, 2.5x slower than ``rand_like >= p``,
   and LoRA applies it to the input of every adapted projection (twice under activation
-  checkpointing: the recomputed forward draws it again).
-Both are chosen only on CPU (``use_on``); the GPU path keeps SDPA and ``nn.Dropout`` until measured.
+  checkpointing: the recomputed forward draws it again);
+- non-reentrant activation checkpointing runs Python hooks for every tensor a layer saves, which
+  the many small LoRA ops of a CPU step feel (1.03-1.06x per step, bench/trainer_switch.py style);
+  the fast paths checkpoint reentrantly (train.prepare_for_training), the same recomputation.
+All are chosen only on CPU (``use_on``); the GPU path keeps SDPA, ``nn.Dropout`` and non-reentrant
+checkpointing until measured.
 """
 
 from __future__ import annotations

@@ -98,8 +98,11 @@ def load_base_model(
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 
-def prepare_for_training(model: Any, gradient_checkpointing: bool) -> Any:
-    """Freeze the base and checkpoint activations (non-reentrant: works with frozen inputs, less memory).
+def prepare_for_training(model: Any, gradient_checkpointing: bool, reentrant: bool = False) -> Any:
+    """Freeze the base and checkpoint activations: non-reentrant (PyTorch's recommended flavour) unless
+    `reentrant`, which the CPU fast paths ask for (fastpath.py: the same recomputation, with less
+    per-tensor hook overhead). The embeddings' output requires grad either way, so the reentrant
+    flavour sees an input that needs a gradient although the whole base is frozen.
 
     Unlike peft's prepare_model_for_kbit_training, norms, embeddings and the output head stay in the
     compute dtype: its fp32 upcast costs ~2 GiB on an 8B model (a 128k-vocabulary embedding and head)
@@ -108,7 +111,7 @@ def prepare_for_training(model: Any, gradient_checkpointing: bool) -> Any:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         model.enable_input_require_grads()
     return model
 
@@ -179,7 +182,7 @@ def setup_model(
     fast = fast_paths and fastpath.use_on(device.kind, packing)
     attention = fastpath.register_segment_attention() if fast else "sdpa"
     model = load_base_model(model_dir, quantization, device, trust_remote_code, attention)
-    model = prepare_for_training(model, gradient_checkpointing)
+    model = prepare_for_training(model, gradient_checkpointing, reentrant=fast)
     fused = fused_kernels and apply_fused_kernels(model, device)
     loss_logits_only = loss_positions and packing and not fused and head_takes_positions(model)
     model = apply_lora(model, lora)
