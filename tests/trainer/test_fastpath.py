@@ -158,8 +158,10 @@ def test_logits_on_loss_positions_only_keep_loss_and_gradients(
 
 def test_loss_positions_need_packing_and_a_head_that_takes_them(tiny_model: Path) -> None:
     lora = LoraSettings(r=8, alpha=16, dropout=0.0)
-    padded = setup_model(tiny_model, CPU, quantization=None, lora=lora, packing=False, gradient_checkpointing=False)
+    padded = setup_model(tiny_model, CPU, quantization=None, lora=lora, packing=False, gradient_checkpointing=True)
     assert not padded.loss_logits_only  # (B, T) rows cannot share one list of positions
+    checkpointing = padded.model.get_base_model().model.layers[0]._gradient_checkpointing_func
+    assert checkpointing.keywords["use_reentrant"]  # the CPU fast path that needs no packing
 
     class OldStyleLM(torch.nn.Module):
         def forward(self, input_ids: Any = None, labels: Any = None) -> Any:

@@ -9,9 +9,9 @@ On CUDA, flash-attention's varlen kernels and fused dropout already do this; on 
   checkpointing: the recomputed forward draws it again);
 - non-reentrant activation checkpointing runs Python hooks for every tensor a layer saves, which
   the many small LoRA ops of a CPU step feel (1.03-1.06x per step, bench/trainer_switch.py style);
-  the fast paths checkpoint reentrantly (train.prepare_for_training), the same recomputation.
-All are chosen only on CPU (``use_on``); the GPU path keeps SDPA, ``nn.Dropout`` and non-reentrant
-checkpointing until measured.
+  on CPU, packed or not, training checkpoints reentrantly (train.setup_model), the same recomputation.
+All are chosen only on CPU (``use_on`` for the two that need packed batches); the GPU path keeps
+SDPA, ``nn.Dropout`` and non-reentrant checkpointing until measured.
 """
 
 from __future__ import annotations

@@ -176,13 +176,14 @@ def setup_model(
     """Base model -> frozen (+ activation checkpointing) -> fused kernels (CUDA) -> LoRA (+ CPU fast paths).
 
     The benchmark calls this too, so what it measures is what a FineTuneJob runs; it switches the
-    optimisations off one by one to measure each. Logits on loss positions only need packed
+    optimisations off one by one to measure each. Reentrant checkpointing, the one CPU fast path that
+    needs no packing, is used on CPU packed or not. Logits on loss positions only need packed
     (flattened) batches; Liger's fused head is left as measured on the GPU, where it already never
     materialises the logits."""
     fast = fast_paths and fastpath.use_on(device.kind, packing)
     attention = fastpath.register_segment_attention() if fast else "sdpa"
     model = load_base_model(model_dir, quantization, device, trust_remote_code, attention)
-    model = prepare_for_training(model, gradient_checkpointing, reentrant=fast)
+    model = prepare_for_training(model, gradient_checkpointing, reentrant=fast_paths and device.kind == "cpu")
     fused = fused_kernels and apply_fused_kernels(model, device)
     loss_logits_only = loss_positions and packing and not fused and head_takes_positions(model)
     model = apply_lora(model, lora)
