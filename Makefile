@@ -64,7 +64,7 @@ bench-eval: venv
 
 # The CPU benchmarks (about 8 minutes here); each appends a dated row with its command to docs/benchmarks.md.
 bench: venv tools
-	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours-unpacked,ours-plain,ours-all-logits,ours --steps 40 --rounds 3
+	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours,ours-all-logits,ours-plain,ours-unpacked --steps 40 --rounds 5
 	$(PY) bench/trainer_switch.py --switch loss-positions
 	$(PY) bench/trainer_switch.py --switch fast-paths
 	$(PY) bench/eval_generation.py

@@ -311,7 +311,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", default="baseline,ours,ours+liger")
-    parser.add_argument("--rounds", type=int, default=1, help="run the variants round-robin N times, keep medians")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the variants round-robin N times (every other round reversed), keep medians",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
@@ -336,8 +341,10 @@ def main() -> int:
         # Enough examples for the packed variants too (each of their rows holds several examples).
         data = examples((args.warmup + args.steps) * args.batch_size * 8, args.seq_len, config.vocab_size, seed=0)
         rounds: dict[str, list[Result]] = {name: [] for name in variants}
-        for _ in range(args.rounds):  # round-robin, so a slow spell of the machine hits every variant
-            for name in variants:
+        for index in range(args.rounds):
+            # Round-robin, so a slow spell of the machine hits every variant; every other round in
+            # reverse (ABBA), so a drift in its speed favours no variant for running first.
+            for name in variants if index % 2 == 0 else variants[::-1]:
                 rounds[name].append(run_variant(name, model_dir, data, args, params, config))
         results = [median_run(rounds[name]) for name in variants]
     base = next((r for r in results if r.variant == "baseline"), None)
