@@ -67,6 +67,7 @@ bench: venv tools
 	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours,ours-all-logits,ours-plain,ours-unpacked --steps 40 --rounds 5
 	$(PY) bench/trainer_switch.py --switch loss-positions
 	$(PY) bench/trainer_switch.py --switch fast-paths
+	$(PY) bench/trainer_switch.py --switch reentrant-checkpointing
 	$(PY) bench/eval_generation.py
 	$(PY) bench/pod_start.py
 	$(PY) bench/operator_scale.py --jobs 100

@@ -2,6 +2,7 @@
 
     python bench/trainer_switch.py --switch loss-positions            # tiny model on CPU
     python bench/trainer_switch.py --switch fast-paths --batch-size 4
+    python bench/trainer_switch.py --switch reentrant-checkpointing
 
 gpu_qlora.py compares whole training runs one after another; on this 2-core VM, whose speed drifts by
 +-15 % between minutes, that resolves 1.4x against 1.0x but not a 7 % switch. Here two models, the
@@ -23,7 +24,10 @@ from typing import Any
 from gpu_qlora import examples, llama_config, load_ours, save_random_model
 from record import record
 
-SWITCHES = {"loss-positions": "loss_positions", "fast-paths": "fast_paths"}
+SETUP_FLAGS = {"loss-positions": "loss_positions", "fast-paths": "fast_paths"}
+# reentrant-checkpointing: one of the fast paths (the only one without packing), timed alone by
+# switching the checkpointing of a model set up as ours back to the flavour used off the CPU.
+SWITCHES = [*SETUP_FLAGS, "reentrant-checkpointing"]
 
 
 def build(model_dir: Path, switch: str, on: bool) -> tuple[Any, Any, Any]:
@@ -33,7 +37,12 @@ def build(model_dir: Path, switch: str, on: bool) -> tuple[Any, Any, Any]:
     from finetune_trainer.train import make_collator, pick_device
 
     torch.manual_seed(0)
-    setup = load_ours(model_dir, pick_device("auto", False, False), liger=False, packing=True, **{SWITCHES[switch]: on})
+    flags = {SETUP_FLAGS[switch]: on} if switch in SETUP_FLAGS else {}
+    setup = load_ours(model_dir, pick_device("auto", False, False), liger=False, packing=True, **flags)
+    if switch == "reentrant-checkpointing" and not on:
+        setup.model.get_base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     setup.model.train()
     optimizer = torch.optim.AdamW([p for p in setup.model.parameters() if p.requires_grad], lr=2e-4)
     return setup.model, make_collator(True, None, setup.loss_logits_only), optimizer
