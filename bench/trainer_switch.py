@@ -43,6 +43,10 @@ def build(model_dir: Path, switch: str, on: bool) -> tuple[Any, Any, Any]:
         setup.model.get_base_model().gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+    if switch == "reentrant-checkpointing":
+        layer = setup.model.get_base_model().model.layers[0]
+        if layer._gradient_checkpointing_func.keywords["use_reentrant"] is not on:
+            raise RuntimeError(f"checkpointing flavour not switched {'on' if on else 'off'}")
     setup.model.train()
     optimizer = torch.optim.AdamW([p for p in setup.model.parameters() if p.requires_grad], lr=2e-4)
     return setup.model, make_collator(True, None, setup.loss_logits_only), optimizer
