@@ -6,7 +6,8 @@
 
 gpu_qlora.py compares whole training runs one after another; on this 2-core VM, whose speed drifts by
 +-15 % between minutes, that resolves 1.4x against 1.0x but not a 7 % switch. Here two models, the
-same but for the switch (setup_model's own flags), train on the same packed batches in alternating
+same but for the switch (one of setup_model's flags; for reentrant-checkpointing, the checkpointing
+of one model switched back to the GPU's flavour), train on the same packed batches in alternating
 order (ABBA), so both see the same spell of the machine; each step is forward, backward and an AdamW
 step. Printed: median seconds per step of each, and the median of the per-pair ratios.
 """
