@@ -137,8 +137,10 @@ def test_trainer_identity_can_patch_only_its_own_status(kube: Kube) -> None:
     )
     trainer = client.CustomObjectsApi(_client_as(kube, account))
     progress = {"status": {"progress": {"step": 42, "totalSteps": 100, "percent": 42, "loss": 0.9}}}
-    trainer.patch_namespaced_custom_object_status(GROUP, VERSION, kube.namespace, PLURAL, "mine", progress)
-    assert kube.status("mine")["progress"]["step"] == 42
+    # The patch's response, not a later read: the running stand-in trainer reports its own progress
+    # too and may overwrite step 42 before a read (a CI failure).
+    patched = trainer.patch_namespaced_custom_object_status(GROUP, VERSION, kube.namespace, PLURAL, "mine", progress)
+    assert patched["status"]["progress"]["step"] == 42
     for attempt in (
         lambda: trainer.patch_namespaced_custom_object_status(
             GROUP, VERSION, kube.namespace, PLURAL, "theirs", progress
