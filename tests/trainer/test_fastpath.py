@@ -49,40 +49,46 @@ def _loss_and_grads(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, to
     return out.loss.detach(), out.logits.detach(), grads
 
 
+def _deterministic_setup(tiny_model: Path, quantization: Quantization | None, **switch: bool) -> Any:
+    """Packed, checkpointed, LoRA dropout off and the same seed: runs differ only by `switch`."""
+    torch.manual_seed(0)
+    lora = LoraSettings(r=8, alpha=16, dropout=0.0)
+    return setup_model(
+        tiny_model, CPU, quantization=quantization, lora=lora, packing=True, gradient_checkpointing=True, **switch
+    )
+
+
+def _reentrant(model: Any) -> bool:
+    return bool(model.get_base_model().model.layers[0]._gradient_checkpointing_func.keywords["use_reentrant"])
+
+
+def _assert_same_loss_and_grads(got: tuple[Any, Any, list[Any]], expected: tuple[Any, Any, list[Any]]) -> None:
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert len(got[2]) == len(expected[2]) > 0
+    for got_grad, expected_grad in zip(got[2], expected[2], strict=True):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("quantization", [None, Quantization()], ids=["lora", "qlora-nf4"])
 def test_segment_attention_matches_masked_sdpa(tiny_model: Path, quantization: Quantization | None) -> None:
     """Dropout off so both runs are deterministic: only the attention differs between them."""
-    lora = LoraSettings(r=8, alpha=16, dropout=0.0)
     results = []
     split: list[list[int] | None] = []
     spy = mock.patch.object(fastpath, "segment_bounds", side_effect=lambda p: split.append(bounds(p)) or split[-1])
     bounds = fastpath.segment_bounds
     for fast in (False, True):
-        torch.manual_seed(0)
-        setup = setup_model(
-            tiny_model,
-            CPU,
-            quantization=quantization,
-            lora=lora,
-            packing=True,
-            gradient_checkpointing=True,
-            fast_paths=fast,
-        )
+        setup = _deterministic_setup(tiny_model, quantization, fast_paths=fast)
         assert setup.cpu_fast_paths is fast
         assert setup.model.config._attn_implementation == (fastpath.SEGMENT_ATTENTION if fast else "sdpa")
-        checkpointing = setup.model.get_base_model().model.layers[0]._gradient_checkpointing_func
-        assert checkpointing.keywords["use_reentrant"] is fast  # the same recomputation, cheaper hooks on CPU
+        assert _reentrant(setup.model) is fast  # the same recomputation, cheaper hooks on CPU
         batch = _packed_batch([7, 30, 1, 12], setup.model.config.vocab_size)
         with spy:
             results.append(_loss_and_grads(setup.model, batch))
     # 2 layers, forward + checkpointed recomputation, each split into the 4 examples
     assert split == [[0, 7, 37, 38, 50]] * 4
-    (loss_plain, logits_plain, grads_plain), (loss_fast, logits_fast, grads_fast) = results
-    torch.testing.assert_close(logits_fast, logits_plain, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(loss_fast, loss_plain, rtol=1e-5, atol=1e-5)
-    assert len(grads_fast) == len(grads_plain) > 0
-    for fast_grad, plain_grad in zip(grads_fast, grads_plain, strict=True):
-        torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-3, atol=1e-5)
+    plain, fast_result = results
+    torch.testing.assert_close(fast_result[1], plain[1], rtol=1e-4, atol=1e-4)  # logits
+    _assert_same_loss_and_grads(fast_result, plain)
 
 
 def test_segment_attention_falls_back_for_padded_batches(tiny_model: Path) -> None:
@@ -129,39 +135,25 @@ def test_logits_on_loss_positions_only_keep_loss_and_gradients(
 ) -> None:
     """Half of each example is prompt: the head skips those positions, the loss and LoRA gradients
     (the output head's included, through every layer) stay those of the full head."""
-    lora = LoraSettings(r=8, alpha=16, dropout=0.0)
     results = []
     for positions in (False, True):
-        torch.manual_seed(0)
-        setup = setup_model(
-            tiny_model,
-            CPU,
-            quantization=quantization,
-            lora=lora,
-            packing=True,
-            gradient_checkpointing=True,
-            loss_positions=positions,
-        )
+        setup = _deterministic_setup(tiny_model, quantization, loss_positions=positions)
         assert setup.loss_logits_only is positions
         collator = make_collator(True, None, setup.loss_logits_only)
         batch = _packed_batch([7, 30, 1, 12], setup.model.config.vocab_size, prompt=0.5, collator=collator)
         results.append(_loss_and_grads(setup.model, batch))
-    (loss_all, logits_all, grads_all), (loss_kept, logits_kept, grads_kept) = results
+    every, kept = results
     counted = 4 + 15 + 0 + 6  # the labelled tail of each example; the 1-token one has none
-    assert logits_all.shape[1] == 50
-    assert logits_kept.shape[1] == counted
-    torch.testing.assert_close(loss_kept, loss_all, rtol=1e-5, atol=1e-5)
-    assert len(grads_kept) == len(grads_all) > 0
-    for kept, full in zip(grads_kept, grads_all, strict=True):
-        torch.testing.assert_close(kept, full, rtol=1e-3, atol=1e-5)
+    assert every[1].shape[1] == 50
+    assert kept[1].shape[1] == counted
+    _assert_same_loss_and_grads(kept, every)
 
 
 def test_loss_positions_need_packing_and_a_head_that_takes_them(tiny_model: Path) -> None:
     lora = LoraSettings(r=8, alpha=16, dropout=0.0)
     padded = setup_model(tiny_model, CPU, quantization=None, lora=lora, packing=False, gradient_checkpointing=True)
     assert not padded.loss_logits_only  # (B, T) rows cannot share one list of positions
-    checkpointing = padded.model.get_base_model().model.layers[0]._gradient_checkpointing_func
-    assert checkpointing.keywords["use_reentrant"]  # the CPU fast path that needs no packing
+    assert _reentrant(padded.model)  # the CPU fast path that needs no packing
 
     class OldStyleLM(torch.nn.Module):
         def forward(self, input_ids: Any = None, labels: Any = None) -> Any:
