@@ -73,6 +73,7 @@ bench: venv tools
 	$(PY) bench/operator_scale.py --jobs 100
 	$(PY) bench/operator_scale.py --jobs 1000 --suspended
 	$(PY) bench/operator_scale.py --jobs 1000 --suspended --rate 30
+	$(PY) bench/kube_writes.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
