@@ -178,14 +178,39 @@ def operator_requests(audit_log: Path) -> Counter[str]:
     return counts
 
 
-def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: float = 0) -> dict[str, Any]:
+class ProfileGrab(threading.Thread):
+    """The apiserver's Go CPU profile over the next `seconds`, written to `path` (pprof format)."""
+
+    def __init__(self, control_plane: Any, path: Path, seconds: int) -> None:
+        super().__init__(daemon=True)
+        self.control_plane, self.path, self.seconds = control_plane, path, seconds
+
+    def run(self) -> None:
+        body = self.control_plane.get(f"/debug/pprof/profile?seconds={self.seconds}", timeout=self.seconds + 30)
+        self.path.write_bytes(body)
+
+
+def run(
+    jobs: int,
+    suspended: bool,
+    workdir: Path,
+    heap: bool = False,
+    rate: float = 0,
+    apiserver_profile: Path | None = None,
+    profile_seconds: int = 15,
+) -> dict[str, Any]:
     from kubernetes import client, watch
     from tests.kube import quick_spec
     from urllib3.exceptions import ProtocolError
 
     from devcluster import LocalCluster, OperatorProcess, wait_for
 
-    cluster = LocalCluster(workdir / "cluster", path_prepend=(str(stand_in_bin(workdir)),), audit=True).start()
+    cluster = LocalCluster(
+        workdir / "cluster",
+        path_prepend=(str(stand_in_bin(workdir)),),
+        audit=True,
+        profiling=apiserver_profile is not None,
+    ).start()
     operator = None
     try:
         api = cluster.api()
@@ -200,18 +225,40 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: flo
         added: dict[str, float] = {}
         stop = threading.Event()
 
+        watch_failed: list[BaseException] = []
+        watches = Counter[str]()
+
         def watch_jobs() -> None:
-            stream = watch.Watch()
-            try:
-                for event in stream.stream(client.BatchV1Api(api).list_namespaced_job, NAMESPACE, timeout_seconds=3600):
-                    if event["type"] == "ADDED":
-                        owner = (event["object"].metadata.labels or {}).get("finetune.dev/finetunejob")
-                        added.setdefault(owner, time.perf_counter())
-                    if stop.is_set():
-                        stream.stop()
-            except ProtocolError:
-                if not stop.is_set():  # the apiserver going away at the end of the run ends the watch too
+            """The first ADDED time of each FineTuneJob's Job. The apiserver ends a watch that reads too
+            slowly for its event rate (this process shares the 2 busy cores), so an ended watch is resumed
+            from the last version seen; a failed one fails the wait below rather than stalling it."""
+            jobs_api, version = client.BatchV1Api(api), ""
+            while not stop.is_set():
+                watches["started"] += 1
+                stream = watch.Watch()
+                try:
+                    for event in stream.stream(
+                        jobs_api.list_namespaced_job, NAMESPACE, resource_version=version, timeout_seconds=3600
+                    ):
+                        meta = event["raw_object"]["metadata"]  # not decoded into models: this client's CPU counts
+                        version = meta["resourceVersion"]
+                        if event["type"] == "ADDED":
+                            added.setdefault(
+                                (meta.get("labels") or {}).get("finetune.dev/finetunejob"), time.perf_counter()
+                            )
+                        if stop.is_set():
+                            return
+                except ProtocolError:
+                    if stop.is_set():  # the apiserver going away at the end of the run ends the watch too
+                        return
+                except BaseException as error:
+                    watch_failed.append(error)
                     raise
+
+        def all_jobs_seen() -> bool:
+            if watch_failed:
+                raise RuntimeError("the benchmark's Job watch failed") from watch_failed[0]
+            return len(added) >= jobs
 
         watcher = threading.Thread(target=watch_jobs, daemon=True)
         watcher.start()
@@ -238,11 +285,14 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: flo
         operator_pid = operator.process.pid
         sockets = PeakSampler(lambda: open_sockets(operator_pid))
         sockets.start()
+        profile = ProfileGrab(cluster.control_plane, apiserver_profile, profile_seconds) if apiserver_profile else None
+        if profile is not None:
+            profile.start()
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(create, range(jobs)))
         created_in = time.perf_counter() - started
-        wait_for(lambda: len(added) >= jobs, 1800, f"{jobs} trainer Jobs", describe=lambda: f"{len(added)} Jobs")
+        wait_for(all_jobs_seen, 1800, f"{jobs} trainer Jobs", describe=lambda: f"{len(added)} Jobs")
         busy = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()}
         busy["pods (exited by then)"] = round(exited_children_cpu() - pods_before, 1)
         sockets.done.set()
@@ -255,6 +305,8 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: flo
             done = {"Suspended"} if suspended else {"Succeeded", "Failed"}
             return sum((i.get("status") or {}).get("phase") in done for i in items)
 
+        if profile is not None:
+            profile.join()
         wait_for(lambda: finished() >= jobs, 3600, f"{jobs} FineTuneJobs to settle", describe=lambda: str(finished()))
         time.sleep(5)  # let trailing events (pod deletion, final patches) land in the audit log
         time.sleep(25)  # quiet: kopf's per-object workers exit after their idle timeout
@@ -294,6 +346,7 @@ def run(jobs: int, suspended: bool, workdir: Path, heap: bool = False, rate: flo
             "operator_writes_per_job": round(requests["write"] / jobs, 2),
             "operator_reads_per_job": round(requests["read"] / jobs, 2),
             "operator_watches": requests["watch"],
+            "benchmark_job_watches": watches["started"],
             "writes_by_kind": {k.removeprefix("write "): v for k, v in requests.items() if k.startswith("write ")},
             "status_patches_by_step": {
                 k.removeprefix("status patch "): v for k, v in requests.items() if k.startswith("status patch ")
@@ -320,10 +373,25 @@ def main() -> int:
         "--heap", action="store_true", help="attribute the operator's Python heap by package (tracemalloc: slow)"
     )
     parser.add_argument("--rate", type=float, default=0, help="create at most this many per second (default: a burst)")
+    parser.add_argument(
+        "--apiserver-profile",
+        type=Path,
+        metavar="PATH",
+        help="write the apiserver's CPU profile (pprof) over the burst's first seconds to PATH; not recorded",
+    )
+    parser.add_argument("--profile-seconds", type=int, default=15, help="how long --apiserver-profile samples")
     parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        result = run(args.jobs, args.suspended, Path(folder), heap=args.heap, rate=args.rate)
+        result = run(
+            args.jobs,
+            args.suspended,
+            Path(folder),
+            heap=args.heap,
+            rate=args.rate,
+            apiserver_profile=args.apiserver_profile,
+            profile_seconds=args.profile_seconds,
+        )
     paced = f", created at {args.rate:g}/s" if args.rate else ""
     print(
         f"{result['jobs']} FineTuneJobs{' (suspended)' if args.suspended else ''}{paced}: create -> Job p50 "
@@ -338,6 +406,9 @@ def main() -> int:
     if args.heap:
         print("Python heap by package (MB):", result["python_heap_mb_by_package"])
         return 0  # tracemalloc slows the operator: these figures are for attribution, not the log
+    if args.apiserver_profile:
+        print(f"apiserver CPU profile: {args.apiserver_profile} (go tool pprof -top -cum {args.apiserver_profile})")
+        return 0  # sampling costs the apiserver a little CPU: attribution, not the log
     record(
         "operator_scale.py",
         {

@@ -97,11 +97,12 @@ class LocalCluster:
     path_prepend: tuple[str, ...] = ()
     crds: bool = True  # install crds/ at start (off when a test installs them, e.g. through the Helm chart)
     audit: bool = False  # apiserver audit log (bench/operator_scale.py counts the operator's requests)
+    profiling: bool = False  # apiserver /debug/pprof (bench/operator_scale.py --apiserver-profile)
     control_plane: ControlPlane = field(init=False)
     agent: LocalNodeAgent = field(init=False)
 
     def __post_init__(self) -> None:
-        self.control_plane = ControlPlane(self.workdir, audit=self.audit)
+        self.control_plane = ControlPlane(self.workdir, audit=self.audit, profiling=self.profiling)
 
     @property
     def kubeconfig(self) -> Path:

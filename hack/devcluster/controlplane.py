@@ -132,6 +132,8 @@ class ControlPlane:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     audit: bool = False
     """Write every request's metadata (user, user agent, verb, resource) to workdir/audit.log."""
+    profiling: bool = False
+    """Serve the apiserver's Go profiles at /debug/pprof (bench/operator_scale.py --apiserver-profile)."""
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     @property
@@ -254,22 +256,28 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--enable-priority-and-fairness=false",
-                "--profiling=false",
+                f"--profiling={str(self.profiling).lower()}",
                 "--v=0",
                 *self._audit_flags(),
             ],
         )
-        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
 
         def ready() -> bool:
-            request = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.token}"})
             try:
-                with urllib.request.urlopen(request, timeout=2, context=context) as response:
-                    return response.status == 200
+                self.get("/readyz", timeout=2)
+                return True
             except urllib.error.HTTPError:
                 return False
 
         self._wait("kube-apiserver", ready, timeout)
+
+    def get(self, path: str, timeout: float) -> bytes:
+        """GET a path of the apiserver as the admin (health endpoints, /debug/pprof when `profiling`)."""
+        request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"})
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            body: bytes = response.read()
+            return body
 
     @property
     def audit_log(self) -> Path:
