@@ -62,7 +62,7 @@ bench-gpu: venv
 bench-eval: venv
 	$(PY) bench/eval_generation.py
 
-# The CPU benchmarks (about 8 minutes here); each appends a dated row with its command to docs/benchmarks.md.
+# The CPU benchmarks (about 9 minutes here); each appends a dated row with its command to docs/benchmarks.md.
 bench: venv tools
 	$(PY) bench/gpu_qlora.py --tiny --variants baseline,ours,ours-all-logits,ours-plain,ours-unpacked --steps 40 --rounds 5
 	$(PY) bench/trainer_switch.py --switch loss-positions
