@@ -157,7 +157,7 @@ def patch_custom_status(
 
 def _patch_custom(api: client.ApiClient, plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
     """JSON merge patch of one of our custom resources (not its status)."""
-    _request(api, "PATCH", _path(_KINDS[plural], namespace, name), body, MERGE_PATCH)
+    _request(api, "PATCH", _path(_KINDS[plural], namespace, name), dict(body), MERGE_PATCH)
 
 
 def patch_custom_spec(
