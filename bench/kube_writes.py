@@ -77,15 +77,17 @@ def owners(api: Any, prefix: str, count: int) -> list[dict[str, Any]]:
     from kubernetes import client
     from tests.kube import quick_spec
 
+    from finetune_operator.api import API_VERSION, GROUP, VERSION
+
     custom = client.CustomObjectsApi(api)
     return [
         custom.create_namespaced_custom_object(
-            "finetune.dev",
-            "v1alpha1",
+            GROUP,
+            VERSION,
             NAMESPACE,
             "finetunejobs",
             {
-                "apiVersion": "finetune.dev/v1alpha1",
+                "apiVersion": API_VERSION,
                 "kind": "FineTuneJob",
                 "metadata": {"name": f"{prefix}-{index:04d}"},
                 "spec": quick_spec("success", suspend=True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import os
 import secrets
 import shutil
@@ -271,11 +272,15 @@ class ControlPlane:
 
         self._wait("kube-apiserver", ready, timeout)
 
+    @functools.cached_property
+    def _tls(self) -> ssl.SSLContext:
+        """Made once (it loads the CA): the readiness probe polls through it."""
+        return ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+
     def get(self, path: str, timeout: float) -> bytes:
         """GET a path of the apiserver as the admin (health endpoints, /debug/pprof when `profiling`)."""
         request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"})
-        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=self._tls) as response:
             body: bytes = response.read()
             return body
 
