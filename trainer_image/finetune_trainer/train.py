@@ -26,7 +26,7 @@ from finetune_operator.api.common import Quantization
 from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
 from finetune_operator.api.finetunejob import Artifact, LoraSettings, Provenance, TrainingMetrics
 
-from . import __version__, fastpath
+from . import __version__, fastpath, hostembed
 from .data import PreparedData, prepare
 from .data.pack import PackedCollator
 from .errors import InputError, Interrupted, OutOfMemory
@@ -157,6 +157,7 @@ class ModelSetup:
     model: Any
     fused_kernels: bool
     cpu_fast_paths: bool
+    host_embeddings: bool  # the input embedding's table is in host memory (hostembed.py)
     loss_logits_only: bool  # for make_collator: the head runs on loss positions only (pack.loss_positions)
 
 
@@ -172,8 +173,10 @@ def setup_model(
     fused_kernels: bool = True,
     fast_paths: bool = True,
     loss_positions: bool = True,
+    host_embeddings: bool = True,
 ) -> ModelSetup:
-    """Base model -> frozen (+ activation checkpointing) -> fused kernels (CUDA) -> LoRA (+ CPU fast paths).
+    """Base model (-> input embedding to host memory, CUDA) -> frozen (+ activation checkpointing) -> fused
+    kernels (CUDA) -> LoRA (+ CPU fast paths).
 
     The benchmark calls this too, so what it measures is what a FineTuneJob runs; it switches the
     optimisations off one by one to measure each. Reentrant checkpointing, the one CPU fast path that
@@ -183,13 +186,19 @@ def setup_model(
     fast = fast_paths and fastpath.use_on(device.kind, packing)
     attention = fastpath.register_segment_attention() if fast else "sdpa"
     model = load_base_model(model_dir, quantization, device, trust_remote_code, attention)
+    hosted = host_embeddings and hostembed.applies(model, device.kind, lora.target_modules)
+    if hosted:
+        import torch
+
+        hostembed.keep_on_host(model)
+        torch.cuda.empty_cache()
     model = prepare_for_training(model, gradient_checkpointing, reentrant=fast_paths and device.kind == "cpu")
     fused = fused_kernels and apply_fused_kernels(model, device)
     loss_logits_only = loss_positions and packing and not fused and head_takes_positions(model)
     model = apply_lora(model, lora)
     if fast:
         fastpath.use_mask_dropout(model)
-    return ModelSetup(model, fused, fast, loss_logits_only)
+    return ModelSetup(model, fused, fast, hosted, loss_logits_only)
 
 
 def make_collator(packing: bool, tokenizer: Any, loss_logits_only: bool = False) -> Any:
@@ -316,14 +325,15 @@ class TrainingRecipe:
         self.loss_logits_only = setup.loss_logits_only
         trainable, total = self.model.get_nb_trainable_parameters()
         log.info(
-            "model: %s on %s/%s (fused kernels: %s, CPU fast paths: %s, logits on loss positions only: %s); "
-            "%d of %d parameters train (%.2f%%)",
+            "model: %s on %s/%s (fused kernels: %s, CPU fast paths: %s, logits on loss positions only: %s, "
+            "input embedding in host memory: %s); %d of %d parameters on the device train (%.2f%%)",
             type(self.model.get_base_model()).__name__,
             self.device.kind,
             self.device.dtype_name,
             self.fused_kernels,
             setup.cpu_fast_paths,
             setup.loss_logits_only,
+            setup.host_embeddings,
             trainable,
             total,
             100 * trainable / total,
