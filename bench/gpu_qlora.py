@@ -18,12 +18,16 @@ quantization and LoRA (r=16, all linear layers) and trains on the same variable-
   packing, logits only where a label counts, non-reentrant checkpointing, paged 8-bit AdamW on GPU,
   the CPU fast paths on CPU; and
   "ours+liger" adds Liger's fused kernels (fused linear cross-entropy never materialises the
-  128k-vocabulary logits) when installed.
+  128k-vocabulary logits) when installed; "ours+liger-gpu-embed" is the same with the input
+  embedding's table left in GPU memory (hostembed.py moves it to host memory on CUDA), to isolate that.
 
 Printed per variant: real (non-pad) tokens/s, padded-token fraction, peak GPU memory, MFU (6 x params
-per real token, over the GPU's dense bf16 peak; attention not counted). Ratios are against the
-baseline of this run. "batch 2" means 2 rows per step: 2 padded examples for the baseline, 2 packed
-rows of up to seq-len tokens (several examples each) for ours, which is what packing is for.
+per real token, over the GPU's dense bf16 peak; attention not counted), and what the model itself
+holds (its tensors' bytes by kind, wherever they are: the floor under the peak). `--layers N` keeps
+the architecture's widths with N decoder layers, to measure those bytes at full width on a CPU.
+Ratios are against the baseline of this run. "batch 2" means 2 rows per step: 2 padded examples for
+the baseline, 2 packed rows of up to seq-len tokens (several examples each) for ours, which is what
+packing is for.
 """
 
 from __future__ import annotations
@@ -56,9 +60,43 @@ class Result:
     mfu: float | None
     step_seconds: float
     loss: float
+    resident_gib: dict[str, float]
 
 
-def llama_config(tiny: bool) -> Any:
+def resident_gib(model: Any) -> dict[str, float]:
+    """The model's own bytes by kind (GiB): what stays allocated all run, under every activation.
+
+    4-bit weights count their packed bytes plus their quantization state (absmax, and with double
+    quantization its own absmax and code); a table kept in host memory is counted apart."""
+    from finetune_trainer.hostembed import HostEmbedding
+
+    kinds = {"4-bit weights": 0, "other frozen": 0, "trainable": 0, "in host memory": 0}
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            kinds["trainable"] += parameter.nbytes
+            continue
+        state = getattr(parameter, "quant_state", None)
+        if state is None:
+            kinds["other frozen"] += parameter.nbytes
+            continue
+        nested = [state.state2.absmax, state.state2.code] if state.nested else []
+        kinds["4-bit weights"] += parameter.nbytes + sum(t.nbytes for t in (state.absmax, state.code, *nested))
+    for buffer in model.buffers():
+        kinds["other frozen"] += buffer.nbytes
+    for module in model.modules():
+        if isinstance(module, HostEmbedding):
+            kinds["in host memory"] += module.table.nbytes
+    return {kind: round(size / 2**30, 3) for kind, size in kinds.items()}
+
+
+def llama_config(tiny: bool, layers: int | None = None) -> Any:
+    config = _llama_config(tiny)
+    if layers:
+        config.num_hidden_layers = layers
+    return config
+
+
+def _llama_config(tiny: bool) -> Any:
     from transformers import LlamaConfig
 
     if tiny:
@@ -113,13 +151,13 @@ def examples(count: int, max_len: int, vocab: int, seed: int) -> list[dict[str, 
     return rows
 
 
-def load_baseline(model_dir: Path, cuda: bool) -> Any:
+def load_baseline(model_dir: Path, cuda: bool, dtype_name: str) -> Any:
     """How tutorials set QLoRA up: peft's prepare_model_for_kbit_training (fp32 upcast, reentrant checkpointing)."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = getattr(torch, dtype_name)
     quant = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
     )
@@ -133,7 +171,13 @@ def load_baseline(model_dir: Path, cuda: bool) -> Any:
 
 
 def load_ours(
-    model_dir: Path, device: Any, liger: bool, packing: bool, fast_paths: bool = True, loss_positions: bool = True
+    model_dir: Path,
+    device: Any,
+    liger: bool,
+    packing: bool,
+    fast_paths: bool = True,
+    loss_positions: bool = True,
+    host_embeddings: bool = True,
 ) -> Any:
     """Exactly what TrainingRecipe._setup_model does (the same function); returns its ModelSetup."""
     from finetune_operator.api.common import Quantization
@@ -150,6 +194,7 @@ def load_ours(
         fused_kernels=liger,
         fast_paths=fast_paths,
         loss_positions=loss_positions,
+        host_embeddings=host_embeddings,
     )
     if liger != setup.fused_kernels:
         raise RuntimeError("liger-kernel requested but not applied (needs CUDA and liger-kernel)")
@@ -196,17 +241,18 @@ def run_variant(
     from finetune_trainer.train import make_collator, pick_device, resolve_optimizer
 
     cuda = torch.cuda.is_available()
-    device = pick_device("auto", cuda, cuda and torch.cuda.is_bf16_supported())
-    packed = name in {"ours", "ours-plain", "ours-all-logits", "ours+liger"}
+    device = pick_device(args.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
+    packed = name in {"ours", "ours-plain", "ours-all-logits", "ours+liger", "ours+liger-gpu-embed"}
     padded_lengths = [len(r["input_ids"]) for r in data[: (args.warmup + args.steps) * args.batch_size]]
     if packed:
         setup = load_ours(
             model_dir,
             device,
-            liger=name == "ours+liger",
+            liger=name.startswith("ours+liger"),
             packing=True,
             fast_paths=name != "ours-plain",
             loss_positions=name != "ours-all-logits",
+            host_embeddings=name != "ours+liger-gpu-embed",
         )
         model = setup.model
         train: list[dict[str, list[int]]] = pack_rows(data, args.seq_len)  # bins of up to seq_len tokens
@@ -222,7 +268,7 @@ def run_variant(
         train = data
         padded = padding_fraction(padded_lengths, args.batch_size)
     else:
-        model = load_baseline(model_dir, cuda)
+        model = load_baseline(model_dir, cuda, device.dtype_name)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=_dummy_tokenizer(), pad_token="<pad>")
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         optim = "adamw_torch"
@@ -239,7 +285,7 @@ def run_variant(
             max_steps=args.warmup + args.steps,
             learning_rate=2e-4,
             optim=optim,
-            bf16=cuda,
+            bf16=device.dtype_name == "bfloat16",
             use_cpu=not cuda,
             report_to=[],
             logging_steps=1,
@@ -275,12 +321,21 @@ def run_variant(
         round(mfu, 4) if mfu else None,
         round(elapsed / max(args.steps, 1), 3),
         round(float(output.training_loss), 4),
+        resident_gib(model),
     )
     del trainer, model
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
     return result
+
+
+def on_device(resident: dict[str, float]) -> float:
+    return sum(size for kind, size in resident.items() if kind != "in host memory")
+
+
+def host_gib(resident: dict[str, float]) -> float:
+    return resident["in host memory"]
 
 
 def median_run(runs: list[Result]) -> Result:
@@ -310,7 +365,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--variants", default="baseline,ours,ours+liger")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the architecture's)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="compute dtype (auto: bf16 on GPU)"
+    )
+    parser.add_argument("--variants", default="baseline,ours,ours+liger,ours+liger-gpu-embed")
     parser.add_argument(
         "--rounds",
         type=int,
@@ -325,14 +384,15 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     if args.tiny:
         args.seq_len = min(args.seq_len, 256)
-    config = llama_config(args.tiny)
+    config = llama_config(args.tiny, args.layers)
     variants = args.variants.split(",")
     try:
         import liger_kernel  # noqa: F401
     except ImportError:
-        if "ours+liger" in variants:
-            print("liger-kernel not installed: skipping ours+liger")
-            variants.remove("ours+liger")
+        skipped = [name for name in variants if name.startswith("ours+liger")]
+        if skipped:
+            print(f"liger-kernel not installed: skipping {', '.join(skipped)}")
+            variants = [name for name in variants if name not in skipped]
     with tempfile.TemporaryDirectory() as folder:
         model_dir = Path(folder) / "model"
         started = time.perf_counter()
@@ -358,7 +418,7 @@ def main() -> int:
         for name, runs in rounds.items():
             print(f"  {name}: tokens/s by round {[r.tokens_per_second for r in runs]}")
     print(
-        f"{'variant':<15} {'tokens/s':>10} {'x base':>7} {'padded':>7} {'peak GiB':>9} {'x base':>7} "
+        f"{'variant':<21} {'tokens/s':>10} {'x base':>7} {'padded':>7} {'peak GiB':>9} {'x base':>7} "
         f"{'MFU':>6} {'loss':>7}"
     )
     for r in results:
@@ -366,9 +426,12 @@ def main() -> int:
         memory = f"{r.peak_memory_gib / base.peak_memory_gib:.2f}" if base and base.peak_memory_gib else "-"
         mfu = f"{r.mfu:.1%}" if r.mfu is not None else "-"
         print(
-            f"{r.variant:<15} {r.tokens_per_second:>10.1f} {speed:>7} {r.padded_fraction:>7.1%} "
+            f"{r.variant:<21} {r.tokens_per_second:>10.1f} {speed:>7} {r.padded_fraction:>7.1%} "
             f"{r.peak_memory_gib:>9.2f} {memory:>7} {mfu:>6} {r.loss:>7.3f}"
         )
+    print(f"\nthe model's own tensors, GiB ({config.num_hidden_layers} layers):")
+    for r in results:
+        print(f"  {r.variant:<21} " + ", ".join(f"{kind} {size:.3f}" for kind, size in r.resident_gib.items()))
     from record import record
 
     for r in results:
@@ -386,6 +449,7 @@ def main() -> int:
                 if base and base.peak_memory_gib
                 else "-",
                 "MFU": f"{r.mfu:.1%}" if r.mfu is not None else "-",
+                "model GiB (device + host)": f"{on_device(r.resident_gib):.2f} + {host_gib(r.resident_gib):.2f}",
             },
             enabled=not args.no_record,
         )

@@ -2,7 +2,8 @@
 
 Every run leaves a trace next to the analysed sections above it, so a regression (or a claim) can be
 checked against the command that produced it. One table per benchmark under "## Results log";
-a table is created with the first row's columns; later rows fill the same columns (missing: "-").
+a table is created with the first row's columns; later rows fill the same columns (missing: "-"),
+and a figure a benchmark starts reporting later becomes a new column ("-" in the rows before it).
 Set FINETUNE_BENCH_NO_RECORD=1 (or pass --no-record) for a run that should leave no trace.
 """
 
@@ -69,13 +70,26 @@ def add_row(text: str, benchmark: str, row: Mapping[str, object], command: str, 
     before, _, rest = log.partition(heading)
     section, marker, after = rest.partition("\n### ")
     lines = section.split("\n")
-    header = next(line for line in lines if line.startswith("| date |"))
-    columns = [c.strip() for c in header.strip("|").split("|")]
     values = {"date": date, "command": f"`{command}`", **{k: _cell(v) for k, v in row.items()}}
+    columns = _widen(lines, values)
     new = "| " + " | ".join(values.get(c, "-") for c in columns) + " |"
     last = max(i for i, line in enumerate(lines) if line.startswith("|"))
     lines.insert(last + 1, new)
     return head + LOG_HEADING + before + heading + "\n".join(lines) + marker + after
+
+
+def _widen(lines: list[str], values: Mapping[str, str]) -> list[str]:
+    """The table's columns, after appending (in place) those of `values` it lacks."""
+    at = next(i for i, line in enumerate(lines) if line.startswith("| date |"))
+    columns = [c.strip() for c in lines[at].strip("|").split("|")]
+    new = [key for key in values if key not in columns]
+    if new:
+        lines[at] += " " + " | ".join(new) + " |"
+        lines[at + 1] += " " + " | ".join("---" for _ in new) + " |"
+        for i in range(at + 2, len(lines)):
+            if lines[i].startswith("|"):
+                lines[i] += " " + " | ".join("-" for _ in new) + " |"
+    return columns + new
 
 
 def record(benchmark: str, row: Mapping[str, object], enabled: bool = True) -> None:

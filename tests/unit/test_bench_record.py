@@ -33,6 +33,19 @@ def test_rows_go_under_their_benchmark_in_the_log_and_nothing_else_moves() -> No
     assert "| 2026-11-23 | `python bench/eval_generation.py` | 11.9 |" in thrice.split("### eval_generation.py")[1]
 
 
+def test_a_figure_reported_later_becomes_a_column() -> None:
+    record = _record()
+    once = record.add_row("", "b", {"x": 1}, "python bench/b.py", "d1")
+    twice = record.add_row(once, "b", {"x": 2, "y": 3}, "python bench/b.py", "d2")
+    table = [line for line in twice.splitlines() if line.startswith("|")]
+    assert table == [
+        "| date | command | x | y |",
+        "| --- | --- | --- | --- |",
+        "| d1 | `python bench/b.py` | 1 | - |",
+        "| d2 | `python bench/b.py` | 2 | 3 |",
+    ]
+
+
 def test_cells_cannot_break_the_table() -> None:
     record = _record()
     text = record.add_row("", "b", {"note": "a|b\nc", "ratio": 1.23456789}, "python bench/b.py --x 'a b'", "d")
