@@ -201,13 +201,25 @@ def load_ours(
     return setup
 
 
-class Timer:
-    """Times optimizer steps after a warm-up, with the GPU synchronised at each boundary."""
+PROFILED_STEPS = 2
 
-    def __init__(self, warmup: int, cuda: bool) -> None:
-        self.warmup, self.cuda = warmup, cuda
+
+class Timer:
+    """Times optimizer steps after a warm-up, with the GPU synchronised at each boundary; with a
+    profile folder, profiles PROFILED_STEPS more steps after the timed ones (so the profiler's own
+    overhead stays out of tokens/s) and writes where their time went."""
+
+    def __init__(self, warmup: int, steps: int, cuda: bool, profile: Path | None = None) -> None:
+        self.warmup, self.steps, self.cuda, self.profile = warmup, steps, cuda, profile
         self.start: float | None = None
-        self.tokens_at_start = 0
+        self.end: float | None = None
+        self.tokens_at_start = self.tokens_at_end = 0
+        self.profiler: Any = None
+        self.summary = ""
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps + (PROFILED_STEPS if self.profile else 0)
 
     def callback(self) -> Any:
         from transformers import TrainerCallback
@@ -216,18 +228,49 @@ class Timer:
 
         class _Callback(TrainerCallback):  # type: ignore[misc]
             def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-                if state.global_step == timer.warmup:
-                    timer._sync()
-                    timer.start = time.perf_counter()
-                    timer.tokens_at_start = state.num_input_tokens_seen
+                timer.on_step_end(state.global_step, state.num_input_tokens_seen)
 
         return _Callback()
+
+    def on_step_end(self, step: int, tokens: int) -> None:
+        if step == self.warmup:
+            self._sync()
+            self.start, self.tokens_at_start = time.perf_counter(), tokens
+        if step == self.warmup + self.steps:
+            self._sync()
+            self.end, self.tokens_at_end = time.perf_counter(), tokens
+            if self.profile:
+                self._start_profiler()
+        if self.profiler is not None and step == self.total_steps:
+            self._sync()
+            self.profiler.stop()
+            self.summary = profile_summary(self.profiler, self.cuda, time.perf_counter() - (self.end or 0.0))
+            self.profiler = None
+
+    def _start_profiler(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        self.profiler = profile(activities=activities)
+        self.profiler.start()
 
     def _sync(self) -> None:
         if self.cuda:
             import torch
 
             torch.cuda.synchronize()
+
+
+def profile_summary(profiler: Any, cuda: bool, wall: float) -> str:
+    """The ops that took the most time (GPU kernel time on CUDA, CPU time otherwise), and on CUDA how
+    busy the GPU was: well under 100 % means the step waits on the CPU launching small kernels."""
+    events = profiler.key_averages()
+    head = f"{PROFILED_STEPS} steps profiled, {wall:.2f} s"
+    if cuda:
+        kernels = sum(event.self_device_time_total for event in events) / 1e6
+        head += f"; GPU busy {kernels:.2f} s ({kernels / wall:.0%})"
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return head + "\n" + events.table(sort_by=key, row_limit=25)
 
 
 def run_variant(
@@ -276,13 +319,13 @@ def run_variant(
         padded = padding_fraction(padded_lengths, args.batch_size)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    timer = Timer(args.warmup, cuda)
+    timer = Timer(args.warmup, args.steps, cuda, args.profile)
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
             output_dir=tempfile.mkdtemp(),
             per_device_train_batch_size=args.batch_size,
-            max_steps=args.warmup + args.steps,
+            max_steps=timer.total_steps,
             learning_rate=2e-4,
             optim=optim,
             bf16=device.dtype_name == "bfloat16",
@@ -302,9 +345,12 @@ def run_variant(
         callbacks=[timer.callback()],
     )
     output = trainer.train()
-    timer._sync()
-    elapsed = time.perf_counter() - (timer.start or time.perf_counter())
-    tokens = trainer.state.num_input_tokens_seen - timer.tokens_at_start
+    elapsed = (timer.end or 0.0) - (timer.start or 0.0)
+    tokens = timer.tokens_at_end - timer.tokens_at_start
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        (args.profile / f"{name}.txt").write_text(timer.summary + "\n")
+        print(f"{name}: {timer.summary.splitlines()[0]}; ops in {args.profile / name}.txt")
     tps = tokens / elapsed if elapsed > 0 else 0.0
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
     mfu = None
@@ -377,6 +423,12 @@ def main() -> int:
         help="run the variants round-robin N times (every other round reversed), keep medians",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help=f"profile {PROFILED_STEPS} more steps per variant after the timed ones; write DIR/<variant>.txt",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
     args = parser.parse_args()
     import torch
