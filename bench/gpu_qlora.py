@@ -264,11 +264,16 @@ class Timer:
 def profile_summary(profiler: Any, cuda: bool, wall: float) -> str:
     """The ops that took the most time (GPU kernel time on CUDA, CPU time otherwise), and on CUDA how
     busy the GPU was: well under 100 % means the step waits on the CPU launching small kernels."""
+    from torch.autograd import DeviceType
+
     events = profiler.key_averages()
     head = f"{PROFILED_STEPS} steps profiled, {wall:.2f} s"
     if cuda:
-        kernels = sum(event.self_device_time_total for event in events) / 1e6
-        head += f"; GPU busy {kernels:.2f} s ({kernels / wall:.0%})"
+        # The kernels' own rows, as the table's total counts them: a CPU op's device time repeats theirs.
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+        busy = sum(e.self_device_time_total for e in kernels) / 1e6
+        launches = sum(e.count for e in kernels) // PROFILED_STEPS
+        head += f"; GPU busy {busy:.2f} s ({busy / wall:.0%}); {launches} kernels per step"
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     return head + "\n" + events.table(sort_by=key, row_limit=25)
 
