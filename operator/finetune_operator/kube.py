@@ -177,12 +177,17 @@ def patch_custom_finalizers(
     )
 
 
-def delete_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -> None:
+def _delete(api: client.ApiClient, path: str) -> None:
+    """Delete; an object already gone is what deleting it wanted."""
     try:
-        _request(api, "DELETE", _path(_KINDS[plural], namespace, name))
+        _request(api, "DELETE", path)
     except ApiException as error:
         if error.status != 404:
             raise
+
+
+def delete_custom(api: client.ApiClient, plural: str, namespace: str, name: str) -> None:
+    _delete(api, _path(_KINDS[plural], namespace, name))
 
 
 def patch_job(api: client.ApiClient, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
@@ -190,11 +195,7 @@ def patch_job(api: client.ApiClient, namespace: str, name: str, patch: Mapping[s
 
 
 def delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
-    try:
-        _request(api, "DELETE", _path("Job", namespace, name) + "?propagationPolicy=Background")
-    except ApiException as error:
-        if error.status != 404:
-            raise
+    _delete(api, _path("Job", namespace, name) + "?propagationPolicy=Background")
 
 
 class KeyedLocks:
