@@ -89,14 +89,7 @@ def resident_gib(model: Any) -> dict[str, float]:
     return {kind: round(size / 2**30, 3) for kind, size in kinds.items()}
 
 
-def llama_config(tiny: bool, layers: int | None = None) -> Any:
-    config = _llama_config(tiny)
-    if layers:
-        config.num_hidden_layers = layers
-    return config
-
-
-def _llama_config(tiny: bool) -> Any:
+def llama_config(tiny: bool) -> Any:
     from transformers import LlamaConfig
 
     if tiny:
@@ -381,14 +374,6 @@ def run_variant(
     return result
 
 
-def on_device(resident: dict[str, float]) -> float:
-    return sum(size for kind, size in resident.items() if kind != "in host memory")
-
-
-def host_gib(resident: dict[str, float]) -> float:
-    return resident["in host memory"]
-
-
 def median_run(runs: list[Result]) -> Result:
     return sorted(runs, key=lambda r: r.tokens_per_second)[len(runs) // 2]
 
@@ -441,7 +426,9 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     if args.tiny:
         args.seq_len = min(args.seq_len, 256)
-    config = llama_config(args.tiny, args.layers)
+    config = llama_config(args.tiny)
+    if args.layers:
+        config.num_hidden_layers = args.layers
     variants = args.variants.split(",")
     try:
         import liger_kernel  # noqa: F401
@@ -492,6 +479,7 @@ def main() -> int:
     from record import record
 
     for r in results:
+        host = r.resident_gib["in host memory"]
         record(
             "gpu_qlora.py",
             {
@@ -506,7 +494,7 @@ def main() -> int:
                 if base and base.peak_memory_gib
                 else "-",
                 "MFU": f"{r.mfu:.1%}" if r.mfu is not None else "-",
-                "model GiB (device + host)": f"{on_device(r.resident_gib):.2f} + {host_gib(r.resident_gib):.2f}",
+                "model GiB (device + host)": f"{sum(r.resident_gib.values()) - host:.2f} + {host:.2f}",
             },
             enabled=not args.no_record,
         )

@@ -59,10 +59,12 @@ class HostEmbedding(torch.nn.Module):
 def keep_on_host(model: Any) -> HostEmbedding:
     """Swap the model's input embedding for a HostEmbedding that outputs where the table was.
 
-    The GPU copy is freed once nothing else holds it; the caller empties the CUDA cache so the
-    memory leaves the process's reservation too.
+    The GPU copy is freed once nothing else holds it; emptying the CUDA cache takes the memory out
+    of the process's reservation too (a no-op where CUDA was never initialised).
     """
     embedding = model.get_input_embeddings()
     host = HostEmbedding(embedding, embedding.weight.device)
     model.set_input_embeddings(host)
+    del embedding
+    torch.cuda.empty_cache()
     return host

@@ -188,10 +188,7 @@ def setup_model(
     model = load_base_model(model_dir, quantization, device, trust_remote_code, attention)
     hosted = host_embeddings and hostembed.applies(model, device.kind, lora.target_modules)
     if hosted:
-        import torch
-
         hostembed.keep_on_host(model)
-        torch.cuda.empty_cache()
     model = prepare_for_training(model, gradient_checkpointing, reentrant=fast_paths and device.kind == "cpu")
     fused = fused_kernels and apply_fused_kernels(model, device)
     loss_logits_only = loss_positions and packing and not fused and head_takes_positions(model)
