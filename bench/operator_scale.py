@@ -204,6 +204,7 @@ def run(
     from urllib3.exceptions import ProtocolError
 
     from devcluster import LocalCluster, OperatorProcess, wait_for
+    from finetune_operator.api import FINETUNEJOB, GROUP, VERSION
 
     cluster = LocalCluster(
         workdir / "cluster",
@@ -244,9 +245,7 @@ def run(
                         meta = event["raw_object"]["metadata"]  # not decoded into models: this client's CPU counts
                         version = meta["resourceVersion"]
                         if event["type"] == "ADDED":
-                            added.setdefault(
-                                (meta.get("labels") or {}).get("finetune.dev/finetunejob"), time.perf_counter()
-                            )
+                            added.setdefault((meta.get("labels") or {}).get(FINETUNEJOB.label), time.perf_counter())
                         if stop.is_set():
                             return
                 except ProtocolError:
@@ -275,7 +274,7 @@ def run(
                 time.sleep(max(0.0, started + index / rate - time.perf_counter()))
             sent[name] = time.perf_counter()
             custom.create_namespaced_custom_object(
-                "finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs", {**body, "spec": spec}
+                GROUP, VERSION, NAMESPACE, FINETUNEJOB.plural, {**body, "spec": spec}
             )
 
         processes = {name: proc.pid for name, proc in cluster.control_plane._procs}
@@ -302,7 +301,7 @@ def run(
         throughput = jobs / (max(added.values()) - started)
 
         def finished() -> int:
-            items = custom.list_namespaced_custom_object("finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs")["items"]
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, FINETUNEJOB.plural)["items"]
             done = {"Suspended"} if suspended else {"Succeeded", "Failed"}
             return sum((i.get("status") or {}).get("phase") in done for i in items)
 
@@ -320,7 +319,7 @@ def run(
             time.sleep(1)
             heap_mb = heap_by_package(dump)
         stop.set()
-        items = custom.list_namespaced_custom_object("finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs")["items"]
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, FINETUNEJOB.plural)["items"]
         phases = Counter((i.get("status") or {}).get("phase") for i in items)
         reasons = Counter(
             next((c["reason"] for c in (i.get("status") or {}).get("conditions", []) if c["type"] == "Failed"), "")

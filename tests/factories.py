@@ -104,3 +104,10 @@ def with_field(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         node = node.setdefault(part, {})
     node[leaf] = value
     return changed
+
+
+def finalizers_of(plan: Any) -> list[str] | None:
+    """The resource's new metadata.finalizers a plan sets, or None when it leaves them alone."""
+    changes = [body["metadata"]["finalizers"] for _, body in plan.patches("FineTuneJob") if "metadata" in body]
+    assert len(changes) <= 1, changes
+    return changes[0] if changes else None

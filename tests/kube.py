@@ -10,8 +10,9 @@ from typing import Any
 from kubernetes import client
 
 from devcluster import apply_objects, tool_path, wait_for
+from finetune_operator.api import FINETUNEJOB
 
-GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", FINETUNEJOB.plural
 RESTRICTED_NAMESPACE = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",

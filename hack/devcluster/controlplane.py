@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune_operator.api import FINETUNEJOB, GROUP
+
 CACHE_DIR = Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune-operator"))
 BIN_DIR = Path(os.environ.get("FINETUNE_BIN_DIR", CACHE_DIR / "bin"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -295,7 +297,7 @@ class ControlPlane:
         policy.write_text(
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
             # Status patches with their bodies, so a benchmark can say which step each write was.
-            "- level: Request\n  resources: [{group: finetune.dev, resources: [finetunejobs/status]}]\n"
+            f"- level: Request\n  resources: [{{group: {GROUP}, resources: [{FINETUNEJOB.plural}/status]}}]\n"
             "- level: Metadata\n"
         )
         return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-maxsize=0"]

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from finetune_operator.api import FINETUNEJOB
+
 from . import REPO_ROOT, LocalCluster, OperatorProcess, apply_objects
 from .faults import StoreLink
 from .minio import MinioServer
@@ -96,7 +98,7 @@ class Quickstart:
     def finetunejob(self, name: str = "quickstart") -> dict[str, Any]:
         assert self.cluster
         result: dict[str, Any] = client.CustomObjectsApi(self.cluster.api()).get_namespaced_custom_object(
-            "finetune.dev", "v1alpha1", "default", "finetunejobs", name
+            "finetune.dev", "v1alpha1", "default", FINETUNEJOB.plural, name
         )
         return result
 

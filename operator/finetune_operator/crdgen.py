@@ -138,11 +138,6 @@ def _default_nested_objects(node: dict[str, Any]) -> None:
             child["default"] = {}
 
 
-# Fields that may change while an attempt runs: pausing, a FineTuneJob's evaluation (which only
-# re-runs its EvalRun once training is done), and what deletion does to its stored objects.
-_MUTABLE_WHILE_ACTIVE = {"FineTuneJob": ("suspend", "evaluation", "output.deletePolicy"), "EvalRun": ("suspend",)}
-
-
 def _unchanged(path: str) -> str:
     return f"(has(self.{path}) ? (has(oldSelf.{path}) && self.{path} == oldSelf.{path}) : !has(oldSelf.{path}))"
 
@@ -165,14 +160,14 @@ def _frozen_clauses(schema: dict[str, Any], path: str, mutable: tuple[str, ...])
     return clauses
 
 
-def _spec_frozen_while_active_rule(kind: str, spec_schema: dict[str, Any]) -> dict[str, str]:
-    """Root-level transition rule: while an attempt is in flight only the fields in _MUTABLE_WHILE_ACTIVE may change.
+def _spec_frozen_while_active_rule(kind: Kind, spec_schema: dict[str, Any]) -> dict[str, str]:
+    """Root-level transition rule: while an attempt is in flight only the kind's `attempt_neutral` fields may change.
 
     A new spec would silently not apply to the running pod; refusing it at admission tells the user
     (and the GitOps tool, which retries) at once. Status writes never trip it: the status subresource
     cannot change spec.
     """
-    clauses = _frozen_clauses(spec_schema, "spec", _MUTABLE_WHILE_ACTIVE[kind])
+    clauses = _frozen_clauses(spec_schema, "spec", kind.attempt_neutral)
     phases = ", ".join(f"'{phase}'" for phase in _ACTIVE_PHASES)
     rule = (
         f"!has(oldSelf.status) || !has(oldSelf.status.phase) || !(oldSelf.status.phase in [{phases}]) || ("
@@ -181,8 +176,8 @@ def _spec_frozen_while_active_rule(kind: str, spec_schema: dict[str, Any]) -> di
     )
     return {
         "rule": rule,
-        "message": f"spec cannot change while the {kind} is Pending, Queued, Running or Suspended (only "
-        + ", ".join(f"spec.{name}" for name in _MUTABLE_WHILE_ACTIVE[kind])
+        "message": f"spec cannot change while the {kind.kind} is Pending, Queued, Running or Suspended (only "
+        + ", ".join(f"spec.{name}" for name in kind.attempt_neutral)
         + " can); wait for it to finish, or delete and re-create it",
     }
 
@@ -214,7 +209,7 @@ def build_crd(kind: Kind) -> dict[str, Any]:
             "and pods",
         }
     ]
-    root["x-kubernetes-validations"].append(_spec_frozen_while_active_rule(kind.kind, spec_schema))
+    root["x-kubernetes-validations"].append(_spec_frozen_while_active_rule(kind, spec_schema))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .api import EVALRUN, KINDS
 from .api.common import Phase
 from .status import parse_time
 
@@ -23,10 +24,7 @@ PHASES: tuple[Phase, ...] = ("Pending", "Queued", "Running", "Succeeded", "Faile
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 48 * 3600, float("inf"))
 
 
-_PHASE_FAMILIES = (
-    ("FineTuneJob", "finetune_jobs", "FineTuneJobs by phase."),
-    ("EvalRun", "finetune_evalruns", "EvalRuns by phase."),
-)
+_PHASE_FAMILIES = tuple((k.kind, k.metrics_family, f"{k.kind}s by phase.") for k in KINDS)
 
 
 class _PhaseCollector(Collector):
@@ -143,6 +141,19 @@ class OperatorMetrics:
         for gauge in (self.progress, self.loss):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
+
+    def observe_resource(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """What a watch event of one of our resources shows, by kind."""
+        if kind == EVALRUN.kind:
+            self.observe_evalrun(namespace, name, status)
+        else:
+            self.observe_status(namespace, name, status)
+
+    def forget_resource(self, kind: str, namespace: str, name: str) -> None:
+        if kind == EVALRUN.kind:
+            self.forget_evalrun(namespace, name)
+        else:
+            self.forget(namespace, name)
 
     def observe_transition(self, phase: str, reason: str, kind: str = "FineTuneJob") -> None:
         self.transitions.labels(kind, phase, reason).inc()

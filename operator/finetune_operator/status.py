@@ -23,7 +23,6 @@ from .manifests.names import ANNOTATION_SPEC_HASH, LABEL_ATTEMPT, TRAINER_CONTAI
 IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 PERMANENT_IMAGE_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-CONDITION_TYPES = ("Validated", "Running", "Succeeded", "Failed")
 MESSAGE_LIMIT = 2048
 # How long a finished Job may wait for its pod's final status to reach the operator's pod index (the Job
 # and Pod watches are separate streams; under load the Job's Complete can arrive first).
@@ -216,19 +215,6 @@ class Judge:
     """What to lower when the pod ran out of memory."""
 
 
-def _training_success(result: TrainerResult) -> Outcome | None:
-    if result.adapter is None:
-        return None
-    return Outcome("Succeeded", "TrainingComplete", f"adapter published to {result.adapter.uri}", result)
-
-
-TRAINING_JUDGE = Judge(
-    success=_training_success,
-    produces="an adapter",
-    memory_hint="training.batchSize or training.maxSeqLength",
-)
-
-
 def _last_terminated(pods: Sequence[PodView]) -> PodView | None:
     ended = [pod for pod in pods if pod.terminated]
     return max(ended, key=lambda pod: pod.finished_at or "", default=None)
@@ -354,9 +340,9 @@ def assess_attempt(
     now: datetime,
     image_pull_timeout: int,
     *,
-    judge: Judge = TRAINING_JUDGE,
+    judge: Judge,
 ) -> Outcome:
-    """The phase of the current attempt from its Job and pods."""
+    """The phase of the current attempt from its Job and pods; `judge` says what success means for its kind."""
     if job is None:
         return Outcome("Pending", "JobCreating", "creating the trainer Job")
     waiting = _pod_status_pending(job, pods, now)
@@ -389,81 +375,3 @@ def assess_attempt(
     unstarted = [p.created for p in pods if not p.terminated and p.created]
     began = parse_time(max(unstarted)) if unstarted else parse_time(job.start_time)
     return Outcome("Pending", "Starting", "waiting for the trainer pod to start", since=began or now)
-
-
-def _condition(ctype: str, true: bool, reason: str, message: str) -> dict[str, Any]:
-    return {"type": ctype, "status": "True" if true else "False", "reason": reason, "message": message}
-
-
-def build_conditions(
-    outcome: Outcome,
-    previous: Sequence[Mapping[str, Any]],
-    generation: int,
-    now: datetime,
-    *,
-    invalid: str | None = None,
-    deferred: str | None = None,
-    extra: Sequence[dict[str, Any]] = (),
-) -> list[dict[str, Any]]:
-    """The full condition set; lastTransitionTime only moves when a condition's status changes."""
-    ended = (outcome.reason, outcome.message) if outcome.terminal else ("InProgress", "the attempt has not finished")
-    conditions = [
-        _condition("Validated", invalid is None, "InvalidSpec" if invalid else "SpecValid", invalid or "spec is valid"),
-        _condition("Running", outcome.phase == "Running", outcome.reason, outcome.message),
-        _condition("Succeeded", outcome.phase == "Succeeded", *ended),
-        _condition("Failed", outcome.phase == "Failed", *ended),
-    ]
-    if deferred:
-        conditions.append(_condition("SpecChangeDeferred", True, "AttemptInProgress", deferred))
-    return stamp_conditions([*conditions, *extra], previous, generation, now)
-
-
-def condition_of(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
-    """The condition of type `ctype` in a resource's status, or {} when it has none."""
-    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), {})
-
-
-def make_condition(ctype: str, status: bool | None, reason: str, message: str) -> dict[str, Any]:
-    """A condition without its timestamps; status None is Unknown."""
-    condition = _condition(ctype, bool(status), reason, message)
-    if status is None:
-        condition["status"] = "Unknown"
-    return condition
-
-
-def stamp_conditions(
-    conditions: Sequence[dict[str, Any]], previous: Sequence[Mapping[str, Any]], generation: int, now: datetime
-) -> list[dict[str, Any]]:
-    """Add lastTransitionTime (kept while a condition's status is unchanged) and observedGeneration."""
-    before = {c.get("type"): c for c in previous}
-    stamp = format_time(now)
-    stamped = []
-    for condition in conditions:
-        old = before.get(condition["type"])
-        same = old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime")
-        time = old["lastTransitionTime"] if same and old else stamp
-        stamped.append({**condition, "lastTransitionTime": time, "observedGeneration": generation})
-    return stamped
-
-
-def result_fields(outcome: Outcome) -> dict[str, Any]:
-    """Status fields taken from the trainer's termination message.
-
-    Artifacts only from a succeeded attempt: status must never point at an adapter that a failed
-    attempt may have left half-published.
-    """
-    result = outcome.result
-    if result is None:
-        return {}
-    artifacts = outcome.phase == "Succeeded"
-    fields: dict[str, Any] = {}
-    for key, value in (
-        ("adapter", result.adapter if artifacts else None),
-        ("mergedModel", result.merged_model if artifacts else None),
-        ("checkpoint", result.checkpoint),
-        ("metrics", result.metrics),
-        ("provenance", result.provenance),
-    ):
-        if value is not None:
-            fields[key] = value.to_json_dict()
-    return fields

@@ -18,6 +18,7 @@ from kubernetes import client
 
 from devcluster import REPO_ROOT, apply_objects, tool_path
 from devcluster.quickstart import BUCKET, Quickstart
+from finetune_operator.api import EVALRUN, FINETUNEJOB
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = REPO_ROOT / "examples" / "evaluation"
@@ -53,7 +54,7 @@ def _wait(demo: Quickstart, condition: str, target: str) -> None:
     )
     plural, name = target.split("/")
     assert done.returncode == 0, (
-        f"{done.stderr}\n{json.dumps(_get(demo, 'finetunejobs' if plural == 'ftj' else 'evalruns', name))}\n"
+        f"{done.stderr}\n{json.dumps(_get(demo, (FINETUNEJOB if plural == 'ftj' else EVALRUN).plural, name))}\n"
         f"{demo.operator.log()[-3000:] if demo.operator else ''}"
     )
 
@@ -68,11 +69,11 @@ def _report_files(demo: Quickstart, uri: str) -> set[str]:
 def test_finetunejob_evaluation_beats_the_baseline_and_passes(demo: Quickstart) -> None:
     _apply(demo, "finetunejob-with-evaluation.yaml")
     _wait(demo, "Evaluated", "ftj/capitals")
-    job = _get(demo, "finetunejobs", "capitals")["status"]
+    job = _get(demo, FINETUNEJOB.plural, "capitals")["status"]
     assert job["phase"] == "Succeeded"
     assert job["evaluation"]["passed"] is True
     assert job["evaluation"]["adapterUri"] == job["adapter"]["uri"]
-    evalrun = _get(demo, "evalruns", "capitals-eval")
+    evalrun = _get(demo, EVALRUN.plural, "capitals-eval")
     assert evalrun["metadata"]["ownerReferences"][0]["name"] == "capitals"
     status = evalrun["status"]
     results = {r["metric"]: r for r in status["results"]}
@@ -89,7 +90,7 @@ def test_finetunejob_evaluation_beats_the_baseline_and_passes(demo: Quickstart) 
 def test_evalrun_of_the_untuned_model_misses_the_threshold_by_name(demo: Quickstart) -> None:
     _apply(demo, "evalrun-base-model.yaml")
     _wait(demo, "Passed=False", "evr/capitals-base")
-    status = _get(demo, "evalruns", "capitals-base")["status"]
+    status = _get(demo, EVALRUN.plural, "capitals-base")["status"]
     assert status["phase"] == "Succeeded"  # the run worked; the model did not pass
     assert status["passed"] is False
     passed = next(c for c in status["conditions"] if c["type"] == "Passed")

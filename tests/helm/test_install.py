@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from devcluster import apply_objects, tool_path, wait_for
 from devcluster.controlplane import free_port
 from devcluster.quickstart import EXAMPLE, Quickstart
+from finetune_operator.api import EVALRUN, FINETUNEJOB
 from tests.helm.test_chart import ALL_OPTIONS, CHART
 
 EVALUATION_EXAMPLE = EXAMPLE.parents[1] / "evaluation" / "finetunejob-with-evaluation.yaml"
@@ -90,7 +91,7 @@ class Installed:
 
     def status(self, name: str) -> dict[str, Any]:
         body = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-            "finetune.dev", "v1alpha1", "default", "finetunejobs", name
+            "finetune.dev", "v1alpha1", "default", FINETUNEJOB.plural, name
         )
         return dict(body.get("status") or {})
 
@@ -160,7 +161,7 @@ def _has_job(installed: Installed, name: str) -> bool:
 def _has_evalrun(installed: Installed, name: str) -> bool:
     try:
         client.CustomObjectsApi(installed.api).get_namespaced_custom_object(
-            "finetune.dev", "v1alpha1", "default", "evalruns", name
+            "finetune.dev", "v1alpha1", "default", EVALRUN.plural, name
         )
     except ApiException:
         return False
@@ -186,10 +187,10 @@ def _never(probe: Any, seconds: float) -> bool:
 
 # What breaks without each rule: (a word of the rule's resources, what to check, what it means).
 BREAKS = [
-    ("finetunejobs", "no-status", "the operator never sees FineTuneJobs"),
-    ("finetunejobs/status", "no-status", "status (phase, conditions, adapter) is never written"),
-    ("finetunejobs/finalizers", "no-job", "children with blockOwnerDeletion are refused, so no Job"),
-    ("evalruns", "no-evalrun", "spec.evaluation never gets its EvalRun"),
+    (FINETUNEJOB.plural, "no-status", "the operator never sees FineTuneJobs"),
+    (f"{FINETUNEJOB.plural}/status", "no-status", "status (phase, conditions, adapter) is never written"),
+    (f"{FINETUNEJOB.plural}/finalizers", "no-job", "children with blockOwnerDeletion are refused, so no Job"),
+    (EVALRUN.plural, "no-evalrun", "spec.evaluation never gets its EvalRun"),
     ("jobs", "no-job", "no trainer Job"),
     ("pods", "no-success", "pod outcomes are invisible: the job never reaches Succeeded"),
     ("serviceaccounts", "no-job", "no trainer identity, so no Job"),
@@ -245,7 +246,7 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
 def test_uninstall_keeps_the_crds_and_the_jobs(installed: Installed) -> None:
     installed.helm("uninstall", RELEASE, "--namespace", NAMESPACE)
     extensions = client.ApiextensionsV1Api(installed.api)
-    assert extensions.read_custom_resource_definition("finetunejobs.finetune.dev")
+    assert extensions.read_custom_resource_definition(FINETUNEJOB.crd_name)
     assert installed.status("quickstart")["phase"] == "Succeeded"
     with pytest.raises(ApiException):
         client.AppsV1Api(installed.api).read_namespaced_deployment(ROLE, NAMESPACE)

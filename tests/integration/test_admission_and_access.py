@@ -9,6 +9,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import wait_for
+from finetune_operator.api import EVALRUN
 from tests.factories import with_field
 from tests.integration.conftest import GROUP, PLURAL, VERSION, Kube, quick_spec
 
@@ -99,7 +100,7 @@ def test_gates_without_thresholds_are_admitted(kube: Kube) -> None:
     bench = {"name": "qa", "dataset": {"uri": "s3://eval/qa.jsonl"}, "task": "qa", "metrics": ["f1"]}
     evaluation = {"model": {"fineTuneJobRef": {"name": "x"}}, "benchmarks": [bench]}
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EvalRun", "metadata": {"name": "ungated"}, "spec": evaluation}
-    kube.custom.create_namespaced_custom_object(GROUP, VERSION, kube.namespace, "evalruns", body)
+    kube.custom.create_namespaced_custom_object(GROUP, VERSION, kube.namespace, EVALRUN.plural, body)
     spec = {**quick_spec("success"), "suspend": True, "evaluation": {"benchmarks": [bench]}}
     _create(kube, "ungated", spec)
     assert kube.ftj("ungated")["spec"]["evaluation"]["benchmarks"][0]["name"] == "qa"

@@ -52,12 +52,16 @@ def test_a_rejected_write_raises_the_apiservers_status_and_message(kube: Kube) -
 
 def test_job_patch_is_a_strategic_merge_and_delete_tolerates_a_missing_job(kube: Kube) -> None:
     calls.create_or_adopt(kube.api, _job(kube, "patched"))
-    calls.patch_job(kube.api, kube.namespace, "patched", {"metadata": {"labels": {"checked": "yes"}}})
+    change = {"metadata": {"labels": {"checked": "yes"}}}
+    calls.patch(kube.api, "Job", kube.namespace, "patched", change, patch_type="strategic")
     batch = client.BatchV1Api(kube.api)
     job = batch.read_namespaced_job("patched", kube.namespace)
     assert job.metadata.labels["checked"] == "yes" and job.spec.suspend is True  # the rest untouched
-    calls.delete_job(kube.api, kube.namespace, "patched")
+    read = calls.get(kube.api, "Job", kube.namespace, "patched")  # raw GET: the apiserver's JSON as a dict
+    assert read is not None and read["metadata"]["labels"]["checked"] == "yes" and read["spec"]["suspend"] is True
+    calls.delete(kube.api, "Job", kube.namespace, "patched")
     with pytest.raises(ApiException) as raised:
         batch.read_namespaced_job("patched", kube.namespace)
     assert raised.value.status == 404
-    calls.delete_job(kube.api, kube.namespace, "patched")  # already gone: no error
+    assert calls.get(kube.api, "Job", kube.namespace, "patched") is None
+    calls.delete(kube.api, "Job", kube.namespace, "patched")  # already gone: no error

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from devcluster import apply_objects
 from devcluster.quickstart import BUCKET, EXAMPLE, Quickstart
+from finetune_operator.api import FINETUNEJOB
 
 GROUP, VERSION = "finetune.dev", "v1alpha1"
 
@@ -28,7 +29,7 @@ def apply(demo: Quickstart, *bodies: dict[str, Any]) -> None:
     apply_objects(demo.cluster.api(), bodies)
 
 
-def get(demo: Quickstart, name: str, plural: str = "finetunejobs") -> dict[str, Any] | None:
+def get(demo: Quickstart, name: str, plural: str = FINETUNEJOB.plural) -> dict[str, Any] | None:
     assert demo.cluster
     try:
         found: dict[str, Any] = client.CustomObjectsApi(demo.cluster.api()).get_namespaced_custom_object(
@@ -41,7 +42,7 @@ def get(demo: Quickstart, name: str, plural: str = "finetunejobs") -> dict[str, 
         raise
 
 
-def status(demo: Quickstart, name: str, plural: str = "finetunejobs") -> dict[str, Any]:
+def status(demo: Quickstart, name: str, plural: str = FINETUNEJOB.plural) -> dict[str, Any]:
     return (get(demo, name, plural) or {}).get("status") or {}
 
 

@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from devcluster import wait_for
 from devcluster.quickstart import BUCKET, Quickstart
+from finetune_operator.api import FINETUNEJOB
 from tests.factories import with_field
 from tests.reliability import stack
 from tests.reliability.stack import GROUP, VERSION, apply, condition, example_finetunejob
@@ -95,7 +96,7 @@ def test_invalid_manifests_are_refused_at_admission(
     assert demo.cluster
     name = "invalid-" + case.replace(" ", "-")
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-    plural = "finetunejobs" if kind == "FineTuneJob" else "evalruns"
+    plural = FINETUNEJOB.plural if kind == "FineTuneJob" else EVALRUN.plural
     with pytest.raises(ApiException) as refused:
         client.CustomObjectsApi(demo.cluster.api()).create_namespaced_custom_object(
             GROUP, VERSION, "default", plural, body, field_validation="Strict"
@@ -195,7 +196,7 @@ def test_bad_data_and_unusable_specs_end_with_a_named_reason(demo: Quickstart) -
     apply(demo, *(case.body for case in RUNTIME))
 
     def plural(case: Runtime) -> str:
-        return "finetunejobs" if case.body["kind"] == "FineTuneJob" else "evalruns"
+        return FINETUNEJOB.plural if case.body["kind"] == "FineTuneJob" else EVALRUN.plural
 
     def verdict(case: Runtime) -> dict[str, Any]:
         current = stack.status(demo, case.name, plural(case))

@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import LocalCluster, OperatorProcess, wait_for
-from finetune_operator.api import TERMINAL_PHASES
+from finetune_operator.api import FINETUNEJOB, TERMINAL_PHASES
 from tests.kube import GROUP, PLURAL, VERSION, Kube, quick_spec
 
 pytestmark = pytest.mark.cluster
@@ -42,7 +42,7 @@ def _burst(kube: Kube, operator: OperatorProcess, jobs: int, crashes: int, seed:
         return sum((i.get("status") or {}).get("phase") in TERMINAL_PHASES for i in items)
 
     wait_for(lambda: settled() == len(names), 600, "every FineTuneJob to finish", describe=lambda: str(settled()))
-    jobs_per_owner = Counter((j.metadata.labels or {}).get("finetune.dev/finetunejob") for j in kube.jobs())
+    jobs_per_owner = Counter((j.metadata.labels or {}).get(FINETUNEJOB.label) for j in kube.jobs())
     for name in names:
         status = kube.status(name)
         assert status["phase"] == "Succeeded", (name, status)

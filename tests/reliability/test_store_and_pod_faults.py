@@ -19,7 +19,7 @@ from kubernetes import client
 
 from devcluster import wait_for
 from devcluster.quickstart import BUCKET, Quickstart
-from finetune_operator.api import TERMINAL_PHASES
+from finetune_operator.api import FINETUNEJOB, TERMINAL_PHASES
 from finetune_operator.api.contract import TrainerResult
 from tests.reliability import stack
 from tests.reliability.conftest import CLEANUP_DEADLINE
@@ -237,7 +237,7 @@ def test_deleting_a_running_job_stops_its_pod_and_deletes_its_objects(demo: Quic
     assert objects(demo, prefix)
     started = time.monotonic()
     client.CustomObjectsApi(demo.cluster.api()).delete_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", "finetunejobs", "tidy"
+        "finetune.dev", "v1alpha1", "default", FINETUNEJOB.plural, "tidy"
     )
     wait_for(lambda: get(demo, "tidy") is None, CLEANUP_DEADLINE + 90, "the FineTuneJob to go")
     took = time.monotonic() - started
@@ -268,7 +268,7 @@ def test_a_store_outage_does_not_block_deletion(demo: Quickstart) -> None:
     try:
         started = time.monotonic()
         client.CustomObjectsApi(demo.cluster.api()).delete_namespaced_custom_object(
-            "finetune.dev", "v1alpha1", "default", "finetunejobs", "stranded"
+            "finetune.dev", "v1alpha1", "default", FINETUNEJOB.plural, "stranded"
         )
         wait_for(lambda: get(demo, "stranded") is None, CLEANUP_DEADLINE + 90, "the finalizer to be released")
         took = time.monotonic() - started

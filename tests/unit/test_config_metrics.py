@@ -111,7 +111,8 @@ def test_only_event_handlers_are_registered_so_kopf_needs_no_diff_base() -> None
 
 
 def test_watched_copies_drop_what_planning_never_reads() -> None:
-    from finetune_operator.handlers.common import LAST_APPLIED, Packed, _watched
+    from finetune_operator.handlers.resources import LAST_APPLIED, _watched
+    from finetune_operator.kinds.base import Packed
 
     body = {
         "apiVersion": "finetune.dev/v1alpha1",

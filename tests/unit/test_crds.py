@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from finetune_operator import crdgen
-from finetune_operator.api import KINDS, EvalRunSpec, FineTuneJobSpec
+from finetune_operator.api import FINETUNEJOB, KINDS, EvalRunSpec, FineTuneJobSpec
 from finetune_operator.api.contract import TrainingRunSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_api_reference_matches_the_models() -> None:
 
 def test_check_fails_when_a_crd_drifts(tmp_path: Path) -> None:
     assert crdgen.main(["--out", str(tmp_path)]) == 0
-    target = tmp_path / "finetunejobs.yaml"
+    target = tmp_path / f"{FINETUNEJOB.plural}.yaml"
     target.write_text(target.read_text().replace("Rank of the LoRA update matrices.", "edited by hand"))
     assert crdgen.main(["--check", "--out", str(tmp_path)]) == 1
 

@@ -7,7 +7,7 @@ import contextvars
 import threading
 import time
 
-from finetune_operator.kube import DelayedCalls
+from finetune_operator.workqueue import DelayedCalls
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who")
 

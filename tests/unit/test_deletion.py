@@ -7,11 +7,12 @@ from typing import Any
 
 from finetune_operator.api.finetunejob import FineTuneJobSpec
 from finetune_operator.config import OperatorSettings
-from finetune_operator.deletion import CLEANUP_GRACE_SECONDS, plan_deletion
+from finetune_operator.kinds.deletion import CLEANUP_GRACE_SECONDS, plan_deletion
+from finetune_operator.kinds.finetunejob import Inputs as FineTuneJobInputs
+from finetune_operator.kinds.finetunejob import plan as plan_finetunejob
 from finetune_operator.manifests.job import RESTRICTED_CONTAINER_SECURITY, spec_hash
 from finetune_operator.manifests.names import ARTIFACTS_FINALIZER
-from finetune_operator.reconcile import plan_finetunejob
-from tests.factories import MINIMAL_SPEC, UID, finetunejob, job, pod, result_message, with_field
+from tests.factories import MINIMAL_SPEC, UID, finalizers_of, finetunejob, job, pod, result_message, with_field
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings(output_uri="s3://adapters")
@@ -42,11 +43,17 @@ def _cleanup_pod(message: str) -> dict[str, Any]:
 
 
 def test_the_finalizer_follows_the_delete_policy_and_keeps_others() -> None:
-    assert plan_finetunejob(finetunejob(DELETE), [], [], SETTINGS, NOW).finalizers == [ARTIFACTS_FINALIZER]
-    assert plan_finetunejob(finetunejob(), [], [], SETTINGS, NOW).finalizers is None  # Retain: nothing to hold
+    assert finalizers_of(plan_finetunejob(FineTuneJobInputs(finetunejob(DELETE), [], [], SETTINGS), NOW)) == [
+        ARTIFACTS_FINALIZER
+    ]
+    assert (
+        finalizers_of(plan_finetunejob(FineTuneJobInputs(finetunejob(), [], [], SETTINGS), NOW)) is None
+    )  # Retain: nothing to hold
     held = finetunejob(MINIMAL_SPEC)
     held["metadata"]["finalizers"] = ["other.io/keep", ARTIFACTS_FINALIZER]
-    assert plan_finetunejob(held, [], [], SETTINGS, NOW).finalizers == ["other.io/keep"]  # switched back to Retain
+    assert finalizers_of(plan_finetunejob(FineTuneJobInputs(held, [], [], SETTINGS), NOW)) == [
+        "other.io/keep"
+    ]  # switched back to Retain
 
 
 def test_the_delete_policy_is_not_part_of_what_an_attempt_runs() -> None:
@@ -55,17 +62,17 @@ def test_the_delete_policy_is_not_part_of_what_an_attempt_runs() -> None:
 
 def test_a_running_trainer_is_stopped_before_any_cleanup() -> None:
     plan = plan_deletion(_deleting(), [job(active=1)], [pod(phase="Running")], SETTINGS, NOW)
-    assert plan.delete_job == "support-bot-0f1e2-1"
-    assert plan.create == [] and plan.finalizers is None
+    assert plan.deleted("Job") == ["support-bot-0f1e2-1"]
+    assert plan.created() == [] and finalizers_of(plan) is None
     # Job gone, its pod still terminating: wait for it (it may still be writing).
     waiting = plan_deletion(_deleting(), [], [pod(phase="Running")], SETTINGS, NOW)
-    assert waiting.create == [] and waiting.finalizers is None and waiting.recheck_after is not None
+    assert waiting.created() == [] and finalizers_of(waiting) is None and waiting.recheck_after is not None
 
 
 def test_cleanup_runs_the_trainer_image_on_the_whole_prefix_without_an_api_token() -> None:
     finished = job(succeeded=1, conditions=[{"type": "Complete"}])
     plan = plan_deletion(_deleting(), [finished], [pod(phase="Succeeded")], SETTINGS, NOW)
-    [cleanup] = plan.create
+    [cleanup] = plan.created()
     assert cleanup["metadata"]["name"] == CLEANUP and "ownerReferences" not in cleanup["metadata"]
     assert cleanup["metadata"]["labels"]["finetune.dev/owner-uid"] == UID
     pod_spec = cleanup["spec"]["template"]["spec"]
@@ -78,17 +85,17 @@ def test_cleanup_runs_the_trainer_image_on_the_whole_prefix_without_an_api_token
     assert env["FINETUNE_OUTPUT_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "finetune-storage"
     assert cleanup["spec"]["activeDeadlineSeconds"] == SETTINGS.cleanup_deadline_seconds
     assert [(e.type, e.reason) for e in plan.events] == [("Normal", "DeletingArtifacts")]
-    assert plan.finalizers is None
+    assert finalizers_of(plan) is None
 
 
 def test_a_finished_cleanup_releases_only_our_finalizer() -> None:
     body = _deleting(finalizers=("other.io/keep",))
     done = plan_deletion(body, [_cleanup_job(Complete="")], [], SETTINGS, NOW)
-    assert done.finalizers == ["other.io/keep"] and done.delete_job == CLEANUP
+    assert finalizers_of(done) == ["other.io/keep"] and done.deleted("Job") == [CLEANUP]
     assert [(e.type, e.reason) for e in done.events] == [("Normal", "ArtifactsDeleted")]
     message = result_message(result="failed", reason="StorageUnavailable", message="endpoint 10.0.0.1:9000 unreachable")
     failed = plan_deletion(body, [_cleanup_job(Failed="BackoffLimitExceeded")], [_cleanup_pod(message)], SETTINGS, NOW)
-    assert failed.finalizers == ["other.io/keep"]
+    assert finalizers_of(failed) == ["other.io/keep"]
     [event] = failed.events
     assert (event.type, event.reason) == ("Warning", "ArtifactCleanupFailed")
     assert "StorageUnavailable: endpoint 10.0.0.1:9000 unreachable" in event.message and PREFIX in event.message
@@ -97,9 +104,9 @@ def test_a_finished_cleanup_releases_only_our_finalizer() -> None:
 def test_deletion_never_waits_past_the_cleanup_deadline() -> None:
     limit = SETTINGS.cleanup_deadline_seconds + CLEANUP_GRACE_SECONDS
     running = plan_deletion(_deleting(seconds_ago=limit - 30), [_cleanup_job()], [], SETTINGS, NOW)
-    assert running.finalizers is None and running.recheck_after == 30
+    assert finalizers_of(running) is None and running.recheck_after == 30
     late = plan_deletion(_deleting(seconds_ago=limit), [_cleanup_job()], [], SETTINGS, NOW)
-    assert late.finalizers == [] and late.delete_job == CLEANUP
+    assert finalizers_of(late) == [] and late.deleted("Job") == [CLEANUP]
     assert [(e.type, e.reason) for e in late.events] == [("Warning", "ArtifactCleanupFailed")]
 
 
@@ -107,11 +114,11 @@ def test_without_our_finalizer_deletion_is_left_to_the_garbage_collector() -> No
     body = _deleting()
     body["metadata"]["finalizers"] = ["other.io/keep"]
     plan = plan_deletion(body, [job(active=1)], [], SETTINGS, NOW)
-    assert plan.create == [] and plan.delete_job is None and plan.finalizers is None
+    assert plan.created() == [] and plan.deleted("Job") == [] and finalizers_of(plan) is None
 
 
 def test_own_events_reconcile_only_when_something_is_unobserved() -> None:
-    from finetune_operator.handlers.common import needs_reconcile
+    from finetune_operator.kinds.base import needs_reconcile
 
     fresh = finetunejob(DELETE)
     seen = finetunejob(DELETE, status={"observedGeneration": 1, "phase": "Running"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PATTERNS = (
-    r'Outcome\(\s*"\w+",\s*"(\w+)"',  # phase outcomes (status.py, workloads.py)
+    r'Outcome\(\s*"\w+",\s*"(\w+)"',  # phase outcomes (status.py, kinds/)
     r'make_condition\(\s*"\w+",\s*[^,]+,\s*"(\w+)"',  # Passed / Evaluated
     r'Event\(\s*"\w+",\s*"(\w+)"',  # events
     r'reason\s*=\s*"(\w+)"',  # trainer errors

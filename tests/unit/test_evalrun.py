@@ -7,8 +7,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from finetune_operator.api import EVALRUN
 from finetune_operator.config import OperatorSettings
-from finetune_operator.reconcile import Plan, plan_evalrun, plan_finetunejob
+from finetune_operator.kinds.evalrun import Inputs as EvalRunInputs
+from finetune_operator.kinds.evalrun import plan as plan_evalrun
+from finetune_operator.kinds.finetunejob import Inputs as FineTuneJobInputs
+from finetune_operator.kinds.finetunejob import plan as plan_finetunejob
+from finetune_operator.plan import Plan
 from tests.factories import MINIMAL_SPEC, UID, finetunejob, job, pod, result_message, succeeded_result
 from tests.unit.test_reconcile import _apply
 
@@ -61,7 +66,7 @@ def eval_result(exact_match: float, f1: float) -> str:
 
 
 def _plan(body: dict[str, Any], ftj: dict[str, Any] | None, jobs: Any = (), pods: Any = ()) -> Plan:
-    return plan_evalrun(body, list(jobs), list(pods), SETTINGS, NOW, ftj=ftj)
+    return plan_evalrun(EvalRunInputs(body, list(jobs), list(pods), SETTINGS, ftj=ftj), NOW)
 
 
 def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
@@ -78,7 +83,7 @@ def _finished(body: dict[str, Any], message: str) -> Plan:
 def test_waits_for_a_missing_or_running_finetunejob_without_creating_anything() -> None:
     for ftj in (None, finetunejob(status={"phase": "Running", "attempt": 1})):
         plan = _plan(evalrun(), ftj)
-        assert plan.create == []
+        assert plan.created() == []
         assert plan.status["phase"] == "Pending"
         assert _condition(plan.status, "Running")["reason"] == "WaitingForFineTuneJob"
         assert _condition(plan.status, "Passed")["status"] == "Unknown"
@@ -97,8 +102,8 @@ def test_a_failed_finetunejob_fails_the_evalrun_with_its_reason() -> None:
 
 def test_a_succeeded_finetunejob_starts_an_eval_job_on_its_adapter() -> None:
     plan = _plan(evalrun(), trained(quantization={"bits": 8}))
-    assert [o["kind"] for o in plan.create] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
-    container = plan.create[-1]["spec"]["template"]["spec"]["containers"][0]
+    assert [o["kind"] for o in plan.created()] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
+    container = plan.created()[-1]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["finetune-trainer", "eval"]
     env = {e["name"]: e for e in container["env"]}
     run = json.loads(env["FINETUNE_RUN_SPEC"]["value"])
@@ -111,7 +116,7 @@ def test_a_succeeded_finetunejob_starts_an_eval_job_on_its_adapter() -> None:
     for role in ("ADAPTER", "BENCHMARK_0", "OUTPUT"):
         assert env[f"FINETUNE_{role}_AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "finetune-storage"
     assert plan.status["model"]["fineTuneJob"] == "support-bot"
-    assert plan.create[1]["rules"][0]["resources"] == ["evalruns/status"]
+    assert plan.created()[1]["rules"][0]["resources"] == [f"{EVALRUN.plural}/status"]
 
 
 def test_verdict_from_the_result_and_thresholds() -> None:
@@ -149,7 +154,7 @@ def test_a_new_adapter_starts_a_new_attempt_and_retraining_keeps_the_verdict() -
     body = _apply(body, _finished(body, eval_result(0.9, 0.9)))
     assert body["status"]["phase"] == "Succeeded"
     retraining = finetunejob(status={"phase": "Running", "attempt": 2})
-    assert _plan(body, retraining).create == []
+    assert _plan(body, retraining).created() == []
     again = _plan(body, trained(adapter=ADAPTER.replace("attempt-1", "attempt-2"), attempt=2))
     assert again.status["attempt"] == 2
     assert again.status["results"] is None  # the old verdict is about the old adapter
@@ -162,7 +167,7 @@ def test_an_explicit_base_model_and_adapter_need_no_finetunejob() -> None:
         "benchmarks": BENCHMARKS,
     }
     plan = _plan(evalrun(spec), None)
-    assert plan.create[-1]["kind"] == "Job"
+    assert plan.created()[-1]["kind"] == "Job"
     assert plan.status["model"] == {
         "baseModel": {"uri": "s3://models/tiny/", "trustRemoteCode": False},
         "adapter": {"uri": "s3://adapters/a/"},
@@ -185,20 +190,20 @@ EVALUATION = {"benchmarks": BENCHMARKS, "thresholds": {"exact_match": 0.6}}
 
 def _succeeded_ftj(**spec: Any) -> dict[str, Any]:
     body = finetunejob({**MINIMAL_SPEC, **spec})
-    return _apply(body, plan_finetunejob(body, [], [], SETTINGS, NOW))
+    return _apply(body, plan_finetunejob(FineTuneJobInputs(body, [], [], SETTINGS), NOW))
 
 
 def _training_done(body: dict[str, Any], evalrun_body: dict[str, Any] | None) -> Plan:
     done = job(succeeded=1, conditions=[{"type": "Complete"}], spec_hash=body["status"]["specHash"])
     finished = pod(phase="Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": succeeded_result()})
-    return plan_finetunejob(body, [done], [finished], SETTINGS, NOW, evalrun=evalrun_body)
+    return plan_finetunejob(FineTuneJobInputs(body, [done], [finished], SETTINGS, evalrun=evalrun_body), NOW)
 
 
 def owned_evalrun(status: dict[str, Any] | None = None, **spec_changes: Any) -> dict[str, Any]:
     body = _succeeded_ftj(evaluation=EVALUATION)
     plan = _training_done(body, None)
-    assert plan.evalrun_create is not None
-    manifest = copy.deepcopy(plan.evalrun_create)
+    [created] = plan.created("EvalRun")
+    manifest = copy.deepcopy(dict(created))
     manifest["spec"].update(spec_changes)
     manifest["metadata"]["uid"] = EVAL_UID
     manifest["status"] = status or {}
@@ -208,8 +213,9 @@ def owned_evalrun(status: dict[str, Any] | None = None, **spec_changes: Any) -> 
 def test_training_success_creates_the_owned_evalrun() -> None:
     body = _succeeded_ftj(evaluation=EVALUATION)
     plan = _training_done(body, None)
-    evalrun_manifest = plan.evalrun_create
-    assert evalrun_manifest is not None
+    [evalrun_manifest] = plan.created("EvalRun")
+    # After the status write: a failure to create it must not lose the training's outcome.
+    assert [a.stage for a in plan.actions if a.kind == "EvalRun"] == ["after"]
     assert evalrun_manifest["kind"] == "EvalRun"
     assert evalrun_manifest["metadata"]["name"] == "support-bot-eval"
     assert evalrun_manifest["metadata"]["ownerReferences"][0]["uid"] == UID
@@ -223,8 +229,10 @@ def test_training_success_creates_the_owned_evalrun() -> None:
 def test_no_evalrun_before_training_succeeds() -> None:
     body = _succeeded_ftj(evaluation=EVALUATION)
     running = [pod(phase="Running")]
-    plan = plan_finetunejob(body, [job(active=1, spec_hash=body["status"]["specHash"])], running, SETTINGS, NOW)
-    assert plan.evalrun_create is None
+    plan = plan_finetunejob(
+        FineTuneJobInputs(body, [job(active=1, spec_hash=body["status"]["specHash"])], running, SETTINGS), NOW
+    )
+    assert plan.created("EvalRun") == []
     assert all(c["type"] != "Evaluated" for c in plan.status["conditions"])
 
 
@@ -239,21 +247,21 @@ def test_the_verdict_is_mirrored_only_for_the_current_adapter() -> None:
         "report": {"uri": "s3://r/"},
         "conditions": [{"type": "Passed", "status": "False", "reason": "ThresholdsMissed", "message": "missed: x"}],
     }
-    plan = plan_finetunejob(body, [], [], SETTINGS, NOW, evalrun=owned_evalrun(verdict))
+    plan = plan_finetunejob(FineTuneJobInputs(body, [], [], SETTINGS, evalrun=owned_evalrun(verdict)), NOW)
     evaluated = _condition(plan.status, "Evaluated")
     assert (evaluated["status"], evaluated["reason"]) == ("False", "ThresholdsMissed")
     assert plan.status["evaluation"]["passed"] is False
     assert plan.status["evaluation"]["reportUri"] == "s3://r/"
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ThresholdsMissed")]
     stale = {**verdict, "model": {"baseModel": {"uri": "x"}, "adapter": {"uri": "s3://older/"}}}
-    plan = plan_finetunejob(body, [], [], SETTINGS, NOW, evalrun=owned_evalrun(stale))
+    plan = plan_finetunejob(FineTuneJobInputs(body, [], [], SETTINGS, evalrun=owned_evalrun(stale)), NOW)
     assert _condition(plan.status, "Evaluated")["status"] == "Unknown"
     passing = {
         **verdict,
         "passed": True,
         "conditions": [{"type": "Passed", "status": "True", "reason": "ThresholdsMet"}],
     }
-    plan = plan_finetunejob(body, [], [], SETTINGS, NOW, evalrun=owned_evalrun(passing))
+    plan = plan_finetunejob(FineTuneJobInputs(body, [], [], SETTINGS, evalrun=owned_evalrun(passing)), NOW)
     assert _condition(plan.status, "Evaluated")["status"] == "True"
 
 
@@ -264,21 +272,22 @@ def test_changing_the_evaluation_reruns_only_the_evaluation() -> None:
     changed["spec"]["evaluation"]["thresholds"] = {"exact_match": 0.9}
     changed["metadata"]["generation"] = 2
     finished = owned_evalrun({"phase": "Succeeded"})
-    plan = plan_finetunejob(changed, [], [], SETTINGS, NOW, evalrun=finished)
-    assert plan.create == []  # no new training attempt
-    assert plan.evalrun_patch is not None
-    assert plan.evalrun_patch == ("support-bot-eval", {"thresholds": {"exact_match": 0.9}})
+    plan = plan_finetunejob(FineTuneJobInputs(changed, [], [], SETTINGS, evalrun=finished), NOW)
+    assert plan.created() == []  # no new training attempt
+    assert plan.patches("EvalRun") == [("support-bot-eval", {"spec": {"thresholds": {"exact_match": 0.9}}})]
     changed["spec"]["evaluation"]["thresholds"] = {}
-    dropped = plan_finetunejob(changed, [], [], SETTINGS, NOW, evalrun=finished).evalrun_patch
-    assert dropped == ("support-bot-eval", {"thresholds": {"exact_match": None}})
+    dropped = plan_finetunejob(FineTuneJobInputs(changed, [], [], SETTINGS, evalrun=finished), NOW).patches("EvalRun")
+    assert dropped == [("support-bot-eval", {"spec": {"thresholds": {"exact_match": None}}})]
     running = owned_evalrun({"phase": "Running"})
-    assert plan_finetunejob(changed, [], [], SETTINGS, NOW, evalrun=running).evalrun_patch is None
+    assert plan_finetunejob(FineTuneJobInputs(changed, [], [], SETTINGS, evalrun=running), NOW).patches("EvalRun") == []
 
 
 def test_dropping_the_evaluation_deletes_the_owned_evalrun() -> None:
     body = _succeeded_ftj(evaluation=EVALUATION)
     body = _apply(body, _training_done(body, None))
     del body["spec"]["evaluation"]
-    plan = plan_finetunejob(body, [], [], SETTINGS, NOW, evalrun=owned_evalrun({"phase": "Succeeded"}))
-    assert plan.evalrun_delete == "support-bot-eval"
+    plan = plan_finetunejob(
+        FineTuneJobInputs(body, [], [], SETTINGS, evalrun=owned_evalrun({"phase": "Succeeded"})), NOW
+    )
+    assert plan.deleted("EvalRun") == ["support-bot-eval"]
     assert plan.status["evaluation"] is None

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api import FineTuneJobSpec
+from finetune_operator.api import FINETUNEJOB, FineTuneJobSpec
 from finetune_operator.api.contract import RUN_SPEC_ENV, TrainingRunSpec
 from finetune_operator.config import OperatorSettings
 from finetune_operator.manifests import build_children
@@ -230,7 +230,7 @@ def test_trainer_role_only_reads_and_patches_its_own_status() -> None:
     assert role["rules"] == [
         {
             "apiGroups": ["finetune.dev"],
-            "resources": ["finetunejobs/status"],
+            "resources": [f"{FINETUNEJOB.plural}/status"],
             "resourceNames": ["support-bot"],
             "verbs": ["get", "patch"],
         }

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from finetune_operator.config import OperatorSettings
-from finetune_operator.reconcile import Plan, is_idle, merge_patch, plan_finetunejob
+from finetune_operator.kinds.finetunejob import Inputs as FineTuneJobInputs
+from finetune_operator.kinds.finetunejob import plan as plan_finetunejob
+from finetune_operator.plan import Plan, is_idle, merge_patch
 from tests.factories import MINIMAL_SPEC, finetunejob, job, pod, succeeded_result
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -18,7 +20,7 @@ SETTINGS = OperatorSettings()
 def _plan(
     body: dict[str, Any], jobs: list[dict[str, Any]] | None = None, pods: list[dict[str, Any]] | None = None
 ) -> Plan:
-    return plan_finetunejob(body, jobs or [], pods or [], SETTINGS, NOW)
+    return plan_finetunejob(FineTuneJobInputs(body, jobs or [], pods or [], SETTINGS), NOW)
 
 
 def _apply(body: dict[str, Any], plan: Plan) -> dict[str, Any]:
@@ -44,9 +46,9 @@ def _done_pod() -> dict[str, Any]:
 
 def test_new_finetunejob_creates_identity_and_job_for_attempt_one() -> None:
     plan = _plan(finetunejob())
-    assert [o["kind"] for o in plan.create] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
+    assert [o["kind"] for o in plan.created()] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
     assert plan.status["attempt"] == 1
-    assert plan.status["jobName"] == plan.create[-1]["metadata"]["name"]
+    assert plan.status["jobName"] == plan.created()[-1]["metadata"]["name"]
     assert plan.status["phase"] == "Pending"
     assert plan.status["observedGeneration"] == 1
     assert [(e.type, e.reason) for e in plan.events] == [("Normal", "AttemptStarted")]
@@ -56,34 +58,34 @@ def test_reconciling_again_is_a_no_op_once_status_is_recorded() -> None:
     body = _apply(finetunejob(), _plan(finetunejob()))
     created = _plan(finetunejob())
     plan = _plan(body, jobs=[job(spec_hash=body["status"]["specHash"])])
-    assert plan.create == []
-    assert plan.job_patch is None and plan.delete_job is None
+    assert plan.created() == []
+    assert plan.patches("Job") == [] and plan.deleted("Job") == []
     again = _apply(body, plan)
     assert merge_patch(again["status"], _plan(again, jobs=[job()]).status) == {}
     assert is_idle(_plan(again, jobs=[job()]), again["status"])
     assert not is_idle(Plan(status={"phase": "Running"}), {"phase": "Pending"})
     assert is_idle(Plan(status={"phase": "Running"}, recheck_after=5), {"phase": "Running"})
     assert not is_idle(created, body["status"])  # it would create children and post an event
-    assert created.create[-1]["metadata"]["name"] == body["status"]["jobName"]
+    assert created.created()[-1]["metadata"]["name"] == body["status"]["jobName"]
 
 
 def test_a_replayed_create_computes_the_same_children() -> None:
     """A crash between creating the Job and recording the status: the retry adopts, never duplicates."""
     first, second = _plan(finetunejob()), _plan(finetunejob())
-    assert [o["metadata"]["name"] for o in first.create] == [o["metadata"]["name"] for o in second.create]
+    assert [o["metadata"]["name"] for o in first.created()] == [o["metadata"]["name"] for o in second.created()]
 
 
 def test_missing_job_of_an_in_flight_attempt_is_recreated() -> None:
     body = _apply(finetunejob(), _plan(finetunejob()))
     plan = _plan(body, jobs=[])
-    assert [o["kind"] for o in plan.create][-1] == "Job"
+    assert [o["kind"] for o in plan.created()][-1] == "Job"
     assert plan.status["phase"] == "Pending"
 
 
 def test_invalid_spec_fails_without_creating_anything() -> None:
     body = finetunejob(spec={**MINIMAL_SPEC, "training": {"learningRate": -1}})
     plan = _plan(body)
-    assert plan.create == []
+    assert plan.created() == []
     assert plan.status["phase"] == "Failed"
     validated = next(c for c in plan.status["conditions"] if c["type"] == "Validated")
     assert validated["status"] == "False"
@@ -100,7 +102,7 @@ def test_fixing_an_invalid_spec_starts_the_first_attempt() -> None:
     fixed = {**failed, "spec": MINIMAL_SPEC, "metadata": {**failed["metadata"], "generation": 2}}
     plan = _plan(fixed)
     assert plan.status["attempt"] == 1
-    assert plan.create[-1]["kind"] == "Job"
+    assert plan.created()[-1]["kind"] == "Job"
 
 
 def test_success_records_adapter_and_full_progress() -> None:
@@ -124,7 +126,7 @@ def test_spec_change_after_success_starts_attempt_two_and_keeps_history() -> Non
     }
     plan = _plan(changed, jobs=[_completed_job(done["status"]["specHash"])])
     assert plan.status["attempt"] == 2
-    assert plan.create[-1]["metadata"]["name"].endswith("-2")
+    assert plan.created()[-1]["metadata"]["name"].endswith("-2")
     assert plan.status["history"] == [
         {
             "attempt": 1,
@@ -145,7 +147,7 @@ def test_suspend_only_change_after_success_starts_nothing() -> None:
     done = _apply(body, _plan(body, jobs=[_completed_job(body["status"]["specHash"])], pods=[_done_pod()]))
     paused = {**done, "spec": {**MINIMAL_SPEC, "suspend": True}, "metadata": {**done["metadata"], "generation": 2}}
     plan = _plan(paused, jobs=[_completed_job(done["status"]["specHash"])])
-    assert plan.create == []
+    assert plan.created() == []
     assert plan.status == {"observedGeneration": 2}
 
 
@@ -154,8 +156,8 @@ def test_suspend_while_running_suspends_the_job() -> None:
     paused = {**body, "spec": {**MINIMAL_SPEC, "suspend": True}, "metadata": {**body["metadata"], "generation": 2}}
     running = job(active=1, spec_hash=body["status"]["specHash"])
     plan = _plan(paused, jobs=[running], pods=[pod(phase="Running")])
-    assert plan.job_patch == (running["metadata"]["name"], {"spec": {"suspend": True}})
-    assert plan.create == []
+    assert plan.patches("Job") == [(running["metadata"]["name"], {"spec": {"suspend": True}})]
+    assert plan.created() == []
 
 
 def test_spec_change_while_running_is_deferred_then_runs_when_the_attempt_ends() -> None:
@@ -163,7 +165,7 @@ def test_spec_change_while_running_is_deferred_then_runs_when_the_attempt_ends()
     first_hash = body["status"]["specHash"]
     changed = {**body, "spec": {**MINIMAL_SPEC, "lora": {"r": 64}}, "metadata": {**body["metadata"], "generation": 2}}
     plan = _plan(changed, jobs=[job(active=1, spec_hash=first_hash)], pods=[pod(phase="Running")])
-    assert plan.create == []
+    assert plan.created() == []
     assert plan.status["phase"] == "Running"
     assert plan.status["observedGeneration"] == 1
     deferred = next(c for c in plan.status["conditions"] if c["type"] == "SpecChangeDeferred")
@@ -171,7 +173,7 @@ def test_spec_change_while_running_is_deferred_then_runs_when_the_attempt_ends()
     running = _apply(changed, plan)
     finished = _plan(running, jobs=[_completed_job(first_hash)], pods=[_done_pod()])
     assert finished.status["attempt"] == 2
-    assert finished.create[-1]["metadata"]["name"].endswith("-2")
+    assert finished.created()[-1]["metadata"]["name"].endswith("-2")
     assert finished.status["history"][0]["phase"] == "Succeeded"
     assert finished.finished is not None and finished.finished.phase == "Succeeded"
 
@@ -181,7 +183,7 @@ def test_image_that_never_pulls_fails_and_stops_the_job() -> None:
     stuck = pod(waiting={"reason": "InvalidImageName", "message": "couldn't parse image name"})
     plan = _plan(body, jobs=[job(active=1)], pods=[stuck])
     assert plan.status["phase"] == "Failed"
-    assert plan.delete_job == job()["metadata"]["name"]
+    assert plan.deleted("Job") == [job()["metadata"]["name"]]
     assert plan.events[0].type == "Warning" and plan.events[0].reason == "ImagePullError"
 
 
@@ -227,7 +229,9 @@ def test_events_mark_phase_changes_and_warnings_not_every_step() -> None:
     digest = body["status"]["specHash"]
     # JobCreated already says the pod is awaited: Starting costs no write, however long it lasts.
     for seconds in (0, 60):
-        starting = plan_finetunejob(body, [job(spec_hash=digest)], [], SETTINGS, NOW + timedelta(seconds=seconds))
+        starting = plan_finetunejob(
+            FineTuneJobInputs(body, [job(spec_hash=digest)], [], SETTINGS), NOW + timedelta(seconds=seconds)
+        )
         assert starting.status == {} and starting.events == [] and starting.recheck_after is None
     waiting = _plan(body, jobs=[job(spec_hash=digest)], pods=[pod(waiting={"reason": "CreateContainerConfigError"})])
     assert [(e.type, e.reason) for e in waiting.events] == [("Warning", "ConfigError")]
@@ -243,7 +247,9 @@ def test_a_brief_finishing_step_is_not_written_but_a_lasting_one_is() -> None:
     exited = pod(phase="Succeeded", terminated={"exitCode": 0, "finishedAt": "2026-11-23T09:59:59Z"})
     brief = _plan(body, jobs=[job(spec_hash=digest)], pods=[exited])
     assert brief.status == {} and brief.recheck_after == 4
-    later = plan_finetunejob(body, [job(spec_hash=digest)], [exited], SETTINGS, NOW + timedelta(seconds=30))
+    later = plan_finetunejob(
+        FineTuneJobInputs(body, [job(spec_hash=digest)], [exited], SETTINGS), NOW + timedelta(seconds=30)
+    )
     assert later.status["conditions"][1]["reason"] == "Finishing"
 
 
@@ -268,7 +274,7 @@ def test_a_held_job_is_recorded_held_at_once_so_its_job_costs_no_second_write(
 ) -> None:
     body = finetunejob(spec={**MINIMAL_SPEC, **held})
     plan = _plan(body)
-    assert plan.create[-1]["spec"]["suspend"] is True
+    assert plan.created()[-1]["spec"]["suspend"] is True
     assert plan.status["phase"] == phase
     running = next(c for c in plan.status["conditions"] if c["type"] == "Running")
     assert (running["status"], running["reason"]) == ("False", reason)

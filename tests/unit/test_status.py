@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from finetune_operator import status
 from finetune_operator.api import FineTuneJobSpec
-from finetune_operator.status import Outcome, assess_attempt, build_conditions, view_job, view_pod
+from finetune_operator.conditions import build_conditions
+from finetune_operator.kinds.finetunejob import TRAINING_JUDGE
+from finetune_operator.status import Outcome, view_job, view_pod
 from tests.factories import MINIMAL_SPEC, job, pod, result_message, succeeded_result
+
+# A FineTuneJob's attempts, judged as its controller judges them (the judge is the kind's, not a default).
+assess_attempt = functools.partial(status.assess_attempt, judge=TRAINING_JUDGE)
 
 NOW = datetime(2026, 11, 23, 10, 1, tzinfo=UTC)
 SPEC = FineTuneJobSpec.model_validate(

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from .common import TERMINAL_PHASES, Condition, Phase
 from .evalrun import EvalRunSpec, EvalRunStatus
-from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from .finetunejob import FineTuneJobSpec
 from .schema import API_VERSION, GROUP, VERSION, ApiModel
+from .training_status import FineTuneJobStatus
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,10 @@ class PrinterColumn:
 
 @dataclass(frozen=True)
 class Kind:
-    """Everything crdgen and the operator need to know about one custom resource kind."""
+    """Everything the operator, crdgen, the chart's RBAC and the tests know about one custom resource kind.
+
+    The one place a kind's facts are typed: a new kind is a new entry here (and a controller in
+    `kinds/`), never a string literal in another module."""
 
     kind: str
     plural: str
@@ -36,6 +40,13 @@ class Kind:
     status_model: type[ApiModel]
     description: str
     columns: tuple[PrinterColumn, ...]
+    label: str
+    """Label on every child object, valued with the owner's name (`kubectl get jobs -l <label>=<name>`)."""
+    attempt_neutral: tuple[str, ...]
+    """Spec fields (dotted, camelCase) that may change while an attempt runs and so never start a new
+    one: the CRD's CEL freeze rule allows exactly these, and the spec hash leaves exactly these out."""
+    metrics_family: str
+    """Prometheus family of the kind's resources by phase."""
 
     @property
     def crd_name(self) -> str:
@@ -62,6 +73,11 @@ FINETUNEJOB = Kind(
         PrinterColumn("Eval", ".status.evaluation.passed", "boolean", "Whether the adapter passed its evaluation.", 1),
         _AGE,
     ),
+    label=f"{GROUP}/finetunejob",
+    # Pausing; a new benchmark or threshold (re-runs the evaluation, not the training); what deletion
+    # does to the stored objects.
+    attempt_neutral=("suspend", "evaluation", "output.deletePolicy"),
+    metrics_family="finetune_jobs",
 )
 
 EVALRUN = Kind(
@@ -81,9 +97,29 @@ EVALRUN = Kind(
         PrinterColumn("Report", ".status.report.uri", "string", "Where the report was published.", 1),
         _AGE,
     ),
+    label=f"{GROUP}/evalrun",
+    attempt_neutral=("suspend",),
+    metrics_family="finetune_evalruns",
 )
 
 KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN)
+_BY_NAME = {k.kind: k for k in KINDS}
+
+
+def kind_named(name: str) -> Kind:
+    """The registry entry of a kind by its name (`body["kind"]`); KeyError for a kind that is not ours."""
+    return _BY_NAME[name]
+
+
+def is_custom_kind(name: str) -> bool:
+    return name in _BY_NAME
+
+
+def kind_of_spec(spec: ApiModel) -> Kind:
+    """The kind whose spec model `spec` is an instance of."""
+    return next(k for k in KINDS if isinstance(spec, k.spec_model))
+
+
 CATEGORY = "finetune"
 
 
@@ -119,4 +155,7 @@ __all__ = [
     "Phase",
     "PrinterColumn",
     "format_validation_error",
+    "is_custom_kind",
+    "kind_named",
+    "kind_of_spec",
 ]

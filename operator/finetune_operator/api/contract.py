@@ -18,8 +18,9 @@ from pydantic import Field, StringConstraints
 
 from .evalrun import EvalRunSpec, Report, ResolvedModel
 from .evaluation import MetricResult, MetricSummary
-from .finetunejob import Artifact, Checkpoint, FineTuneJobSpec, Provenance, TrainingMetrics
+from .finetunejob import FineTuneJobSpec
 from .schema import ApiModel
+from .training_status import Artifact, Checkpoint, Provenance, TrainingMetrics
 
 RUN_SPEC_ENV = "FINETUNE_RUN_SPEC"
 EXIT_INVALID_INPUT = 2
@@ -29,6 +30,12 @@ PVC_MOUNT_ROOT = "/mnt/pvc"
 
 # Which source a Secret's env vars are for: BASE_MODEL, DATASET, OUTPUT, ADAPTER, or BENCHMARK_<index>.
 SecretRole = str
+
+
+def benchmark_role(index: int) -> SecretRole:
+    """The role of an EvalRun's benchmark `index`: the operator names its env vars, the trainer reads them."""
+    return f"BENCHMARK_{index}"
+
 
 # Keys a storage Secret may hold, per URI scheme: (key, required).
 SECRET_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {

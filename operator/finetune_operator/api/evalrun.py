@@ -20,8 +20,8 @@ from .common import (
     remote_secret_rule,
 )
 from .evaluation import EvaluationSettings, MetricResult, MetricSummary
-from .finetunejob import AttemptRecord
 from .schema import DNS_LABEL, ApiModel, ObjectName, Rule
+from .training_status import AttemptRecord
 
 
 class LocalRef(ApiModel):

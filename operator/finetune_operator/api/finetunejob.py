@@ -9,17 +9,15 @@ from pydantic import Field, StringConstraints
 from .common import (
     QUEUE_AND_SUSPEND,
     URI_HELP,
-    Condition,
     ImageRef,
     ModelSource,
-    Phase,
     Quantization,
     Resources,
     SecretRef,
     Uri,
     remote_secret_rule,
 )
-from .evaluation import Evaluation, EvaluationStatus
+from .evaluation import Evaluation
 from .schema import DNS_LABEL, ApiModel, Rule
 
 DEFAULT_EPOCHS = 3.0
@@ -288,145 +286,3 @@ class FineTuneJobSpec(ApiModel):
         if self.method != "qlora":
             return None
         return self.quantization or Quantization()
-
-
-class Progress(ApiModel):
-    """Live training progress, patched by the trainer itself at most every few seconds."""
-
-    step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
-    total_steps: int | None = Field(default=None, ge=0, description="Optimizer steps planned.")
-    epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
-    percent: int | None = Field(default=None, ge=0, le=100, description="step / totalSteps, in percent.")
-    loss: float | None = Field(default=None, description="Latest training loss.")
-    eval_loss: float | None = Field(default=None, description="Latest validation loss.")
-    learning_rate: float | None = Field(default=None, description="Current learning rate.")
-    tokens_per_second: float | None = Field(
-        default=None, ge=0, description="Training throughput over the last interval."
-    )
-    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds until training finishes.")
-    message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
-        default=None,
-        description="What the trainer is doing (e.g. downloading the model, retrying with a smaller batch).",
-    )
-    update_time: str | None = Field(
-        default=None,
-        description="When the trainer last reported (RFC 3339).",
-        json_schema_extra={"format": "date-time"},
-    )
-
-
-class Artifact(ApiModel):
-    """A published, manifest-verified object-store prefix."""
-
-    uri: Annotated[str, StringConstraints(max_length=2048)] = Field(
-        description="Prefix holding the files and their manifest.json."
-    )
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(
-        default=None, description="sha256 of the published manifest.json (which lists every file's sha256)."
-    )
-    size_bytes: int | None = Field(default=None, ge=0, description="Total size of the published files.")
-
-
-class Checkpoint(ApiModel):
-    """The newest checkpoint synced to the store; a restarted pod resumes from it."""
-
-    uri: Annotated[str, StringConstraints(max_length=2048)] = Field(description="Prefix of the checkpoint.")
-    step: int | None = Field(default=None, ge=0, description="Optimizer step of the checkpoint.")
-
-
-class TrainingMetrics(ApiModel):
-    """Final figures from the trainer's result."""
-
-    train_loss: float | None = Field(default=None, description="Mean training loss over the run.")
-    eval_loss: float | None = Field(default=None, description="Validation loss at the end.")
-    steps: int | None = Field(default=None, ge=0, description="Optimizer steps run.")
-    train_samples: int | None = Field(default=None, ge=0, description="Training examples after refinement.")
-    tokens_per_second: float | None = Field(default=None, ge=0, description="Mean training throughput.")
-    runtime_seconds: float | None = Field(default=None, ge=0, description="Wall time of the training loop.")
-
-
-class Provenance(ApiModel):
-    """What exactly produced the adapter, for reproducibility."""
-
-    base_model_revision: Annotated[str, StringConstraints(max_length=256)] | None = Field(
-        default=None, description="Resolved revision (commit or manifest sha256) of the base model."
-    )
-    dataset_sha256: Annotated[str, StringConstraints(max_length=64)] | None = Field(
-        default=None, description="sha256 of the dataset files as read."
-    )
-    trainer_image: Annotated[str, StringConstraints(max_length=512)] | None = Field(
-        default=None, description="Trainer image that ran."
-    )
-    trainer_version: Annotated[str, StringConstraints(max_length=64)] | None = Field(
-        default=None, description="finetune-trainer version that ran."
-    )
-
-
-class AttemptRecord(ApiModel):
-    """A finished attempt, kept when a spec change started a new one."""
-
-    attempt: int = Field(ge=1, description="Attempt number.")
-    generation: int | None = Field(default=None, ge=0, description="metadata.generation the attempt ran.")
-    job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
-        default=None, description="Job of the attempt."
-    )
-    phase: Phase = Field(description="How the attempt ended.")
-    reason: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
-        default=None, description="Reason of the outcome."
-    )
-    adapter_uri: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
-        default=None, description="Adapter the attempt published, if it succeeded."
-    )
-    completion_time: str | None = Field(
-        default=None, description="When the attempt ended (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-
-
-class FineTuneJobStatus(ApiModel):
-    """Observed state, written by the operator (and `progress` by the trainer)."""
-
-    phase: Phase | None = Field(default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=16,
-        description="Validated, Running, Succeeded, Failed, SpecChangeDeferred and (with spec.evaluation) Evaluated, "
-        "per the Kubernetes API conventions.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    progress: Progress | None = Field(default=None, description="Live progress reported by the trainer.")
-    adapter: Artifact | None = Field(default=None, description="The published adapter (PEFT format).")
-    merged_model: Artifact | None = Field(default=None, description="The merged model, when output.merge is set.")
-    checkpoint: Checkpoint | None = Field(default=None, description="Newest synced checkpoint while running.")
-    metrics: TrainingMetrics | None = Field(default=None, description="Final training figures.")
-    provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
-    evaluation: EvaluationStatus | None = Field(
-        default=None, description="Verdict of the job's own EvalRun (with spec.evaluation)."
-    )
-    job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
-        default=None, description="Job of the current attempt."
-    )
-    attempt: int | None = Field(
-        default=None, ge=1, description="Current attempt; a spec change after the job finished starts the next."
-    )
-    pod_failures: int | None = Field(
-        default=None, ge=0, description="Failed pods of the current attempt (each retried until backoffLimit)."
-    )
-    start_time: str | None = Field(
-        default=None,
-        description="When the attempt's Job started (RFC 3339).",
-        json_schema_extra={"format": "date-time"},
-    )
-    completion_time: str | None = Field(
-        default=None, description="When the attempt finished (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="metadata.generation the current attempt runs."
-    )
-    spec_hash: Annotated[str, StringConstraints(max_length=64)] | None = Field(
-        default=None,
-        description="Hash of the spec the current attempt runs (spec.suspend excluded); a different spec after the "
-        "attempt finished starts the next attempt.",
-    )
-    history: list[AttemptRecord] = Field(
-        default_factory=list, max_length=10, description="Earlier attempts, newest last (at most 10)."
-    )

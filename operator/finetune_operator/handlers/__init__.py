@@ -1,5 +1,8 @@
-"""Importing this package registers every kopf handler."""
+"""kopf wiring only: watches, indices and start-up. Importing this package registers every handler.
 
-from . import children, common, evalrun, finetunejob, lifecycle
+No handler module imports another: they meet in reconciler.wake.
+"""
 
-__all__ = ["children", "common", "evalrun", "finetunejob", "lifecycle"]
+from . import children, lifecycle, resources
+
+__all__ = ["children", "lifecycle", "resources"]

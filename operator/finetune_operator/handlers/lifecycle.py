@@ -9,14 +9,16 @@ from typing import Any, cast
 import kopf
 
 from ..config import OperatorSettings
-from ..kube import DelayedCalls, make_api_client
+from ..kube import KubeApi, make_api_client
 from ..metrics import OperatorMetrics
-from .runtime import MEMO_KEY, Runtime
+from ..runtime import MEMO_KEY, Runtime
+from ..workqueue import DelayedCalls
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
     """kopf deep-copies every event's body into a diff base for change-detecting (create/update)
-    handlers; with none registered it is never read, yet cost ~9 % of the operator's CPU in a burst."""
+    handlers; with none registered it is never read, yet cost a share of the operator's CPU in a burst
+    worth removing (docs/benchmarks.md, "Operator scale")."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
         return cast(kopf.BodyEssence, {})
@@ -33,7 +35,7 @@ def configure(
     settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
     operator_settings = OperatorSettings.from_env(os.environ)
-    # Only event handlers and indices are registered (handlers/common.py: needs_reconcile), so kopf
+    # Only event handlers and indices are registered (kinds.base.needs_reconcile), so kopf
     # keeps no per-object state in annotations or .status: no bookkeeping patches at all.
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.INFO
@@ -44,7 +46,7 @@ def configure(
     settings.posting.idle_timeout = 0.05
     # kopf's worker for an object keeps the last event it handled (the decoded body) while it idles
     # waiting for the next one, 5 s by default: at a hundred events a second that is hundreds of
-    # bodies kept for nothing (peak RSS of a 1000-job burst 169 -> 162 MB at 0.5 s). A worker
+    # bodies kept for nothing (peak RSS of a 1000-job burst: docs/benchmarks.md, "Operator scale"). A worker
     # that exits is re-created by the next event: a task and a queue.
     settings.queueing.idle_timeout = 0.5
     # Re-list periodically so a watch silently dropped by a proxy cannot leave the operator blind.
@@ -52,7 +54,8 @@ def configure(
     settings.watching.client_timeout = 660
     metrics = OperatorMetrics()
     metrics.serve(operator_settings.metrics_port)
-    runtime = Runtime(settings=operator_settings, api=make_api_client(DelayedCalls.WORKERS), metrics=metrics)
+    api = KubeApi(make_api_client(DelayedCalls.WORKERS))
+    runtime = Runtime(settings=operator_settings, api=api, metrics=metrics)
     metrics.reconciles_pending.set_function(runtime.reconciles.pending)
     memo[MEMO_KEY] = runtime
     logger.info("finetune-operator configured: %s", operator_settings.model_dump())

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import GROUP, VERSION
+from ..api import kind_of_spec
 from ..api.common import Resources, SecretRef
 from ..api.contract import (
     EXIT_INVALID_INPUT,
@@ -19,12 +19,8 @@ from ..api.contract import (
     RUN_SPEC_ENV,
     SECRET_KEYS,
     CleanupRunSpec,
-    EvaluationRunSpec,
-    ResourceRef,
-    RunOutput,
     SecretRole,
-    StorageSettings,
-    TrainingRunSpec,
+    benchmark_role,
     secret_env_name,
 )
 from ..api.evalrun import EvalRunSpec, ResolvedModel
@@ -43,89 +39,33 @@ from .names import (
     job_name,
     trainer_account_name,
 )
+from .runspec import build_eval_run_spec, build_run_spec, owner_prefix, resource_ref, storage_settings
 
 WORK_DIR = "/workspace"
 RUN_AS_USER = 1000
 
 
+def _drop(payload: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        payload.pop(head, None)
+    elif isinstance(payload.get(head), dict):
+        _drop(payload[head], rest)
+
+
 def spec_hash(spec: FineTuneJobSpec | EvalRunSpec, model: ResolvedModel | None = None) -> str:
     """Identity of what an attempt runs.
 
-    Excluded: spec.suspend (pausing is not a new attempt), a FineTuneJob's spec.evaluation (a new
-    benchmark or threshold re-runs the evaluation, not the training) and output.deletePolicy (it acts
-    on deletion only). Included for an EvalRun: the resolved model, so a FineTuneJob publishing a new
+    Excluded: the kind's `attempt_neutral` fields, the same ones its CRD lets change mid-attempt
+    (api.Kind). Included for an EvalRun: the resolved model, so a FineTuneJob publishing a new
     adapter starts a new evaluation.
     """
     payload = spec.to_json_dict()
-    payload.pop("suspend", None)
-    payload.pop("evaluation", None)
-    if isinstance(payload.get("output"), dict):
-        payload["output"].pop("deletePolicy", None)
+    for dotted in kind_of_spec(spec).attempt_neutral:
+        _drop(payload, dotted)
     if model is not None:
         payload["resolvedModel"] = model.to_json_dict()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def owner_prefix(owner: Owner, output_uri: str | None, settings: OperatorSettings) -> str:
-    """<output>/<namespace>/<name>/<uid>/: everything one object ever publishes, and nothing else."""
-    prefix = (output_uri or settings.output_uri).rstrip("/")
-    return f"{prefix}/{owner.namespace}/{owner.name}/{owner.uid}/"
-
-
-def attempt_prefix(owner: Owner, output_uri: str | None, attempt: int, settings: OperatorSettings) -> str:
-    """<output>/<namespace>/<name>/<uid>/attempt-<n>/: unique per object and attempt, never overwritten."""
-    return owner_prefix(owner, output_uri, settings) + f"attempt-{attempt}/"
-
-
-def run_output(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> RunOutput:
-    base = attempt_prefix(owner, spec.output.uri, attempt, settings)
-    return RunOutput(
-        uri=base,
-        adapter_uri=base + "adapter/",
-        checkpoints_uri=base + "checkpoints/",
-        merged_model_uri=base + "merged/" if spec.output.merge else None,
-    )
-
-
-def _resource_ref(owner: Owner) -> ResourceRef:
-    plural = "finetunejobs" if owner.kind == "FineTuneJob" else "evalruns"
-    return ResourceRef(
-        group=GROUP, version=VERSION, plural=plural, namespace=owner.namespace, name=owner.name, uid=owner.uid
-    )
-
-
-def _storage(settings: OperatorSettings) -> StorageSettings:
-    return StorageSettings(s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region, s3_secure=settings.s3_secure)
-
-
-def build_run_spec(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> TrainingRunSpec:
-    """The trainer's whole input, with every default resolved so the trainer decides nothing the operator did."""
-    training = spec.training.model_copy(update={"epochs": spec.training.effective_epochs})
-    resolved = spec.model_copy(
-        update={"training": training, "quantization": spec.effective_quantization, "evaluation": None}
-    )
-    return TrainingRunSpec(
-        resource=_resource_ref(owner),
-        attempt=attempt,
-        job=resolved,
-        output=run_output(owner, spec, attempt, settings),
-        storage=_storage(settings),
-        trainer_image=spec.image or settings.trainer_image,
-    )
-
-
-def build_eval_run_spec(
-    owner: Owner, spec: EvalRunSpec, model: ResolvedModel, attempt: int, settings: OperatorSettings
-) -> EvaluationRunSpec:
-    return EvaluationRunSpec(
-        resource=_resource_ref(owner),
-        attempt=attempt,
-        evaluation=spec,
-        model=model,
-        report_uri=attempt_prefix(owner, spec.output_uri, attempt, settings) + "report/",
-        storage=_storage(settings),
-        trainer_image=spec.image or settings.trainer_image,
-    )
 
 
 def secret_env(role: SecretRole, uri: str, ref: SecretRef | None, default_secret: str | None) -> list[dict[str, Any]]:
@@ -346,10 +286,6 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settin
     )
 
 
-def benchmark_role(index: int) -> SecretRole:
-    return f"BENCHMARK_{index}"
-
-
 def build_eval_job(
     owner: Owner, spec: EvalRunSpec, model: ResolvedModel, attempt: int, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -402,7 +338,7 @@ def build_cleanup_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSet
     No API token: it reports only through its exit code and termination message.
     """
     prefix = owner_prefix(owner, spec.output.uri, settings)
-    run_spec = CleanupRunSpec(resource=_resource_ref(owner), uri=prefix, storage=_storage(settings))
+    run_spec = CleanupRunSpec(resource=resource_ref(owner), uri=prefix, storage=storage_settings(settings))
     job = build_job(
         owner,
         None,

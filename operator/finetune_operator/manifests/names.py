@@ -10,14 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import API_VERSION
+from ..api import API_VERSION, kind_named
 
 MANAGED_BY = "finetune-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_OWNER_UID = "finetune.dev/owner-uid"
-LABEL_FINETUNEJOB = "finetune.dev/finetunejob"
-LABEL_EVALRUN = "finetune.dev/evalrun"
 LABEL_ATTEMPT = "finetune.dev/attempt"
 ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -75,11 +73,10 @@ def trainer_account_name(owner: Owner) -> str:
 
 
 def child_labels(owner: Owner, component: str) -> dict[str, str]:
-    kind_label = LABEL_FINETUNEJOB if owner.kind == "FineTuneJob" else LABEL_EVALRUN
     return {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_COMPONENT: component,
-        kind_label: owner.name,
+        kind_named(owner.kind).label: owner.name,
         LABEL_OWNER_UID: owner.uid,
     }
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import GROUP
+from ..api import GROUP, kind_named
 from .names import Owner, child_metadata, trainer_account_name
-
-_PLURALS = {"FineTuneJob": "finetunejobs", "EvalRun": "evalruns"}
 
 
 def build_trainer_service_account(owner: Owner) -> dict[str, Any]:
@@ -29,7 +27,7 @@ def build_trainer_role(owner: Owner) -> dict[str, Any]:
         "rules": [
             {
                 "apiGroups": [GROUP],
-                "resources": [f"{_PLURALS[owner.kind]}/status"],
+                "resources": [f"{kind_named(owner.kind).plural}/status"],
                 "resourceNames": [owner.name],
                 "verbs": ["get", "patch"],
             }

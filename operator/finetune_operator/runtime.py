@@ -1,15 +1,14 @@
-"""What every handler shares, created once at start-up and carried in kopf's memo."""
+"""What every handler and reconcile shares, created once at start-up and carried in kopf's memo."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from kubernetes import client
-
-from ..config import OperatorSettings
-from ..kube import DelayedCalls, KeyedLocks
-from ..metrics import OperatorMetrics
+from .config import OperatorSettings
+from .executor import Api
+from .metrics import OperatorMetrics
+from .workqueue import DelayedCalls, Key, KeyedLocks
 
 MEMO_KEY = "finetune"
 
@@ -17,16 +16,17 @@ MEMO_KEY = "finetune"
 @dataclass
 class Runtime:
     settings: OperatorSettings
-    api: client.ApiClient
+    api: Api
     metrics: OperatorMetrics
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     reconciles: DelayedCalls = field(default_factory=DelayedCalls)
     """Every reconcile runs from this queue: queued by watch events, rechecks and retries."""
-    verdicts: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)
-    """Last seen phase/verdict of each owned EvalRun: only a change wakes its FineTuneJob."""
-    versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    mirrored: dict[Key, tuple[object, ...]] = field(default_factory=dict)
+    """What each resource last showed the resources that depend on it (Controller.mirrored): only a
+    change wakes them."""
+    versions: dict[Key, str] = field(default_factory=dict)
     """resourceVersion of each resource as of its last fresh read or our own last write to it: a
-    watched copy at that version is what a GET would return (handlers/common.reconcile_resource)."""
+    watched copy at that version is what a GET would return (reconciler.reconcile)."""
 
     @staticmethod
     def now() -> datetime:

@@ -1,73 +1,94 @@
-"""What differs between a FineTuneJob attempt and an EvalRun attempt; reconcile.py runs both the same way.
+"""EvalRun: resolve the model to evaluate (maybe waiting for a FineTuneJob), run it in attempts, judge thresholds.
 
-A `Workload` bundles the pure functions one kind contributes: the children of an attempt, what a
-successful trainer result must contain, which status fields it fills, and extra conditions. Also
-here: resolving an EvalRun's `fineTuneJobRef`, and the EvalRun a FineTuneJob's `spec.evaluation` asks for.
+    inputs = gather(body, indices, settings)   # its Jobs and Pods, the referenced FineTuneJob as watched
+    plan(inputs, now) -> Plan                  # pure: the model, then attempts (attempts.py)
+
+Woken by its own events, its Jobs and Pods, and the FineTuneJob its fineTuneJobRef names finishing
+(that controller's `dependents`). An EvalRun owned by a FineTuneJob wakes that job when its verdict
+changes (`mirrored`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from .api import API_VERSION
-from .api.contract import TrainerResult
-from .api.evalrun import AdapterSource, EvalModel, EvalRunSpec, LocalRef, ResolvedModel
-from .api.evaluation import MetricSummary, judge
-from .api.finetunejob import FineTuneJobSpec
-from .config import OperatorSettings
-from .manifests import build_children, build_eval_children
-from .manifests.job import spec_hash
-from .manifests.names import Owner, bounded_name, child_metadata
-from .status import TRAINING_JUDGE, Judge, Outcome, Scheduling, make_condition, result_fields
+from ..api import EVALRUN, FINETUNEJOB, TERMINAL_PHASES, Kind, format_validation_error
+from ..api.contract import TrainerResult
+from ..api.evalrun import AdapterSource, EvalRunSpec, ResolvedModel
+from ..api.evaluation import MetricSummary, judge
+from ..api.finetunejob import FineTuneJobSpec
+from ..attempts import Observed, Workload, event_for, invalid, observe, plan_attempts
+from ..conditions import build_conditions, make_condition
+from ..config import OperatorSettings
+from ..manifests import build_eval_children
+from ..manifests.job import spec_hash
+from ..manifests.names import Owner
+from ..plan import Plan
+from ..status import Judge, Outcome, format_time
+from .base import Controller, Gathered, Indices, children_of, watched
 
 
 @dataclass(frozen=True)
-class Workload:
-    spec: Scheduling
-    digest: str
-    judge: Judge
-    children: Callable[[int], list[dict[str, Any]]]
-    """attempt -> the objects that attempt needs, in creation order."""
-    attempt_fields: tuple[str, ...]
-    """Status fields that describe one attempt; cleared when the next starts."""
-    result_fields: Callable[[Outcome], dict[str, Any]]
-    extra_conditions: Callable[[Outcome], list[dict[str, Any]]] = lambda _: []
-    start_fields: Mapping[str, Any] = field(default_factory=dict)
-    """Status fields set when an attempt starts."""
+class Inputs(Gathered):
+    ftj: Mapping[str, Any] | None = None
+    """The FineTuneJob named by spec.model.fineTuneJobRef, as watched (None if absent or not referenced)."""
 
 
-# --- FineTuneJob ---------------------------------------------------------------------------------
+def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings) -> Inputs:
+    jobs, pods = children_of(indices, body)
+    ref = (((body.get("spec") or {}).get("model") or {}).get("fineTuneJobRef") or {}).get("name")
+    namespace = body["metadata"].get("namespace") or ""
+    ftj = watched(indices, FINETUNEJOB, namespace, ref) if ref else None
+    return Inputs(body, jobs, pods, settings, ftj)
 
 
-TRAINING_ATTEMPT_FIELDS = (
-    "progress",
-    "adapter",
-    "mergedModel",
-    "checkpoint",
-    "metrics",
-    "provenance",
-    "evaluation",
-    "startTime",
-    "completionTime",
-)
+def plan(inputs: Inputs, now: datetime) -> Plan:
+    body, settings = inputs.body, inputs.settings
+    obs = observe(body, inputs.jobs)
+    try:
+        spec = EvalRunSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        return invalid(format_validation_error(error), obs, now)
+    in_flight = obs.attempt > 0 and obs.status.get("phase") not in TERMINAL_PHASES
+    recorded = obs.status.get("model")
+    if in_flight and recorded:
+        # A running attempt finishes with the model it started with, even if the job has moved on.
+        model = ResolvedModel.model_validate(recorded)
+    else:
+        resolved = resolve_model(spec, inputs.ftj)
+        if isinstance(resolved, Outcome):
+            if obs.attempt:
+                # The last verdict stands (e.g. the FineTuneJob is re-training); a new adapter brings a new attempt.
+                return Plan(status={"observedGeneration": obs.generation})
+            return _waiting(obs, resolved, now)
+        model = resolved
+    return plan_attempts(obs, evaluation_workload(obs.owner, spec, model, settings), inputs.pods, settings, now)
 
 
-def training_workload(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> Workload:
-    return Workload(
-        spec=spec,
-        digest=spec_hash(spec),
-        judge=TRAINING_JUDGE,
-        children=lambda attempt: build_children(owner, spec, attempt, settings),
-        attempt_fields=TRAINING_ATTEMPT_FIELDS,
-        result_fields=result_fields,
-    )
+def _waiting(obs: Observed, outcome: Outcome, now: datetime) -> Plan:
+    """An EvalRun whose model cannot be resolved yet (Pending) or ever (Failed): no Job, a condition saying why."""
+    fields: dict[str, Any] = {
+        "phase": outcome.phase,
+        "observedGeneration": obs.generation,
+        "conditions": build_conditions(
+            outcome,
+            obs.status.get("conditions") or [],
+            obs.generation,
+            now,
+            extra=[make_condition("Passed", False if outcome.terminal else None, outcome.reason, outcome.message)],
+        ),
+    }
+    if outcome.terminal:
+        fields["completionTime"] = obs.status.get("completionTime") or format_time(now)
+    return Plan(status=fields, events=event_for(obs.status, outcome), finished=outcome if outcome.terminal else None)
 
 
-# --- EvalRun -------------------------------------------------------------------------------------
+# --- the evaluation attempt ----------------------------------------------------------------------
 
 
 def _format_summary(summary: list[MetricSummary]) -> str:
@@ -189,32 +210,27 @@ def resolve_model(spec: EvalRunSpec, ftj: Mapping[str, Any] | None) -> ResolvedM
     )
 
 
-# --- FineTuneJob.spec.evaluation -> an owned EvalRun ---------------------------------------------
+# --- waking ----------------------------------------------------------------------------------------
 
 
-def evalrun_name(owner: Owner) -> str:
-    return bounded_name(owner.name, "-eval")
-
-
-def build_owned_evalrun(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The EvalRun a FineTuneJob's spec.evaluation stands for: same image, queue, output and (default) resources."""
-    evaluation = spec.evaluation
-    assert evaluation is not None
-    eval_spec = EvalRunSpec(
-        model=EvalModel(fine_tune_job_ref=LocalRef(name=owner.name)),
-        benchmarks=evaluation.benchmarks,
-        baseline=evaluation.baseline,
-        generation=evaluation.generation,
-        thresholds=evaluation.thresholds,
-        resources=evaluation.resources or spec.resources,
-        output_uri=spec.output.uri,
-        output_secret_ref=spec.output.secret_ref,
-        image=spec.image,
-        queue_name=spec.queue_name,
+def mirrored(body: Mapping[str, Any]) -> tuple[object, ...]:
+    """What the owning FineTuneJob copies into its status; its progress patches (every few seconds) do not count."""
+    status = body.get("status") or {}
+    return (
+        (body.get("metadata") or {}).get("generation"),
+        status.get("phase"),
+        status.get("passed"),
+        ((status.get("model") or {}).get("adapter") or {}).get("uri"),
+        (status.get("report") or {}).get("uri"),
     )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "EvalRun",
-        "metadata": child_metadata(owner, evalrun_name(owner), "evaluation"),
-        "spec": eval_spec.to_json_dict(),
-    }
+
+
+def dependents(event_type: str | None, body: Mapping[str, Any], indices: Indices) -> list[tuple[Kind, str]]:
+    """A FineTuneJob's own EvalRun: its phase and verdict go into the job's status."""
+    owner = ((body.get("metadata") or {}).get("labels") or {}).get(FINETUNEJOB.label)
+    return [(FINETUNEJOB, owner)] if owner else []
+
+
+CONTROLLER: Controller[Inputs] = Controller(
+    kind=EVALRUN, gather=gather, plan=plan, mirrored=mirrored, dependents=dependents
+)

@@ -15,12 +15,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api.finetunejob import FineTuneJobSpec
-from .config import OperatorSettings
-from .manifests.job import build_cleanup_job, cleanup_job_name, owner_prefix
-from .manifests.names import ARTIFACTS_FINALIZER, LABEL_COMPONENT, Owner
-from .reconcile import Event, Plan
-from .status import parse_result, parse_time, view_job, view_pod
+from ..api import FINETUNEJOB
+from ..api.finetunejob import FineTuneJobSpec
+from ..config import OperatorSettings
+from ..manifests.job import build_cleanup_job, cleanup_job_name
+from ..manifests.names import ARTIFACTS_FINALIZER, LABEL_COMPONENT, Owner
+from ..manifests.runspec import owner_prefix
+from ..plan import Action, Create, Delete, Event, Plan, set_finalizers
+from ..status import parse_result, parse_time, view_job, view_pod
 
 CLEANUP_GRACE_SECONDS = 60
 """Beyond the cleanup Job's own deadline: time for its pod to be scheduled and its verdict to arrive."""
@@ -47,13 +49,13 @@ def plan_deletion(
     finalizers = list(meta.get("finalizers") or [])
     if ARTIFACTS_FINALIZER not in finalizers:
         return Plan()
-    release = [f for f in finalizers if f != ARTIFACTS_FINALIZER]
+    release = set_finalizers(FINETUNEJOB.kind, body, [f for f in finalizers if f != ARTIFACTS_FINALIZER])
     owner = Owner.from_body(body)
     try:
         spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
     except ValidationError:
         message = "the spec is invalid, so where its objects are is unknown; nothing was deleted from the store"
-        return Plan(finalizers=release, events=[Event("Warning", "ArtifactCleanupFailed", message)])
+        return Plan(actions=[release], events=[Event("Warning", "ArtifactCleanupFailed", message)])
     prefix = owner_prefix(owner, spec.output.uri, settings)
     name = cleanup_job_name(owner)
     cleanup = next((view_job(j) for j in jobs if j["metadata"]["name"] == name), None)
@@ -62,27 +64,28 @@ def plan_deletion(
 
     if cleanup is not None and cleanup.complete:
         done = f"deleted the objects under {prefix}"
-        return Plan(finalizers=release, delete_job=name, events=[Event("Normal", "ArtifactsDeleted", done)])
+        return Plan(actions=[Delete("Job", name), release], events=[Event("Normal", "ArtifactsDeleted", done)])
     if cleanup is not None and cleanup.finished:
         why = _failure(cleanup_pods, cleanup.failed_message)
         message = f"cleanup failed ({why}); {left}"
-        return Plan(finalizers=release, delete_job=name, events=[Event("Warning", "ArtifactCleanupFailed", message)])
+        failed = Event("Warning", "ArtifactCleanupFailed", message)
+        return Plan(actions=[Delete("Job", name), release], events=[failed])
     deleted_at = parse_time(meta.get("deletionTimestamp")) or now
     limit = settings.cleanup_deadline_seconds + CLEANUP_GRACE_SECONDS
     waited = (now - deleted_at).total_seconds()
     if waited >= limit:
         message = f"cleanup did not finish within {limit}s; {left}"
-        delete = name if cleanup is not None else None
-        return Plan(finalizers=release, delete_job=delete, events=[Event("Warning", "ArtifactCleanupFailed", message)])
+        actions: list[Action] = [Delete("Job", name)] if cleanup is not None else []
+        return Plan(actions=[*actions, release], events=[Event("Warning", "ArtifactCleanupFailed", message)])
 
     plan = Plan(recheck_after=limit - waited)
     running = [v for v in map(view_job, jobs) if v.name != name and not v.finished]
     if running:
-        plan.delete_job = running[0].name  # its pods go with it; their DELETED events bring us back
+        plan.actions = [Delete("Job", running[0].name)]  # its pods go with it; their DELETED events bring us back
         return plan
     trainer_pods = [p for p in pods if _component(p) != "cleanup" and view_pod(p).phase not in _POD_DONE]
     if not trainer_pods and cleanup is None:
-        plan.create = [build_cleanup_job(owner, spec, settings)]
+        plan.actions = [Create(build_cleanup_job(owner, spec, settings))]
         plan.events = [Event("Normal", "DeletingArtifacts", f"deleting the objects under {prefix}")]
     return plan
 

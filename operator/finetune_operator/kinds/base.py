@@ -1,0 +1,130 @@
+"""What every kind's controller shares: the shape of a controller, and how it reads kopf's indices.
+
+A controller is pure: `gather(body, indices, settings)` picks what it needs out of the indices (never
+the API), `plan(inputs, now)` decides. The generic loop (reconciler.py) reads the resource, runs
+both, executes the plan and schedules a recheck.
+
+The indices (kopf keeps them up to date from its watches, handlers/indices.py registers them):
+trainer Jobs and Pods by their owner's uid, every resource of our kinds by (namespace, name) as
+watched, and EvalRuns by the FineTuneJob their fineTuneJobRef names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar, cast
+
+from ..api import KINDS, Kind
+from ..config import OperatorSettings
+from ..plan import Plan
+
+TRAINER_JOBS = "trainer_jobs"
+TRAINER_PODS = "trainer_pods"
+EVALRUNS_BY_JOB = "evalruns_by_job"
+
+
+def watched_index(kind: Kind) -> str:
+    """The index of a kind's resources as watched, keyed by (namespace, name)."""
+    return f"watched_{kind.plural}"
+
+
+Indices = Mapping[str, Mapping[Any, Iterable[Any]]]
+"""kopf's indices by name: key -> the values indexed under it (a live view, read when a reconcile runs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """An indexed body kept as its compact JSON, decoded when a reconcile reads it.
+
+    The indices hold a body per trainer Job, Pod and resource for as long as these live; decoded,
+    each costs about five times its JSON in Python objects (every key a string of its own), which
+    was most of the operator's memory per live resource. A reconcile reads a handful of them."""
+
+    text: str
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Packed:
+        return cls(json.dumps(body, separators=(",", ":")))
+
+    def unpack(self) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(self.text))
+
+
+def children_of(indices: Indices, body: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The trainer Jobs and Pods indexed under this resource's uid."""
+    uid = body["metadata"]["uid"]
+    jobs, pods = indices[TRAINER_JOBS].get(uid, []), indices[TRAINER_PODS].get(uid, [])
+    return [job.unpack() for job in jobs], [pod.unpack() for pod in pods]
+
+
+def watched(indices: Indices, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    """A resource of ours as last watched, or None when the watch has not seen it (or it is gone)."""
+    packed = next(iter(indices[watched_index(kind)].get((namespace, name), [])), None)
+    return packed.unpack() if packed is not None else None
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What every kind that runs Jobs plans from: the resource, its trainer Jobs and Pods, the settings.
+    A kind's own Inputs add what else it reads (another resource, as watched)."""
+
+    body: Mapping[str, Any]
+    jobs: Sequence[Mapping[str, Any]]
+    pods: Sequence[Mapping[str, Any]]
+    settings: OperatorSettings
+
+
+InputsT = TypeVar("InputsT")
+
+
+@dataclass(frozen=True)
+class Controller(Generic[InputsT]):
+    """One kind's policy, as the generic reconcile loop and the handlers use it."""
+
+    kind: Kind
+    gather: Callable[[Mapping[str, Any], Indices, OperatorSettings], InputsT]
+    plan: Callable[[InputsT, datetime], Plan]
+    plan_deletion: Callable[[InputsT, datetime], Plan] | None = None
+    """The finalizer's work on a resource being deleted; None: the garbage collector's alone."""
+    finalizer: str | None = None
+    """The finalizer whose holder's deletion must be planned (its deletion events wake a reconcile)."""
+    mirrored: Callable[[Mapping[str, Any]], tuple[object, ...]] = lambda _: ()
+    """What other resources read of this one: only a change of it wakes `dependents`."""
+    dependents: Callable[[str | None, Mapping[str, Any], Indices], list[tuple[Kind, str]]] = lambda *_: []
+    """(kind, name) in the same namespace of the resources to wake when `mirrored` changed,
+    given the event type and body."""
+
+
+def needs_reconcile(event_type: str | None, body: Mapping[str, Any], finalizer: str | None = None) -> bool:
+    """Whether a watch event of the resource itself calls for a reconcile.
+
+    Level-triggered: everything after the first reconcile of a spec generation is driven by the
+    children's events (and timed rechecks), so the resource's own events matter only when it is
+    listed (operator start: anything may have happened meanwhile), when its spec generation is not
+    yet observed (created, or changed), or when it is being deleted holding our finalizer. Its
+    other events are our own status patches and the trainer's progress reports: no reconcile,
+    which is also why kopf's change-detecting handlers (and their annotation patches) are not used.
+    """
+    if event_type == "DELETED":
+        return False
+    meta = body.get("metadata") or {}
+    if event_type is None:
+        return True
+    if meta.get("deletionTimestamp"):
+        return finalizer is not None and finalizer in (meta.get("finalizers") or [])
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return observed is None or observed != meta.get("generation")
+
+
+def index_names() -> tuple[str, ...]:
+    """Every index a reconcile reads (handlers/ registers each under this name)."""
+    return (TRAINER_JOBS, TRAINER_PODS, EVALRUNS_BY_JOB, *(watched_index(kind) for kind in KINDS))
+
+
+def indices_in(handler_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """kopf's indices out of a handler's arguments. They are live views, read by the queued
+    reconcile when it runs; the rest of the arguments (the event's body) must not be kept for it."""
+    return {index: handler_kwargs[index] for index in index_names()}

@@ -1,0 +1,265 @@
+"""FineTuneJob: train an adapter in attempts, own an EvalRun for spec.evaluation, clean up on deletion.
+
+    inputs = gather(body, indices, settings)   # its Jobs, Pods and own EvalRun, from kopf's indices
+    plan(inputs, now) -> Plan                  # pure: attempts (attempts.py), the EvalRun, the finalizer
+
+Three watches wake it: the FineTuneJob itself (`needs_reconcile`), its trainer Jobs and Pods, and
+its own EvalRun when that one's verdict changes (the EvalRun controller's `mirrored`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from ..api import EVALRUN, FINETUNEJOB, TERMINAL_PHASES, Kind, format_validation_error
+from ..api.contract import TrainerResult
+from ..api.evalrun import EvalRunSpec
+from ..api.finetunejob import FineTuneJobSpec
+from ..attempts import Observed, Workload, invalid, observe, plan_attempts
+from ..conditions import make_condition, stamp_conditions
+from ..config import OperatorSettings
+from ..manifests import build_children
+from ..manifests.evalrun import build_owned_evalrun, evalrun_name
+from ..manifests.job import spec_hash
+from ..manifests.names import ARTIFACTS_FINALIZER, Owner
+from ..plan import Create, Delete, Event, Patch, Plan, replacing_patch, set_finalizers
+from ..status import Judge, Outcome
+from .base import EVALRUNS_BY_JOB, Controller, Gathered, Indices, children_of, watched
+from .deletion import plan_deletion
+
+
+@dataclass(frozen=True)
+class Inputs(Gathered):
+    evalrun: Mapping[str, Any] | None = None
+    """Its own EvalRun (`<name>-eval`) as watched, when spec.evaluation is or was set."""
+
+
+def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings) -> Inputs:
+    jobs, pods = children_of(indices, body)
+    evalrun = None
+    if (body.get("spec") or {}).get("evaluation") or (body.get("status") or {}).get("evaluation"):
+        owner = Owner.from_body(body)
+        evalrun = watched(indices, EVALRUN, owner.namespace, evalrun_name(owner))
+    return Inputs(body, jobs, pods, settings, evalrun)
+
+
+def plan(inputs: Inputs, now: datetime) -> Plan:
+    body = inputs.body
+    obs = observe(body, inputs.jobs)
+    try:
+        spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        return invalid(format_validation_error(error), obs, now)
+    work = training_workload(obs.owner, spec, inputs.settings)
+    result = plan_attempts(obs, work, inputs.pods, inputs.settings, now)
+    _mirror_evaluation(result, obs, spec, inputs.evalrun, now)
+    finalizers = _finalizers(body, spec)
+    if finalizers is not None:
+        change = set_finalizers(FINETUNEJOB.kind, body, finalizers)
+        result.actions = [change, *result.actions] if change.stage == "before" else [*result.actions, change]
+    return result
+
+
+def plan_deleting(inputs: Inputs, now: datetime) -> Plan:
+    return plan_deletion(inputs.body, inputs.jobs, inputs.pods, inputs.settings, now)
+
+
+def _finalizers(body: Mapping[str, Any], spec: FineTuneJobSpec) -> list[str] | None:
+    """The artifacts finalizer is held exactly while output.deletePolicy is Delete; None: no change."""
+    current = list(body["metadata"].get("finalizers") or [])
+    holding = ARTIFACTS_FINALIZER in current
+    if spec.output.delete_policy == "Delete" and not holding:
+        return [*current, ARTIFACTS_FINALIZER]
+    if spec.output.delete_policy == "Retain" and holding:
+        return [f for f in current if f != ARTIFACTS_FINALIZER]
+    return None
+
+
+# --- the training attempt --------------------------------------------------------------------------
+
+
+def _training_success(result: TrainerResult) -> Outcome | None:
+    if result.adapter is None:
+        return None
+    return Outcome("Succeeded", "TrainingComplete", f"adapter published to {result.adapter.uri}", result)
+
+
+TRAINING_JUDGE = Judge(
+    success=_training_success,
+    produces="an adapter",
+    memory_hint="training.batchSize or training.maxSeqLength",
+)
+
+TRAINING_ATTEMPT_FIELDS = (
+    "progress",
+    "adapter",
+    "mergedModel",
+    "checkpoint",
+    "metrics",
+    "provenance",
+    "evaluation",
+    "startTime",
+    "completionTime",
+)
+
+
+def result_fields(outcome: Outcome) -> dict[str, Any]:
+    """Status fields taken from the trainer's termination message.
+
+    Artifacts only from a succeeded attempt: status must never point at an adapter that a failed
+    attempt may have left half-published.
+    """
+    result = outcome.result
+    if result is None:
+        return {}
+    artifacts = outcome.phase == "Succeeded"
+    fields: dict[str, Any] = {}
+    for key, value in (
+        ("adapter", result.adapter if artifacts else None),
+        ("mergedModel", result.merged_model if artifacts else None),
+        ("checkpoint", result.checkpoint),
+        ("metrics", result.metrics),
+        ("provenance", result.provenance),
+    ):
+        if value is not None:
+            fields[key] = value.to_json_dict()
+    return fields
+
+
+def training_workload(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> Workload:
+    return Workload(
+        spec=spec,
+        digest=spec_hash(spec),
+        judge=TRAINING_JUDGE,
+        children=lambda attempt: build_children(owner, spec, attempt, settings),
+        attempt_fields=TRAINING_ATTEMPT_FIELDS,
+        result_fields=result_fields,
+    )
+
+
+# --- its own EvalRun (spec.evaluation) -------------------------------------------------------------
+
+
+def _owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
+    return any(ref.get("uid") == owner.uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _same_eval_spec(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    try:
+        return EvalRunSpec.model_validate(current) == EvalRunSpec.model_validate(desired)
+    except ValidationError:
+        return False
+
+
+def _evaluated(
+    owner: Owner, spec: FineTuneJobSpec, status: Mapping[str, Any], evalrun: Mapping[str, Any] | None, plan: Plan
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Evaluated condition, status.evaluation) of a succeeded job with spec.evaluation; may add to `plan`."""
+    name = evalrun_name(owner)
+    desired = build_owned_evalrun(owner, spec)
+    summary: dict[str, Any] = {"evalRun": name}
+    if evalrun is None:
+        plan.actions.append(Create(desired, stage="after"))
+        return make_condition("Evaluated", None, "EvaluationPending", f"creating EvalRun {name}"), summary
+    if not _owned_by(evalrun, owner):
+        message = f"EvalRun {name} exists and is not owned by this job; delete or rename it"
+        return make_condition("Evaluated", False, "EvalRunConflict", message), summary
+    ev_status: Mapping[str, Any] = evalrun.get("status") or {}
+    phase = ev_status.get("phase")
+    summary["phase"] = phase
+    up_to_date = _same_eval_spec(evalrun.get("spec") or {}, desired["spec"])
+    if not up_to_date:
+        if phase in TERMINAL_PHASES or phase is None:
+            # Active EvalRuns refuse spec changes (CEL); this one is done or has not started.
+            spec_patch = replacing_patch(evalrun.get("spec") or {}, desired["spec"])
+            plan.actions.append(Patch(EVALRUN.kind, name, {"spec": spec_patch}, stage="after"))
+        return make_condition("Evaluated", None, "Evaluating", f"EvalRun {name} runs the new evaluation spec"), summary
+    adapter = (status.get("adapter") or {}).get("uri")
+    evaluated = ((ev_status.get("model") or {}).get("adapter") or {}).get("uri")
+    if phase not in TERMINAL_PHASES or evaluated != adapter:
+        message = f"EvalRun {name} is {phase or 'starting'}"
+        return make_condition("Evaluated", None, "Evaluating", message), summary
+    summary.update(
+        passed=ev_status.get("passed"),
+        score=ev_status.get("score"),
+        reportUri=(ev_status.get("report") or {}).get("uri"),
+        adapterUri=evaluated,
+    )
+    conditions = {c.get("type"): c for c in ev_status.get("conditions") or []}
+    if phase == "Failed":
+        why = conditions.get("Failed", {}).get("message", "")
+        return make_condition("Evaluated", False, "EvaluationFailed", f"EvalRun {name} failed: {why}"), summary
+    verdict = conditions.get("Passed", {})
+    passed = ev_status.get("passed") is True
+    reason = verdict.get("reason") or ("ThresholdsMet" if passed else "ThresholdsMissed")
+    return make_condition("Evaluated", passed, reason, f"EvalRun {name}: {verdict.get('message', '')}"), summary
+
+
+def _mirror_evaluation(
+    plan: Plan, obs: Observed, spec: FineTuneJobSpec, evalrun: Mapping[str, Any] | None, now: datetime
+) -> None:
+    """Own an EvalRun once training succeeded (spec.evaluation) and copy its verdict into this job's status.
+
+    Evaluated is True only when the evaluation of the current adapter finished and met every
+    threshold, so `kubectl wait --for=condition=Evaluated` waits for a passing model.
+    """
+    merged = {**obs.status, **plan.status}
+    conditions: list[dict[str, Any]] = list(merged.get("conditions") or [])
+    others = [c for c in conditions if c.get("type") != "Evaluated"]
+    if spec.evaluation is None or merged.get("phase") != "Succeeded":
+        if spec.evaluation is None and evalrun is not None and _owned_by(evalrun, obs.owner):
+            plan.actions.append(Delete(EVALRUN.kind, evalrun_name(obs.owner), stage="after"))
+        if merged.get("evaluation") is not None:
+            plan.status["evaluation"] = None
+        if len(others) != len(conditions):
+            plan.status["conditions"] = others
+        return
+    condition, summary = _evaluated(obs.owner, spec, merged, evalrun, plan)
+    previous = obs.status.get("conditions") or []
+    stamped = stamp_conditions([condition], previous, obs.generation, now)
+    plan.status["conditions"] = [*others, *stamped]
+    plan.status["evaluation"] = summary
+    before: Mapping[str, Any] = next((c for c in previous if c.get("type") == "Evaluated"), {})
+    if condition["status"] != "Unknown" and before.get("status") != condition["status"]:
+        kind: Literal["Normal", "Warning"] = "Normal" if condition["status"] == "True" else "Warning"
+        plan.events.append(Event(kind, condition["reason"], condition["message"]))
+
+
+# --- waking ----------------------------------------------------------------------------------------
+
+
+def mirrored(body: Mapping[str, Any]) -> tuple[object, ...]:
+    """What an EvalRun with a fineTuneJobRef reads of the job: its spec generation, phase, attempt, adapter."""
+    status = body.get("status") or {}
+    meta = body.get("metadata") or {}
+    return (
+        meta.get("generation"),
+        status.get("phase"),
+        status.get("attempt"),
+        (status.get("adapter") or {}).get("uri"),
+    )
+
+
+def dependents(event_type: str | None, body: Mapping[str, Any], indices: Indices) -> list[tuple[Kind, str]]:
+    """EvalRuns that reference this job wait for it to finish (or run again on its new adapter)."""
+    status = body.get("status") or {}
+    if event_type != "DELETED" and status.get("phase") not in TERMINAL_PHASES:
+        return []
+    key = (body["metadata"].get("namespace") or "", body["metadata"]["name"])
+    return [(EVALRUN, name) for name in indices[EVALRUNS_BY_JOB].get(key, [])]
+
+
+CONTROLLER: Controller[Inputs] = Controller(
+    kind=FINETUNEJOB,
+    gather=gather,
+    plan=plan,
+    plan_deletion=plan_deleting,
+    finalizer=ARTIFACTS_FINALIZER,
+    mirrored=mirrored,
+    dependents=dependents,
+)

@@ -1,0 +1,38 @@
+"""FineTuneJob.spec.evaluation -> the EvalRun the job owns: same image, queue, output and (default) resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import API_VERSION, EVALRUN
+from ..api.evalrun import EvalModel, EvalRunSpec, LocalRef
+from ..api.finetunejob import FineTuneJobSpec
+from .names import Owner, bounded_name, child_metadata
+
+
+def evalrun_name(owner: Owner) -> str:
+    return bounded_name(owner.name, "-eval")
+
+
+def build_owned_evalrun(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The EvalRun a FineTuneJob's spec.evaluation stands for."""
+    evaluation = spec.evaluation
+    assert evaluation is not None
+    eval_spec = EvalRunSpec(
+        model=EvalModel(fine_tune_job_ref=LocalRef(name=owner.name)),
+        benchmarks=evaluation.benchmarks,
+        baseline=evaluation.baseline,
+        generation=evaluation.generation,
+        thresholds=evaluation.thresholds,
+        resources=evaluation.resources or spec.resources,
+        output_uri=spec.output.uri,
+        output_secret_ref=spec.output.secret_ref,
+        image=spec.image,
+        queue_name=spec.queue_name,
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": EVALRUN.kind,
+        "metadata": child_metadata(owner, evalrun_name(owner), "evaluation"),
+        "spec": eval_spec.to_json_dict(),
+    }
