@@ -14,7 +14,7 @@ quantization and LoRA (r=16, all linear layers) and trains on the same variable-
   masks) switched off, to isolate them; the same as "ours" on a GPU, where they are not used.
 - ours-all-logits: packed, with the output head run on every token rather than on the loss
   positions only (pack.loss_positions), to isolate that.
-- ours: what `finetune-trainer` does (TrainingRecipe's model, collator and arguments): padding-free
+- ours: what `finetune-trainer` does (SFTRecipe's model, collator and arguments): padding-free
   packing, logits only where a label counts, non-reentrant checkpointing, paged 8-bit AdamW on GPU,
   the CPU fast paths on CPU; and
   "ours+liger" adds Liger's fused kernels (fused linear cross-entropy never materialises the
@@ -172,10 +172,10 @@ def load_ours(
     loss_positions: bool = True,
     host_embeddings: bool = True,
 ) -> Any:
-    """Exactly what TrainingRecipe._setup_model does (the same function); returns its ModelSetup."""
+    """Exactly what SFTRecipe.setup_model does (the same function); returns its ModelSetup."""
     from finetune_operator.api.common import Quantization
     from finetune_operator.api.finetunejob import LoraSettings
-    from finetune_trainer.train import setup_model
+    from finetune_trainer.model import setup_model
 
     setup = setup_model(
         model_dir,
@@ -279,7 +279,7 @@ def run_variant(
 
     from finetune_trainer.data.encode import padding_fraction
     from finetune_trainer.data.pack import pack_rows
-    from finetune_trainer.train import make_collator, pick_device, resolve_optimizer
+    from finetune_trainer.model import make_collator, pick_device, resolve_optimizer
 
     cuda = torch.cuda.is_available()
     device = pick_device(args.dtype, cuda, cuda and torch.cuda.is_bf16_supported())

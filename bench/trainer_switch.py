@@ -35,7 +35,7 @@ def build(model_dir: Path, switch: str, on: bool) -> tuple[Any, Any, Any]:
     """(model, its collator, its optimizer) with `switch` set to `on` and everything else as ours."""
     import torch
 
-    from finetune_trainer.train import make_collator, pick_device
+    from finetune_trainer.model import make_collator, pick_device
 
     torch.manual_seed(0)
     flags = {SETUP_FLAGS[switch]: on} if switch in SETUP_FLAGS else {}

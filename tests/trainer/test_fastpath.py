@@ -13,7 +13,7 @@ from finetune_operator.api.common import Quantization
 from finetune_operator.api.finetunejob import LoraSettings
 from finetune_trainer import fastpath
 from finetune_trainer.data.pack import PackedCollator
-from finetune_trainer.train import Device, head_takes_positions, make_collator, setup_model
+from finetune_trainer.model import Device, head_takes_positions, make_collator, setup_model
 
 CPU = Device("cpu", "float32")
 
@@ -96,7 +96,7 @@ def test_segment_attention_falls_back_for_padded_batches(tiny_model: Path) -> No
     fastpath.register_segment_attention()
     outputs = []
     for attention in ("sdpa", fastpath.SEGMENT_ATTENTION):
-        from finetune_trainer.train import load_base_model
+        from finetune_trainer.model import load_base_model
 
         model = load_base_model(tiny_model, None, CPU, False, attention).eval()
         ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])

@@ -15,7 +15,7 @@ import torch
 from finetune_operator.api.common import Quantization
 from finetune_operator.api.finetunejob import LoraSettings
 from finetune_trainer import hostembed
-from finetune_trainer.train import apply_lora, load_base_model, prepare_for_training
+from finetune_trainer.model import apply_lora, load_base_model, prepare_for_training
 
 from .test_fastpath import CPU, _assert_same_loss_and_grads, _loss_and_grads, _packed_batch
 

@@ -95,12 +95,13 @@ def test_qlora_from_minio_publishes_an_adapter_that_lowers_the_loss(store_env: d
     from transformers import AutoTokenizer
 
     from finetune_operator.api.common import Quantization
-    from finetune_trainer.train import Device, TrainingRecipe, load_base_model
+    from finetune_trainer.model import Device, load_base_model
+    from finetune_trainer.recipes.sft import SFTRecipe
 
     spec = TrainingRunSpec.model_validate(
         {**run_spec(store_env["model"], store_env["data"], store_env["out"]), "storage": store_env["storage"]}
     )
-    recipe = TrainingRecipe(spec, tmp_path / "work", store_env["env"], ProgressReporter(None))
+    recipe = SFTRecipe(spec, tmp_path / "work", store_env["env"], ProgressReporter(None))
     result = recipe.run()
     # The real QLoRA path: the frozen base is bitsandbytes 4-bit.
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in recipe.model.modules())
@@ -274,14 +275,14 @@ def test_prepare_reports_what_training_would_see(store_env: dict[str, Any], tmp_
 def test_merge_publishes_a_full_model_that_loads_without_peft(tiny_model: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from finetune_trainer.train import TrainingRecipe
+    from finetune_trainer.recipes.sft import SFTRecipe
 
     data = write_jsonl(support_rows(16), tmp_path / "support.jsonl")
     out = f"file://{tmp_path}/out/"
     spec = run_spec(f"file://{tiny_model}", f"file://{data}", out, maxSteps=5, saveSteps=5)
     spec["job"]["output"] = {"merge": True}
     spec["output"]["mergedModelUri"] = out + "merged/"
-    result = TrainingRecipe(TrainingRunSpec.model_validate(spec), tmp_path / "work", {}, ProgressReporter(None)).run()
+    result = SFTRecipe(TrainingRunSpec.model_validate(spec), tmp_path / "work", {}, ProgressReporter(None)).run()
     assert result.merged_model is not None and result.merged_model.uri == out + "merged/"
     merged = tmp_path / "merged-copy"
     manifest = fetch_verified(LocalStore(), out + "merged/", merged)

@@ -79,19 +79,16 @@ def _run(args: argparse.Namespace) -> TrainerResult | None:
         )
     if args.command == "eval":
         evaluation = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
-        from .evaluate import EvaluationRecipe
+        from .recipes.evaluate import EvaluationRecipe
 
         reporter = ProgressReporter(evaluation.resource)
         return EvaluationRecipe(evaluation, _workdir(args.workdir), os.environ, reporter).run()
     run = load_run_spec(args.spec, os.environ)
-    from .train import TrainingRecipe
+    from .recipes.sft import SFTRecipe
 
-    recipe = TrainingRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource))
+    recipe = SFTRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource))
     if args.command == "prepare":
-        recipe._fetch_inputs()
-        recipe._setup_tokenizer()
-        recipe._setup_data()
-        print(recipe.data.summary())
+        print(recipe.setup_data().summary())
         return None
     return recipe.run()
 
