@@ -168,3 +168,60 @@ def test_every_value_is_commented_and_in_the_schema() -> None:
         stack.append((indent, node))
     assert missing == [], f"keys without a comment in values.yaml: {missing}"
     assert schema["additionalProperties"] is False
+
+
+# One test value per setting type, valid for the setting (and for the chart's schema).
+_PROBES: dict[str, tuple[list[str], object]] = {
+    "image_pull_policy": ([], "Always"),
+    "output_uri": ([], "s3://probe-bucket"),
+    "namespaces": (["--set", "rbac.scope=namespaced"], ("team-probe",)),
+}
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: str(e.get("value", "")) for e in container["env"] if e["name"].startswith("FINETUNE_")}
+
+
+def _values_node(tree: dict[str, Any], dotted: str, schema: bool = False) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node["properties"][part] if schema else node[part]
+    return node
+
+
+def test_the_charts_settings_are_the_operators_settings() -> None:
+    """OperatorSettings declares each setting once; the chart follows it (no hand-kept copy drifts):
+    every field has its Deployment env var set from the chart value it names, that value's default
+    in values.yaml and values.schema.json is the field's default, and the rendered defaults are the
+    operator's defaults."""
+    import json
+
+    from finetune_operator.config import OperatorSettings, chart_value, env_name
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    fields = OperatorSettings.model_fields
+    template = (CHART / "templates" / "deployment.yaml").read_text()
+    named = set(re.findall(r"name: (FINETUNE_\w+)", template))
+    assert named == {env_name(name) for name in fields}  # no env var without a field, and none missing
+    rendered = _env(render())
+    assert OperatorSettings.from_env(rendered) == OperatorSettings()  # the chart's defaults are the operator's
+    for name, field in fields.items():
+        default = [] if field.default == () else "" if field.default is None else field.default
+        assert _values_node(values, chart_value(name)) == default, name
+        node = _values_node(schema, chart_value(name), schema=True)
+        assert node.get("description"), name
+        assert node.get("default", default) == default, name
+        extra, probe = _PROBES.get(name, ([], None))
+        if probe is None:
+            probe = {bool: False, int: 4321}.get(type(field.default), "probe-value")
+        if isinstance(probe, str):
+            flag, shown = ["--set", f"{chart_value(name)}={probe}"], probe
+        else:
+            as_json = list(probe) if isinstance(probe, tuple) else probe
+            flag = ["--set-json", f"{chart_value(name)}={json.dumps(as_json)}"]
+            shown = ",".join(probe) if isinstance(probe, tuple) else json.dumps(probe)
+        env = _env(render(*extra, *flag))
+        assert env[env_name(name)] == shown, (name, env)  # this chart value sets this variable
+        assert getattr(OperatorSettings.from_env(env), name) == probe, name
