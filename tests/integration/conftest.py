@@ -23,7 +23,8 @@ __all__ = ["GROUP", "PLURAL", "VERSION", "Kube", "quick_spec"]
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory, trainer_bin: Path) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"), path_prepend=(str(trainer_bin),))
+    # The audit log lets a test count the operator's own requests (test_idle_reconcile.py).
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), path_prepend=(str(trainer_bin),), audit=True)
     local.start()
     yield local
     local.stop()
