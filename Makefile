@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - a FineTuneJob end to end on the local control plane"
 	@echo "make soak   - long reliability variants (operator crashes, pod loss, store outages; ~30 min)"
 	@echo "make demo-kind - the same on kind with the real images (needs Docker and kind)"
-	@echo "make lint   - ruff + mypy --strict on operator/"
+	@echo "make lint   - ruff, mypy --strict on operator/, import-layer contracts, generated-file checks"
 	@echo "make crds   - regenerate crds/ and docs/api.md from the API models"
 	@echo "make bench-gpu - QLoRA throughput/memory vs a plain HF baseline (GPU; --tiny on CPU)"
 	@echo "make bench-eval - batched vs one-at-a-time generation (CPU)"
@@ -36,6 +36,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator trainer_image hack tests bench
 	$(VENV)/bin/ruff format --check operator trainer_image hack tests bench
 	$(VENV)/bin/mypy operator/finetune_operator
+	$(VENV)/bin/lint-imports
 	$(PY) -m finetune_operator.crdgen --check
 	$(PY) -m finetune_operator.apidocs --check
 
