@@ -82,39 +82,35 @@ class RunOutput(ApiModel):
     merged_model_uri: str | None = Field(default=None, description="Where the merged model goes, with output.merge.")
 
 
-class TrainingRunSpec(ApiModel):
-    """Everything the trainer needs, resolved by the operator (defaults applied)."""
+class _AttemptRunSpec(ApiModel):
+    """What every run of an attempt carries: whom to report to, which attempt, the store, the image."""
 
     api_version: Literal["finetune.dev/v1alpha1"] = Field(
         default="finetune.dev/v1alpha1", description="Contract version."
     )
-    kind: Literal["TrainingRun"] = Field(default="TrainingRun", description="Run kind.")
     resource: ResourceRef | None = Field(
-        default=None, description="The FineTuneJob to report to; unset when run outside Kubernetes (a laptop)."
+        default=None, description="The resource to report to; unset when run outside Kubernetes (a laptop)."
     )
     attempt: int = Field(ge=1, description="Attempt number.")
-    job: FineTuneJobSpec = Field(description="The FineTuneJob spec, defaults applied.")
-    output: RunOutput = Field(description="Resolved output locations.")
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
     trainer_image: str = Field(description="Image the Job runs (recorded in provenance).")
 
 
-class EvaluationRunSpec(ApiModel):
+class TrainingRunSpec(_AttemptRunSpec):
+    """Everything the trainer needs, resolved by the operator (defaults applied)."""
+
+    kind: Literal["TrainingRun"] = Field(default="TrainingRun", description="Run kind.")
+    job: FineTuneJobSpec = Field(description="The FineTuneJob spec, defaults applied.")
+    output: RunOutput = Field(description="Resolved output locations.")
+
+
+class EvaluationRunSpec(_AttemptRunSpec):
     """Everything `finetune-trainer eval` needs, resolved by the operator."""
 
-    api_version: Literal["finetune.dev/v1alpha1"] = Field(
-        default="finetune.dev/v1alpha1", description="Contract version."
-    )
     kind: Literal["EvaluationRun"] = Field(default="EvaluationRun", description="Run kind.")
-    resource: ResourceRef | None = Field(
-        default=None, description="The EvalRun to report to; unset when run outside Kubernetes (a laptop)."
-    )
-    attempt: int = Field(ge=1, description="Attempt number.")
     evaluation: EvalRunSpec = Field(description="The EvalRun spec, defaults applied.")
     model: ResolvedModel = Field(description="The model under test.")
     report_uri: str = Field(description="Prefix the report is published under.")
-    storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
-    trainer_image: str = Field(description="Image the Job runs.")
 
 
 class CleanupRunSpec(ApiModel):
