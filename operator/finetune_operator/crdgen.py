@@ -197,7 +197,17 @@ def build_crd(kind: Kind) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object: finetune.dev/v1alpha1."},
             "kind": {"type": "string", "description": f"Kind of this object: {kind.kind}."},
-            "metadata": {"type": "object"},
+            # Declared so the name rule below can name its field (kubectl and GitOps tools then show
+            # `metadata.name: ...` instead of a field of "<nil>"); only name may be constrained here.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": "At most 63 characters: it becomes a label value on the trainer Job and pods.",
+                    }
+                },
+            },
             "spec": spec_schema,
             "status": status_schema,
         },
@@ -205,6 +215,8 @@ def build_crd(kind: Kind) -> dict[str, Any]:
     root["x-kubernetes-validations"] = [
         {
             "rule": "size(self.metadata.name) <= 63",
+            "fieldPath": ".metadata.name",
+            "reason": "FieldValueInvalid",
             "message": "metadata.name must be at most 63 characters: it becomes a label value on the trainer Job "
             "and pods",
         }

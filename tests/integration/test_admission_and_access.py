@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -66,6 +67,9 @@ def test_names_longer_than_a_label_are_rejected(kube: Kube) -> None:
     with pytest.raises(ApiException) as rejected:
         _create(kube, "x" * 64, quick_spec("success"))
     assert "metadata.name must be at most 63 characters" in rejected.value.body
+    causes = json.loads(rejected.value.body)["details"]["causes"]
+    assert [c["field"] for c in causes] == ["metadata.name"], causes  # not "<nil>"
+    assert causes[0]["reason"] == "FieldValueInvalid"
 
 
 def test_apiserver_fills_in_documented_defaults(kube: Kube) -> None:

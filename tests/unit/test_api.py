@@ -140,3 +140,13 @@ def test_api_imports_without_kopf_kubernetes_or_torch() -> None:
         "bad = {'kopf', 'kubernetes', 'torch'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_max_steps_is_described_as_the_rule_enforces_it() -> None:
+    """kubectl explain said "overrides epochs" while setting both is refused; the text follows the rule."""
+    from finetune_operator.api.finetunejob import TrainingSettings
+
+    text = TrainingSettings.model_fields["max_steps"].description or ""
+    assert "overrides" not in text and "not both" in text
+    with pytest.raises(ValidationError):
+        TrainingSettings.model_validate({"epochs": 2, "maxSteps": 100})

@@ -122,7 +122,11 @@ class TrainingSettings(ApiModel):
         "neither is set.",
     )
     max_steps: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Optimizer steps to run; overrides epochs. Set this or epochs."
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Optimizer steps to run, instead of epochs: set one of the two, not both "
+        "(unset: epochs, default 3).",
     )
     learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate of the adapter weights.")
     batch_size: int = Field(default=4, ge=1, le=4096, description="Examples (or packed sequences) per device per step.")

@@ -62,6 +62,12 @@ class TrainingMetrics(ApiModel):
     eval_loss: float | None = Field(default=None, description="Validation loss at the end.")
     steps: int | None = Field(default=None, ge=0, description="Optimizer steps run.")
     train_samples: int | None = Field(default=None, ge=0, description="Training examples after refinement.")
+    truncated_examples: int | None = Field(
+        default=None,
+        ge=0,
+        description="Examples cut to training.maxSeqLength tokens: their ends were not trained on (raise it, or "
+        "shorten the rows).",
+    )
     tokens_per_second: float | None = Field(default=None, ge=0, description="Mean training throughput.")
     runtime_seconds: float | None = Field(default=None, ge=0, description="Wall time of the training loop.")
 
