@@ -23,8 +23,12 @@ ACTIONS = [
 ]
 
 
-def support_rows(count: int = 64) -> list[dict[str, str]]:
-    """Alpaca-format support answers with a fixed structure a tiny model can learn in a few dozen steps."""
+def support_rows(count: int | None = None) -> list[dict[str, str]]:
+    """Alpaca-format support answers with a fixed structure a tiny model can learn in a few dozen steps.
+
+    By default every product-action pair once (32 rows, no duplicates: an example dataset is what a
+    user copies). A larger `count` repeats them, for benchmarks that want more prompts."""
+    count = len(PRODUCTS) * len(ACTIONS) if count is None else count
     rows = []
     for index in range(count):
         product = PRODUCTS[index % len(PRODUCTS)]

@@ -134,6 +134,55 @@ def _copy(tokenizer: Any) -> Any:
     return copy.deepcopy(tokenizer)
 
 
+def test_a_row_with_nothing_to_learn_is_dropped_and_counted(write: Any) -> None:
+    rows = [
+        *ALPACA,
+        {"instruction": "Say nothing", "output": "  "},
+        {"messages": [*CHAT[0]["messages"][:2], {"role": "assistant", "content": ""}]},
+    ]
+    path = write("data.jsonl", rows[:3])
+    examples, report, _ = load_examples(path, _source(path))
+    assert len(examples) == 2 and report.dropped == {"empty response": 1}
+    path = write("chat.jsonl", [*CHAT, rows[3]])
+    examples, report, _ = load_examples(path, _source(path))
+    assert len(examples) == 1 and report.dropped == {"empty response": 1}
+
+
+class _Recording:
+    """The tokenizer, recording the length of every text it is asked to tokenise."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.lengths: list[int] = []
+
+    def __call__(self, text: str, **kwargs: Any) -> Any:
+        self.lengths.append(len(text))
+        return self._tokenizer(text, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The pipeline sets chat_template on the tokenizer it is given: it belongs to the real one.
+        target = self if name in ("_tokenizer", "lengths") else self._tokenizer
+        object.__setattr__(target, name, value)
+
+
+def test_a_huge_row_is_cut_before_tokenising_and_counted_as_truncated(tokenizer: Any, write: Any) -> None:
+    """A 1 MB response with maxSeqLength 64: only the characters 64 tokens can reach are tokenised (a
+    50 MB row made the tokenizer take ~9 GB), and the summary counts the row as truncated."""
+    from finetune_trainer.data.encode import CHARS_PER_TOKEN_BOUND
+
+    rows = [{"prompt": "Describe", "completion": "word " * 200_000}, {"prompt": "short", "completion": "answer"}]
+    path = write("data.jsonl", rows)
+    recording = _Recording(_copy(tokenizer))
+    data = prepare(path, _source(path), recording, max_length=64, batch_size=2, seed=0, packing=False)
+    assert max(recording.lengths) <= 64 * CHARS_PER_TOKEN_BOUND
+    assert data.report.truncated == 1 and data.train_examples == 2
+    assert "1 truncated to maxSeqLength=64 tokens" in data.summary()
+    assert max(len(ids) for ids in data.train["input_ids"]) == 64
+
+
 def test_truncation_that_leaves_no_response_drops_the_row(tokenizer: Any, write: Any) -> None:
     rows = [{"prompt": "word " * 200, "completion": "answer"}, {"prompt": "short", "completion": "answer"}]
     path = write("data.jsonl", rows)
@@ -224,7 +273,26 @@ BAD_INPUTS = [
         "bad chat message",
         "data.jsonl",
         [{"messages": [{"role": "robot", "content": "hi"}]}],
-        "data.jsonl line 1: messages[0] must be an object with role",
+        "data.jsonl line 1: messages[0] must be an object with role (system/user/assistant) and string content;"
+        " its role is 'robot'",
+    ),
+    (
+        "a long unknown role, quoted and cut",
+        "data.jsonl",
+        [{"messages": [{"role": "r" * 500, "content": "hi"}, {"role": "assistant", "content": "ok"}]}],
+        "its role is '" + "r" * 76 + "...",
+    ),
+    (
+        "JSON broken at the end of a line",
+        "data.jsonl",
+        '{"text": "ok"}\n{"instruction": "a long enough instruction", "output": "y"\n',
+        "data.jsonl line 2: invalid JSON (Expecting ',' delimiter at column 59)",
+    ),
+    (
+        "every row empty",
+        "data.jsonl",
+        [{"instruction": "", "input": "", "output": ""}] * 5,
+        "no usable rows left (5 rows read, 0 kept (dropped: 5 empty response))",
     ),
     (
         "chat ends with the user",
@@ -252,3 +320,12 @@ def test_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "ds").mkdir()
     with pytest.raises(InputError, match=r"no \.jsonl, \.json, \.csv, \.parquet files"):
         load_examples(tmp_path / "ds", _source(tmp_path / "ds"))
+
+
+def test_the_quickstart_dataset_has_no_duplicates(tmp_path: Path) -> None:
+    """The example a user copies: every row a different question (it used to be 64 rows read, 32 kept)."""
+    from tinymodel import support_rows, write_jsonl
+
+    path = write_jsonl(support_rows(), tmp_path / "support.jsonl")
+    examples, report, _ = load_examples(path, _source(path))
+    assert report.read == report.kept == len(examples) == 32 and not report.dropped

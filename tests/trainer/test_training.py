@@ -174,8 +174,10 @@ def test_a_killed_trainer_resumes_from_the_last_synced_checkpoint(
 
 
 def test_laptop_run_from_the_shipped_example_spec(tiny_model: Path, tmp_path: Path) -> None:
-    """examples/quickstart/run-spec.yaml, pointed at a temp folder instead of /tmp/finetune-quickstart."""
-    write_jsonl(support_rows(32), tmp_path / "support.jsonl")
+    """examples/quickstart/run-spec.yaml, pointed at a temp folder instead of /tmp/finetune-quickstart; one
+    row longer than its maxSeqLength (128) is counted as truncated in the result."""
+    long_row = {"instruction": "Describe every product", "input": "", "output": "Atlas Beacon Comet " * 200}
+    write_jsonl([*support_rows(32), long_row], tmp_path / "support.jsonl")
     (tmp_path / "model").symlink_to(tiny_model)
     text = (
         (REPO / "examples" / "quickstart" / "run-spec.yaml")
@@ -196,6 +198,8 @@ def test_laptop_run_from_the_shipped_example_spec(tiny_model: Path, tmp_path: Pa
     assert "adapter published to file://" in done.stdout
     result = json.loads(result_file.read_text())
     assert result["result"] == "succeeded"
+    assert result["metrics"]["truncatedExamples"] == 1
+    assert "1 truncated to maxSeqLength=128 tokens" in done.stderr
     adapter = tmp_path / "out" / "adapter"
     assert {"adapter_model.safetensors", "adapter_config.json", "manifest.json"} <= {p.name for p in adapter.iterdir()}
     fetch_verified(LocalStore(), f"file://{adapter}/", tmp_path / "check")

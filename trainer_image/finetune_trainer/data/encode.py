@@ -68,19 +68,42 @@ def segments(example: Example, tokenizer: Any, use_template: bool) -> tuple[str,
     return prompt + example.completion + eos, [(len(prompt), len(prompt) + len(example.completion) + len(eos))]
 
 
+CHARS_PER_TOKEN_BOUND = 64
+"""No token of a real vocabulary spans more characters than this, so the first `max_length` tokens of
+a text lie within its first max_length * 64 characters: the rest is cut before tokenising. A 50 MB row
+would otherwise be tokenised whole (with offsets) only to be cut to max_length tokens afterwards:
+gigabytes of memory for nothing (docs/benchmarks.md, "Data preparation memory")."""
+
+
+def encode_counted(
+    example: Example, tokenizer: Any, max_length: int, use_template: bool, completion_only: bool
+) -> tuple[dict[str, list[int]], bool]:
+    """(token ids and labels, whether the example was cut to max_length tokens)."""
+    text, spans = segments(example, tokenizer, use_template)
+    limit = max_length * CHARS_PER_TOKEN_BOUND
+    cut = len(text) > limit
+    encoded = tokenizer(
+        text[:limit] if cut else text,
+        add_special_tokens=not use_template,
+        return_offsets_mapping=True,
+        truncation=True,
+        max_length=max_length,
+    )
+    ids: list[int] = encoded["input_ids"]
+    offsets = encoded["offset_mapping"]
+    labels = []
+    for token, (start, end) in zip(ids, offsets, strict=True):
+        inside = any(s <= start < e for s, e in spans) and end > start
+        labels.append(token if inside or not completion_only else IGNORE)
+    covered = max((end for _, end in offsets), default=0)
+    truncated = cut or (len(ids) >= max_length and covered < len(text.rstrip()))
+    return {"input_ids": ids, "labels": labels}, truncated
+
+
 def encode(
     example: Example, tokenizer: Any, max_length: int, use_template: bool, completion_only: bool
 ) -> dict[str, list[int]]:
-    text, spans = segments(example, tokenizer, use_template)
-    encoded = tokenizer(
-        text, add_special_tokens=not use_template, return_offsets_mapping=True, truncation=True, max_length=max_length
-    )
-    ids: list[int] = encoded["input_ids"]
-    labels = []
-    for token, (start, end) in zip(ids, encoded["offset_mapping"], strict=True):
-        inside = any(s <= start < e for s, e in spans) and end > start
-        labels.append(token if inside or not completion_only else IGNORE)
-    return {"input_ids": ids, "labels": labels}
+    return encode_counted(example, tokenizer, max_length, use_template, completion_only)[0]
 
 
 def padding_fraction(lengths: list[int], batch_size: int) -> float:

@@ -33,6 +33,12 @@ class Example:
     completion: str = ""
     text: str = ""
 
+    def response(self) -> str:
+        """What the model learns to write: the completion, the last assistant turn, or the text."""
+        if self.kind == "chat":
+            return self.messages[-1][1] if self.messages else ""
+        return self.completion if self.kind == "pair" else self.text
+
     def content(self) -> str:
         """All text of the example: what dedupe and the length filters look at."""
         if self.kind == "chat":
@@ -71,6 +77,15 @@ def _string(row: Row, columns: ColumnMapping | None, field: str, required: bool 
     return value
 
 
+QUOTE_LIMIT = 80
+
+
+def _quote(value: Any) -> str:
+    """A value from the user's data in a message: repr'd, and cut so one bad row cannot flood the status."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
+
+
 def _messages(row: Row, columns: ColumnMapping | None) -> tuple[tuple[str, str], ...]:
     name = column(columns, "messages")
     value: Any = row.data.get(name)
@@ -78,13 +93,15 @@ def _messages(row: Row, columns: ColumnMapping | None) -> tuple[tuple[str, str],
         raise InputError(f"{row.where()}: field '{name}' must be a non-empty list of {{role, content}} messages")
     messages = []
     for index, message in enumerate(value):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise InputError(
                 f"{row.where()}: {name}[{index}] must be an object with role ({'/'.join(ROLES)}) and string content"
+                f" (got {_quote(message)})"
+            )
+        if message.get("role") not in ROLES:
+            raise InputError(
+                f"{row.where()}: {name}[{index}] must be an object with role ({'/'.join(ROLES)}) and string content;"
+                f" its role is {_quote(message.get('role'))}"
             )
         messages.append((message["role"], message["content"]))
     if messages[-1][0] != "assistant":

@@ -52,11 +52,14 @@ def _jsonl(file: Path) -> Iterator[Row]:
                 ) from error
             if not text.strip():
                 continue
+            # Without its line break: an error at the end of the line would otherwise be reported at
+            # column 1 of the next one (the decoder counts the newline).
+            text = text.rstrip("\r\n")
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as error:
                 raise InputError(
-                    f"{file.name} line {number}: invalid JSON ({error.msg} at column {error.colno})"
+                    f"{file.name} line {number}: invalid JSON ({error.msg} at column {error.pos + 1})"
                 ) from error
             if not isinstance(value, dict):
                 raise InputError(f"{file.name} line {number}: expected a JSON object, got {type(value).__name__}")

@@ -16,10 +16,16 @@ class RefineReport:
     read: int = 0
     kept: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    truncated: int = 0
+    """Kept examples cut to maxSeqLength tokens (tokenisation fills this in)."""
+    max_length: int | None = None
 
     def summary(self) -> str:
         reasons = ", ".join(f"{count} {why}" for why, count in sorted(self.dropped.items())) or "none"
-        return f"{self.read} rows read, {self.kept} kept (dropped: {reasons})"
+        text = f"{self.read} rows read, {self.kept} kept (dropped: {reasons})"
+        if self.truncated:
+            text += f"; {self.truncated} truncated to maxSeqLength={self.max_length} tokens"
+        return text
 
 
 def refine(examples: Iterable[Example], rules: Refinement) -> tuple[list[Example], RefineReport]:
@@ -29,7 +35,10 @@ def refine(examples: Iterable[Example], rules: Refinement) -> tuple[list[Example
     for example in examples:
         report.read += 1
         size = len(example.content())
-        if size < rules.min_chars:
+        if not example.response().strip():
+            # Nothing to learn: training on it would teach the prompt template alone.
+            report.dropped["empty response"] += 1
+        elif size < rules.min_chars:
             report.dropped[f"shorter than minChars={rules.min_chars}"] += 1
         elif rules.max_chars is not None and size > rules.max_chars:
             report.dropped[f"longer than maxChars={rules.max_chars}"] += 1

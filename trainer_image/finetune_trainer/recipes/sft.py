@@ -91,7 +91,8 @@ class SFTRecipe:
             seed=t.seed,
             packing=t.packing,
         )
-        log.info("dataset: %s", self.data.summary())
+        # In status.progress too: what was dropped or truncated is what a user asks about first.
+        self.progress.say(f"dataset: {self.data.summary()}")
         return self.data
 
     def setup_model(self) -> None:
@@ -170,6 +171,7 @@ class SFTRecipe:
             merged=merged,
             state=self.trainer.state,
             train_samples=len(self.data.train),
+            truncated_examples=self.data.report.truncated,
             runtime=runtime,
             resumed_from_step=self.resume[0] if self.resume else None,
             message=self.progress.note,
