@@ -82,10 +82,28 @@ def prepare_for_training(model: Any, gradient_checkpointing: bool, reentrant: bo
     """
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    keep_trainable_4bit_layout(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         model.enable_input_require_grads()
     return model
+
+
+def keep_trainable_4bit_layout(model: Any) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; the number of layers.
+
+    On a CPU with AVX512-BF16, a Linear4bit's first forward in eval mode (the Trainer's evaluation of
+    the validation split) repacks its weight for `gemv_4bit` and never packs it back. Every training
+    forward after that runs `gemv_4bit`, which has no backward: the gradient stops at each frozen 4-bit
+    layer, so all LoRA weights below the last layer stop learning, and torch warns "gemv_4bit: an
+    autograd kernel was not registered" at every step (tests/trainer/test_fastpath.py shows both).
+    A model that trains keeps the layout the backward needs; evaluation-only models keep the fast one."""
+    layers = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            layers += 1
+    return layers
 
 
 def apply_fused_kernels(model: Any, device: Device) -> bool:
