@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,9 +50,20 @@ def test_token_f1_by_hand() -> None:
     # repeated tokens count at most as often as in the reference: [red, red, red] vs [red, blue]
     # common 1: precision 1/3, recall 1/2, F1 = 2 * (1/6) / (5/6) = 0.4
     assert token_f1("red red red", "red blue") == pytest.approx(0.4)
-    assert token_f1("", "") == 1.0
+    assert token_f1("", "") == 1.0  # both normalise to empty: the SQuAD v2.0 rule (v1.1 would score 0)
+    assert token_f1("The.", "a") == 1.0 and exact_match("The.", "a") == 1.0
     assert token_f1("the", "paris") == 0.0  # normalises to nothing vs something
     assert token_f1("lyon", "paris") == 0.0
+
+
+def test_the_empty_answer_rule_is_said_and_is_the_one_applied() -> None:
+    """Two answers that both normalise to empty (a reference of just "The."): F1 1.0, SQuAD v2.0's rule,
+    not v1.1's 0; the module says so, because it cites the script it follows."""
+    from finetune_trainer.evaluate import metrics
+
+    assert token_f1("An.", "the") == 1.0 and exact_match("An.", "the") == 1.0
+    assert token_f1("", "paris") == 0.0 and token_f1("paris", "") == 0.0
+    assert metrics.__doc__ is not None and "v2.0" in metrics.__doc__ and "both normalise to empty" in metrics.__doc__
 
 
 def test_faithfulness_is_the_share_of_supported_tokens() -> None:
@@ -136,13 +148,57 @@ def test_reports_are_complete_and_self_contained(tmp_path: Path) -> None:
     assert sorted(f.name for f in files) == ["report.html", "report.md", "results.json"]
     assert json.loads((tmp_path / "results.json").read_text())["verdict"] == "failed"
     markdown = (tmp_path / "report.md").read_text()
-    assert "| exact_match | 0.7500 | 0.0000 | +0.7500 | >= 0.9 |" in markdown
+    assert "| exact_match | 0.7500 | 0.0000 | +0.7500 | >= 0.9 (**missed**) |" in markdown
     assert "- exact_match 0.75 < 0.9" in markdown
     page = (tmp_path / "report.html").read_text()
     assert "<svg" in page and "<script" not in page.lower()
     assert not re.search(r"(src|href)=[\"']https?://", page)  # nothing fetched from elsewhere
     # one tuned and one baseline bar per metric
     assert bar_chart(document["summary"]).count("<rect") == 2 * len(summary) + 2  # + 2 legend swatches
+
+
+def _report(tmp_path: Path, samples: dict[str, list[dict[str, Any]]], thresholds: dict[str, float]) -> Path:
+    results = [_result("capitals", "exact_match", 0.75, 0.0), _result("capitals", "f1", 0.8, 0.1)]
+    summary = summarize(results)
+    document = build_document(
+        title="team-a/support-eval",
+        model={"baseModel": "s3://models/tiny/", "adapter": "s3://adapters/x/"},
+        results=results,
+        summary=summary,
+        thresholds=thresholds,
+        missed=judge(summary, thresholds),
+        samples=samples,
+    )
+    write_reports(document, tmp_path)
+    return tmp_path
+
+
+def test_the_html_report_shows_each_threshold_and_the_samples(tmp_path: Path) -> None:
+    """report.html says against what the model passed or failed, and what it wrote (as report.md does)."""
+    sample = {"input": "Capital of <Peru>?", "reference": "Lima", "prediction": "Lima & co", "baselinePrediction": "x"}
+    page = (_report(tmp_path, {"capitals": [sample]}, {"exact_match": 0.9, "f1": 0.5}) / "report.html").read_text()
+    summary = page[page.index("<h2>Summary") : page.index("<h2>Per benchmark")]
+    assert re.search(r"<td>exact_match</td>.*?<td>&gt;= 0.9</td><td><span class='missed'>missed</span>", summary)
+    assert re.search(r"<td>f1</td>.*?<td>&gt;= 0.5</td><td><span class='met'>met</span>", summary)
+    samples = page[page.index("<h2>Samples") :]
+    assert "<th>prompt</th><th>reference</th><th>tuned</th><th>baseline</th>" in samples
+    assert "<td>Capital of &lt;Peru&gt;?</td><td>Lima</td><td>Lima &amp; co</td><td>x</td>" in samples
+    long = {"input": "q" * 5000, "reference": "r", "prediction": "p"}
+    page = (_report(tmp_path, {"capitals": [long]}, {}) / "report.html").read_text()
+    assert "q" * 5000 not in page and "q" * 197 + "..." in page  # cut to length
+
+
+def test_markdown_cells_keep_one_row_whatever_the_model_wrote(tmp_path: Path) -> None:
+    nasty = "a\r\nb\rc\nd\u2028e | f \\| <b>g</b> \\"
+    sample = {"input": nasty, "reference": "ref", "prediction": nasty, "baselinePrediction": nasty}
+    markdown = (_report(tmp_path, {"capitals": [sample]}, {}) / "report.md").read_text()
+    table = markdown[markdown.index("### capitals") :].splitlines()
+    rows = [line for line in table if line.startswith("|")]
+    assert len(rows) == 3  # header, rule, one sample: no cell broke its row
+    assert "\r" not in markdown
+    cells = re.split(r"(?<!\\)\|", rows[2].strip())[1:-1]  # split on unescaped pipes only
+    assert len(cells) == 4, cells
+    assert "&lt;b>g&lt;/b>" in cells[0] and "\\\\" in cells[0]
 
 
 def test_perplexity_pass_matches_the_models_own_loss(tiny_model: Path) -> None:
@@ -165,3 +221,43 @@ def test_perplexity_pass_matches_the_models_own_loss(tiny_model: Path) -> None:
     assert tokens == expected_tokens
     assert total == pytest.approx(expected_total, rel=1e-4)
     assert perplexity(total, tokens) == pytest.approx(math.exp(expected_total / expected_tokens), rel=1e-4)
+
+
+def test_laptop_evaluation_from_the_shipped_example_spec(tiny_model: Path, tmp_path: Path) -> None:
+    """examples/evaluation/eval-run-spec.yaml (documented in docs/evaluation.md), pointed at a temp folder.
+
+    The adapter is an untrained LoRA (published with its manifest, as training publishes one): this
+    proves the run spec, the command and the report; a tiny random model cannot show quality."""
+    import os
+    import subprocess
+    import sys
+
+    from finetune_operator.api.finetunejob import LoraSettings
+    from finetune_trainer.model import Device, apply_lora, load_base_model
+    from finetune_trainer.storage import LocalStore, publish
+    from tinymodel import capital_rows, write_jsonl
+
+    repo = Path(__file__).resolve().parents[2]
+    write_jsonl(capital_rows(), tmp_path / "capitals-qa.jsonl")
+    (tmp_path / "model").symlink_to(tiny_model)
+    adapter = apply_lora(load_base_model(tiny_model, None, Device("cpu", "float32"), False), LoraSettings())
+    adapter.save_pretrained(tmp_path / "lora")
+    publish(LocalStore(), tmp_path / "lora", f"file://{tmp_path}/out/adapter/", {"kind": "adapter"})
+    spec = (repo / "examples" / "evaluation" / "eval-run-spec.yaml").read_text()
+    (tmp_path / "eval-run-spec.yaml").write_text(spec.replace("/tmp/finetune-quickstart", str(tmp_path)))
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune_trainer.cli", "eval", "--spec", str(tmp_path / "eval-run-spec.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "FINETUNE_TERMINATION_LOG": str(tmp_path / "result.json")},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"report published to file://{tmp_path}/eval/report/" in done.stdout
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [s["metric"] for s in result["evaluation"]["summary"]] == ["exact_match", "f1", "rouge_l"]
+    assert all(s["baseline"] is not None for s in result["evaluation"]["summary"])
+    assert {"report.html", "report.md", "results.json", "manifest.json"} <= {
+        p.name for p in (tmp_path / "eval" / "report").iterdir()
+    }
+    assert "examples/evaluation/eval-run-spec.yaml" in (repo / "docs" / "evaluation.md").read_text()

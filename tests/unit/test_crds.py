@@ -11,7 +11,7 @@ import yaml
 
 from finetune_operator import crdgen
 from finetune_operator.api import FINETUNEJOB, KINDS, EvalRunSpec, FineTuneJobSpec
-from finetune_operator.api.contract import TrainingRunSpec
+from finetune_operator.api.contract import EvaluationRunSpec, TrainingRunSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_MODELS = {"FineTuneJob": FineTuneJobSpec, "EvalRun": EvalRunSpec}
@@ -141,6 +141,9 @@ def test_shipped_examples_validate(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") == "TrainingRun":  # a trainer run spec (examples/quickstart/run-spec.yaml)
             TrainingRunSpec.model_validate(doc)
+            checked += 1
+        elif doc and doc.get("kind") == "EvaluationRun":  # examples/evaluation/eval-run-spec.yaml
+            EvaluationRunSpec.model_validate(doc)
             checked += 1
         elif doc and doc.get("apiVersion") == "finetune.dev/v1alpha1":
             SPEC_MODELS[doc["kind"]].model_validate(doc["spec"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from finetune_operator.api.contract import CleanupRunSpec, EvaluationRunSpec, TrainerResult
 
 from .errors import EXIT_RETRIABLE, TrainerError
-from .report import ProgressReporter, write_result
+from .report import ProgressReporter, result_path, write_result
 from .runspec import load_run_spec
 from .storage import store_for
 
@@ -38,22 +38,32 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--spec", type=Path, help="run spec file (JSON/YAML); default: $FINETUNE_RUN_SPEC")
         command.add_argument("--workdir", help="scratch folder (default: a new temporary folder)")
+        command.add_argument(
+            "--result",
+            type=Path,
+            help="where the result JSON goes (default: $FINETUNE_TERMINATION_LOG; in a pod /dev/termination-log; "
+            "else <workdir>/result.json)",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    workdir = _workdir(args.workdir)
+    target = result_path(os.environ, workdir, args.result)
     try:
-        result = _run(args)
+        result = _run(args, workdir)
     except TrainerError as error:
         log.error("%s: %s", error.reason, error)
-        write_result(TrainerResult(result="failed", reason=error.reason, message=str(error)[:2048]))
+        failed = TrainerResult(result="failed", reason=error.reason, message=str(error)[:2048])
+        log.error("result written to %s", write_result(failed, target))
         return error.exit_code
     except Exception as error:  # unexpected: retriable, with the traceback in the log
         traceback.print_exc()
-        write_result(TrainerResult(result="failed", message=f"{type(error).__name__}: {error}"[:2048]))
+        failed = TrainerResult(result="failed", message=f"{type(error).__name__}: {error}"[:2048])
+        log.error("result written to %s", write_result(failed, target))
         return EXIT_RETRIABLE
     if result is None:
         return 0
-    path = write_result(result)
+    path = write_result(result, target)
     if result.evaluation is not None:
         for item in result.evaluation.summary:
             print(
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> TrainerResult | None:
+def _run(args: argparse.Namespace, workdir: Path) -> TrainerResult | None:
     """The command's result; None for `prepare`, which publishes nothing."""
     if args.command == "cleanup":
         cleanup = load_run_spec(args.spec, os.environ, CleanupRunSpec)
@@ -82,11 +92,11 @@ def _run(args: argparse.Namespace) -> TrainerResult | None:
         from .recipes.evaluate import EvaluationRecipe
 
         reporter = ProgressReporter(evaluation.resource)
-        return EvaluationRecipe(evaluation, _workdir(args.workdir), os.environ, reporter).run()
+        return EvaluationRecipe(evaluation, workdir, os.environ, reporter).run()
     run = load_run_spec(args.spec, os.environ)
     from .recipes.sft import SFTRecipe
 
-    recipe = SFTRecipe(run, _workdir(args.workdir), os.environ, ProgressReporter(run.resource))
+    recipe = SFTRecipe(run, workdir, os.environ, ProgressReporter(run.resource))
     if args.command == "prepare":
         print(recipe.setup_data().summary())
         return None

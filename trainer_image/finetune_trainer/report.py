@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,10 +88,21 @@ def encode_result(result: TrainerResult) -> str:
     return text
 
 
-def write_result(result: TrainerResult) -> Path:
-    path = Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
+def result_path(environ: Mapping[str, str], workdir: Path, requested: Path | None = None) -> Path:
+    """Where the result goes: `--result`, else $FINETUNE_TERMINATION_LOG, else the kubelet's termination
+    log when there is one (the kubelet mounts /dev/termination-log into every container), else the
+    workdir. Outside a pod nothing is written under /dev: root could create the file on the host."""
+    if requested is not None:
+        return requested
+    if environ.get(TERMINATION_LOG_ENV):
+        return Path(environ[TERMINATION_LOG_ENV])
+    default = Path(DEFAULT_TERMINATION_LOG)
+    return default if default.exists() else workdir / "result.json"
+
+
+def write_result(result: TrainerResult, path: Path) -> Path:
     try:
         path.write_text(encode_result(result))
-    except OSError as error:  # e.g. /dev/termination-log outside a container
+    except OSError as error:
         log.warning("could not write the result to %s: %s", path, error)
     return path

@@ -2,7 +2,10 @@
 
 exact_match and f1 follow the SQuAD v1.1 evaluation script: answers are normalised (lower case,
 punctuation and the articles a/an/the removed, whitespace collapsed) before comparison, and F1 is
-the harmonic mean of token precision and recall. BLEU is sacreBLEU's corpus BLEU and ROUGE-L is
+the harmonic mean of token precision and recall. One case differs: when prediction and reference
+both normalise to empty, F1 is 1.0, the SQuAD v2.0 script's rule (v1.1 scores it 0). Exact match
+already calls such a pair equal in both versions, and a model that answers "The." to a reference
+of "the" should not score 0 F1 for agreeing. BLEU is sacreBLEU's corpus BLEU and ROUGE-L is
 rouge-score's F-measure, the reference implementations, rescaled to 0-1 like the others.
 """
 
@@ -30,7 +33,7 @@ def exact_match(prediction: str, reference: str) -> float:
 def token_f1(prediction: str, reference: str) -> float:
     predicted, expected = normalize_answer(prediction).split(), normalize_answer(reference).split()
     if not predicted or not expected:
-        return float(predicted == expected)  # both empty: a match; one empty: nothing in common
+        return float(predicted == expected)  # both empty: a match (SQuAD v2.0); one empty: nothing in common
     common = sum((Counter(predicted) & Counter(expected)).values())
     if common == 0:
         return 0.0

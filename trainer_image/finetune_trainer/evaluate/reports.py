@@ -23,6 +23,38 @@ def _delta(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
+SAMPLES_SHOWN = 20
+CELL_LIMIT = 200
+_LINE_BREAKS = str.maketrans(dict.fromkeys("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029", " "))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= CELL_LIMIT else text[: CELL_LIMIT - 3] + "..."
+
+
+def md_cell(text: str) -> str:
+    """Text a model or a dataset wrote, safe in one Markdown table cell: no character that ends the row
+    (any line break, carriage returns included), starts a new cell (`|`, and a backslash that would
+    escape the next cell's `|`) or opens raw HTML."""
+    text = _clip(text.translate(_LINE_BREAKS))
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+
+
+def threshold_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each summary metric with its threshold (`>= x` or `<= x` for lower-is-better) and whether it was met."""
+    rows = []
+    for row in document["summary"]:
+        limit = document["thresholds"].get(row["metric"])
+        lower = row["metric"] in LOWER_IS_BETTER
+        gate = f"{'<=' if lower else '>='} {limit:g}" if limit is not None else ""
+        met = None if limit is None else (row["value"] <= limit if lower else row["value"] >= limit)
+        rows.append({**row, "threshold": gate, "met": met})
+    return rows
+
+
+_SAMPLE_KEYS = ("input", "reference", "prediction", "baselinePrediction")
+
+
 def render_markdown(document: Mapping[str, Any]) -> str:
     lines = [
         f"# Evaluation report: {document['title']}",
@@ -36,11 +68,8 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "| metric | tuned | baseline | delta | threshold |",
         "|---|---|---|---|---|",
     ]
-    thresholds = document["thresholds"]
-    for row in document["summary"]:
-        limit = thresholds.get(row["metric"])
-        sign = "<=" if row["metric"] in LOWER_IS_BETTER else ">="
-        gate = f"{sign} {limit:g}" if limit is not None else ""
+    for row in threshold_rows(document):
+        gate = row["threshold"] + ("" if row["met"] is None else " (met)" if row["met"] else " (**missed**)")
         lines.append(
             f"| {row['metric']} | {_fmt(row['value'])} | {_fmt(row.get('baseline'))} | "
             f"{_delta(row.get('delta'))} | {gate} |"
@@ -53,12 +82,12 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         )
     if document["missed"]:
         lines += ["", "## Missed thresholds", "", *(f"- {m}" for m in document["missed"])]
-    lines += ["", "## Samples (first 20 per benchmark)", ""]
+    lines += ["", f"## Samples (first {SAMPLES_SHOWN} per benchmark)", ""]
     for name, samples in document["samples"].items():
         lines += [f"### {name}", "", "| input | reference | tuned | baseline |", "|---|---|---|---|"]
-        for sample in samples[:20]:
-            cells = [sample.get(k) or "" for k in ("input", "reference", "prediction", "baselinePrediction")]
-            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ")[:200] for c in cells) + " |")
+        for sample in samples[:SAMPLES_SHOWN]:
+            cells = [sample.get(k) or "" for k in _SAMPLE_KEYS]
+            lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -108,6 +137,27 @@ def render_html(document: Mapping[str, Any]) -> str:
         )
         return f"<table><tr>{head}</tr>{body}</table>"
 
+    def mark(met: bool | None) -> str:
+        return "" if met is None else "<span class='met'>met</span>" if met else "<span class='missed'>missed</span>"
+
+    gates = "".join(
+        f"<tr><td>{html.escape(r['metric'])}</td><td>{_fmt(r['value'])}</td><td>{_fmt(r.get('baseline'))}</td>"
+        f"<td>{_delta(r.get('delta'))}</td><td>{html.escape(r['threshold'])}</td><td>{mark(r['met'])}</td></tr>"
+        for r in threshold_rows(document)
+    )
+    summary = (
+        "<table><tr><th>metric</th><th>tuned</th><th>baseline</th><th>delta</th><th>threshold</th><th></th></tr>"
+        f"{gates}</table>"
+    )
+    samples = "".join(
+        f"<h3>{html.escape(name)}</h3><table><tr><th>prompt</th><th>reference</th><th>tuned</th><th>baseline</th></tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_clip(sample.get(k) or ''))}</td>" for k in _SAMPLE_KEYS) + "</tr>"
+            for sample in rows[:SAMPLES_SHOWN]
+        )
+        + "</table>"
+        for name, rows in document["samples"].items()
+    )
     title = html.escape(document["title"])
     verdict = html.escape(document["verdict"])
     missed = "".join(f"<li>{html.escape(m)}</li>" for m in document["missed"])
@@ -116,15 +166,17 @@ def render_html(document: Mapping[str, Any]) -> str:
         f"<title>Evaluation report: {title}</title><style>"
         "body{font-family:system-ui,sans-serif;margin:2em;color:#1a202c}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #cbd5e0;padding:4px 8px;text-align:left}"
-        "th{background:#edf2f7}</style></head><body>"
+        "th{background:#edf2f7}.met{color:#276749;font-weight:bold}.missed{color:#c53030;font-weight:bold}"
+        "</style></head><body>"
         f"<h1>Evaluation report: {title}</h1>"
         f"<p>Base model <code>{html.escape(document['model']['baseModel'])}</code>, adapter "
         f"<code>{html.escape(document['model'].get('adapter') or 'none')}</code>. Verdict: <b>{verdict}</b></p>"
         f"<h2>Tuned vs baseline</h2>{bar_chart(document['summary'])}"
-        f"<h2>Summary (mean over benchmarks)</h2>{table(document['summary'], ['metric', 'value', 'baseline', 'delta'])}"
+        f"<h2>Summary (mean over benchmarks) and thresholds</h2>{summary}"
         f"<h2>Per benchmark</h2>"
         f"{table(document['results'], ['benchmark', 'metric', 'value', 'baseline', 'delta'])}"
         + (f"<h2>Missed thresholds</h2><ul>{missed}</ul>" if missed else "")
+        + f"<h2>Samples (first {SAMPLES_SHOWN} per benchmark)</h2>{samples}"
         + "</body></html>\n"
     )
 
