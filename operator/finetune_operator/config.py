@@ -9,12 +9,17 @@ instead of surfacing later as a broken Job.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 ENV_PREFIX = "FINETUNE_"
+DEPRECATED_ENV = {"storage_credentials": "FINETUNE_STORAGE_SECRET"}
+"""Old variable names still read, by field. kube-linter's env-var-secret flags any variable whose name
+matches (?i).*secret.* and has a literal value, which a Secret's *name* is."""
+log = logging.getLogger(__name__)
 
 
 def _setting(default: Any, description: str, chart: str, **constraints: Any) -> Any:
@@ -41,9 +46,10 @@ class OperatorSettings(BaseModel):
     output_uri: Annotated[str, StringConstraints(pattern=r"^(s3|pvc|file)://[^\s]+$")] = _setting(
         "s3://finetune", "Default output prefix when spec.output.uri is unset.", "settings.outputUri"
     )
-    storage_secret: str = _setting(
+    storage_credentials: str = _setting(
         "finetune-storage",
-        "Secret (in the job's namespace) used for s3:// URIs that name no secretRef.",
+        "Name of the Secret (in the job's namespace) used for s3:// URIs that name no secretRef. Read from "
+        "FINETUNE_STORAGE_SECRET too, its deprecated old name, which linters take for a secret in the environment.",
         "settings.storageSecret",
     )
     s3_endpoint: str | None = _setting(None, "S3 endpoint (host:port or URL); unset means AWS.", "settings.s3Endpoint")
@@ -78,6 +84,10 @@ class OperatorSettings(BaseModel):
         values: dict[str, object] = {}
         for name in cls.model_fields:
             raw = environ.get(env_name(name))
+            old = DEPRECATED_ENV.get(name)
+            if old and environ.get(old):
+                log.warning("%s is deprecated: set %s (it wins when both are set)", old, env_name(name))
+                raw = raw or environ[old]
             if raw is None or raw == "":
                 continue
             values[name] = (

@@ -27,10 +27,19 @@ def test_settings_come_from_prefixed_env_vars() -> None:
     assert settings.metrics_port == 9090
 
 
+def test_the_storage_secrets_old_variable_is_still_read_and_named_deprecated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert OperatorSettings.from_env({"FINETUNE_STORAGE_SECRET": "old-name"}).storage_credentials == "old-name"
+    assert "FINETUNE_STORAGE_SECRET is deprecated: set FINETUNE_STORAGE_CREDENTIALS" in caplog.text
+    both = {"FINETUNE_STORAGE_SECRET": "old-name", "FINETUNE_STORAGE_CREDENTIALS": "new-name"}
+    assert OperatorSettings.from_env(both).storage_credentials == "new-name"
+
+
 def test_defaults_without_env() -> None:
     settings = OperatorSettings.from_env({})
     assert settings.namespaces == ()
-    assert settings.storage_secret == "finetune-storage"
+    assert settings.storage_credentials == "finetune-storage"
 
 
 @pytest.mark.parametrize(

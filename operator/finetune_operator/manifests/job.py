@@ -262,9 +262,9 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settin
     run_spec = build_run_spec(owner, spec, attempt, settings)
     output = run_spec.output
     secrets = [
-        *secret_env("BASE_MODEL", spec.base_model.uri, spec.base_model.secret_ref, settings.storage_secret),
-        *secret_env("DATASET", spec.dataset.uri, spec.dataset.secret_ref, settings.storage_secret),
-        *secret_env("OUTPUT", output.uri, spec.output.secret_ref, settings.storage_secret),
+        *secret_env("BASE_MODEL", spec.base_model.uri, spec.base_model.secret_ref, settings.storage_credentials),
+        *secret_env("DATASET", spec.dataset.uri, spec.dataset.secret_ref, settings.storage_credentials),
+        *secret_env("OUTPUT", output.uri, spec.output.secret_ref, settings.storage_credentials),
     ]
     return build_job(
         owner,
@@ -290,7 +290,7 @@ def build_eval_job(
     owner: Owner, spec: EvalRunSpec, model: ResolvedModel, attempt: int, settings: OperatorSettings
 ) -> dict[str, Any]:
     run_spec = build_eval_run_spec(owner, spec, model, attempt, settings)
-    default = settings.storage_secret
+    default = settings.storage_credentials
     secrets = [*secret_env("BASE_MODEL", model.base_model.uri, model.base_model.secret_ref, default)]
     uris: list[tuple[str, bool]] = [(model.base_model.uri, False), (run_spec.report_uri, True)]
     if model.adapter is not None:
@@ -346,7 +346,7 @@ def build_cleanup_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSet
             command="cleanup",
             run_spec=run_spec,
             image=spec.image or settings.trainer_image,
-            secrets=secret_env("OUTPUT", prefix, spec.output.secret_ref, settings.storage_secret),
+            secrets=secret_env("OUTPUT", prefix, spec.output.secret_ref, settings.storage_credentials),
             pvc_uris=[(prefix, True)],
             resources=CLEANUP_RESOURCES,
             queue_name=None,
