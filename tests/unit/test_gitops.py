@@ -73,6 +73,28 @@ FINETUNEJOB_CASES = [
         "ThresholdsMissed: missed: f1 0.4 < 0.5",
     ),
     (
+        "failed without a reason",
+        {},
+        {"phase": "Failed", "conditions": [{"type": "Failed", "status": "True"}]},
+        "Degraded",
+        "Failed",
+    ),
+    (
+        "failed with a reason only",
+        {},
+        {"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "DataError"}]},
+        "Degraded",
+        "DataError",
+    ),
+    ("running without progress or conditions", {}, {"phase": "Running"}, "Progressing", "Running 0%"),
+    (
+        "gate missed without a message",
+        EVALUATION,
+        {"phase": "Succeeded", "conditions": [{"type": "Evaluated", "status": "False"}]},
+        "Degraded",
+        "EvaluationFailed",
+    ),
+    (
         "gate met",
         EVALUATION,
         {"phase": "Succeeded", "adapter": {"uri": "s3://a/"}, "conditions": [_c("Evaluated", "True", "ThresholdsMet")]},
@@ -92,6 +114,31 @@ def test_finetunejob_health(
     if status:
         obj["status"] = status
     assert health("FineTuneJob", obj) == (expected, message)
+
+
+@pytest.mark.parametrize("kind", ["FineTuneJob", "EvalRun"])
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed", "Running"])
+def test_a_spec_the_operator_has_not_acted_on_yet_is_progressing(kind: str, phase: str) -> None:
+    """Right after a GitOps re-apply: the old attempt's phase, a newer generation. Not Healthy (nor Degraded)."""
+    status = {"phase": phase, "observedGeneration": 1, "conditions": [_c("Validated", "True")]}
+    obj = {"metadata": {"generation": 2}, "spec": {}, "status": status}
+    assert health(kind, obj) == ("Progressing", "spec generation 2 not acted on yet (observed 1)")
+    obj["metadata"]["generation"] = 1  # acted on: the phase speaks again
+    assert health(kind, obj)[0] == {"Succeeded": "Healthy", "Failed": "Degraded", "Running": "Progressing"}[phase]
+
+
+@pytest.mark.parametrize("kind", ["FineTuneJob", "EvalRun"])
+def test_objects_with_fields_missing_never_break_the_script(kind: str) -> None:
+    bare_conditions = [{"type": t} for t in ("Validated", "Running", "Failed", "Evaluated", "Passed")]
+    for status in (
+        {},
+        {"phase": "Failed"},
+        {"phase": "Succeeded"},
+        {"phase": "Pending", "conditions": bare_conditions},
+    ):
+        for obj in ({"status": status}, {"metadata": {}, "status": status}, {"metadata": {"generation": 3}}):
+            state, message = health(kind, obj)
+            assert state in {"Healthy", "Progressing", "Degraded", "Suspended"} and "nil" not in message
 
 
 EVALRUN_CASES = [
@@ -123,6 +170,19 @@ EVALRUN_CASES = [
         {"phase": "Succeeded", "score": 0.9, "conditions": [_c("Passed", "True", "ThresholdsMet")]},
         "Healthy",
         "score 0.9",
+    ),
+    (
+        "passed without a score",
+        {"phase": "Succeeded", "conditions": [_c("Passed", "True", "NoThresholds", "no thresholds are set")]},
+        "Healthy",
+        "NoThresholds: no thresholds are set",
+    ),
+    ("succeeded with nothing else", {"phase": "Succeeded"}, "Healthy", "evaluated"),
+    (
+        "missed without a reason",
+        {"phase": "Succeeded", "conditions": [{"type": "Passed", "status": "False", "message": "missed: f1"}]},
+        "Degraded",
+        "ThresholdsMissed: missed: f1",
     ),
 ]
 
