@@ -132,31 +132,6 @@ def test_summary_means_over_benchmarks_and_the_gate() -> None:
     assert judge(summary, {"f1": 0.1}) == ["f1 was not computed"]
 
 
-def test_reports_are_complete_and_self_contained(tmp_path: Path) -> None:
-    results = [_result("capitals", "exact_match", 0.75, 0.0), _result("capitals", "f1", 0.8, 0.1)]
-    summary = summarize(results)
-    document = build_document(
-        title="team-a/support-eval",
-        model={"baseModel": "s3://models/tiny/", "adapter": "s3://adapters/x/"},
-        results=results,
-        summary=summary,
-        thresholds={"exact_match": 0.9},
-        missed=judge(summary, {"exact_match": 0.9}),
-        samples={"capitals": [{"input": "Capital of Peru?", "reference": "Lima", "prediction": "Lima"}]},
-    )
-    files = write_reports(document, tmp_path)
-    assert sorted(f.name for f in files) == ["report.html", "report.md", "results.json"]
-    assert json.loads((tmp_path / "results.json").read_text())["verdict"] == "failed"
-    markdown = (tmp_path / "report.md").read_text()
-    assert "| exact_match | 0.7500 | 0.0000 | +0.7500 | >= 0.9 (**missed**) |" in markdown
-    assert "- exact_match 0.75 < 0.9" in markdown
-    page = (tmp_path / "report.html").read_text()
-    assert "<svg" in page and "<script" not in page.lower()
-    assert not re.search(r"(src|href)=[\"']https?://", page)  # nothing fetched from elsewhere
-    # one tuned and one baseline bar per metric
-    assert bar_chart(document["summary"]).count("<rect") == 2 * len(summary) + 2  # + 2 legend swatches
-
-
 def _report(tmp_path: Path, samples: dict[str, list[dict[str, Any]]], thresholds: dict[str, float]) -> Path:
     results = [_result("capitals", "exact_match", 0.75, 0.0), _result("capitals", "f1", 0.8, 0.1)]
     summary = summarize(results)
@@ -171,6 +146,22 @@ def _report(tmp_path: Path, samples: dict[str, list[dict[str, Any]]], thresholds
     )
     write_reports(document, tmp_path)
     return tmp_path
+
+
+def test_reports_are_complete_and_self_contained(tmp_path: Path) -> None:
+    samples = {"capitals": [{"input": "Capital of Peru?", "reference": "Lima", "prediction": "Lima"}]}
+    files = list(_report(tmp_path, samples, {"exact_match": 0.9}).iterdir())
+    assert sorted(f.name for f in files) == ["report.html", "report.md", "results.json"]
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["verdict"] == "failed"
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| exact_match | 0.7500 | 0.0000 | +0.7500 | >= 0.9 (**missed**) |" in markdown
+    assert "- exact_match 0.75 < 0.9" in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert "<svg" in page and "<script" not in page.lower()
+    assert not re.search(r"(src|href)=[\"']https?://", page)  # nothing fetched from elsewhere
+    # one tuned and one baseline bar per metric
+    assert bar_chart(document["summary"]).count("<rect") == 2 * len(document["summary"]) + 2  # + 2 legend swatches
 
 
 def test_the_html_report_shows_each_threshold_and_the_samples(tmp_path: Path) -> None:
