@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from devcluster import wait_for
 from devcluster.quickstart import BUCKET, Quickstart
-from finetune_operator.api import FINETUNEJOB
+from finetune_operator.api import kind_named
 from tests.factories import with_field
 from tests.reliability import stack
 from tests.reliability.stack import GROUP, VERSION, apply, condition, example_finetunejob
@@ -31,7 +31,7 @@ BENCH = {
     "task": "qa",
     "metrics": ["exact_match"],
 }
-EVALRUN = {"model": {"fineTuneJobRef": {"name": "base"}}, "benchmarks": [BENCH]}
+EVALRUN_SPEC = {"model": {"fineTuneJobRef": {"name": "base"}}, "benchmarks": [BENCH]}
 
 
 def _ftj(path: str | None = None, value: Any = None, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def _ftj(path: str | None = None, value: Any = None, spec: dict[str, Any] | None
 
 
 def _evr(path: str | None = None, value: Any = None, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    chosen = copy.deepcopy(spec if spec is not None else EVALRUN)
+    chosen = copy.deepcopy(spec if spec is not None else EVALRUN_SPEC)
     return with_field(chosen, path, value) if path else chosen
 
 
@@ -96,7 +96,7 @@ def test_invalid_manifests_are_refused_at_admission(
     assert demo.cluster
     name = "invalid-" + case.replace(" ", "-")
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-    plural = FINETUNEJOB.plural if kind == "FineTuneJob" else EVALRUN.plural
+    plural = kind_named(kind).plural
     with pytest.raises(ApiException) as refused:
         client.CustomObjectsApi(demo.cluster.api()).create_namespaced_custom_object(
             GROUP, VERSION, "default", plural, body, field_validation="Strict"
@@ -169,7 +169,7 @@ RUNTIME = [
     ),
     _evalrun(
         "eval-of-a-failed-job",
-        {**EVALRUN, "model": {"fineTuneJobRef": {"name": "malformed-jsonl"}}},
+        {**EVALRUN_SPEC, "model": {"fineTuneJobRef": {"name": "malformed-jsonl"}}},
         "FineTuneJobFailed",
         "malformed-jsonl",
     ),
@@ -196,7 +196,7 @@ def test_bad_data_and_unusable_specs_end_with_a_named_reason(demo: Quickstart) -
     apply(demo, *(case.body for case in RUNTIME))
 
     def plural(case: Runtime) -> str:
-        return FINETUNEJOB.plural if case.body["kind"] == "FineTuneJob" else EVALRUN.plural
+        return kind_named(case.body["kind"]).plural
 
     def verdict(case: Runtime) -> dict[str, Any]:
         current = stack.status(demo, case.name, plural(case))
