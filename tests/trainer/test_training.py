@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from devcluster import wait_for
 from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
 from finetune_trainer.report import ProgressReporter
 from finetune_trainer.storage import LocalStore, fetch_verified, store_for
-from tinymodel import support_rows, write_jsonl
+from tinymodel import PRODUCTS, support_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER = [sys.executable, "-m", "finetune_trainer.cli"]
@@ -177,7 +178,8 @@ def test_laptop_run_from_the_shipped_example_spec(tiny_model: Path, tmp_path: Pa
     """examples/quickstart/run-spec.yaml, pointed at a temp folder instead of /tmp/finetune-quickstart; one
     row longer than its maxSeqLength (128) is counted as truncated in the result."""
     long_row = {"instruction": "Describe every product", "input": "", "output": "Atlas Beacon Comet " * 200}
-    write_jsonl([*support_rows(32), long_row], tmp_path / "support.jsonl")
+    short = [{"instruction": f"Name product {i}", "input": "", "output": product} for i, product in enumerate(PRODUCTS)]
+    write_jsonl([*support_rows(32), long_row, *short], tmp_path / "support.jsonl")
     (tmp_path / "model").symlink_to(tiny_model)
     text = (
         (REPO / "examples" / "quickstart" / "run-spec.yaml")
@@ -200,6 +202,12 @@ def test_laptop_run_from_the_shipped_example_spec(tiny_model: Path, tmp_path: Pa
     assert result["result"] == "succeeded"
     assert result["metrics"]["truncatedExamples"] == 1
     assert "1 truncated to maxSeqLength=128 tokens" in done.stderr
+    # trainSamples counts examples (the summary's "N train examples"), not the packed rows they fill.
+    counts = re.search(r"(\d+) train examples \(\d+ tokens\) in (\d+) rows", done.stderr)
+    assert counts is not None
+    examples, rows = int(counts.group(1)), int(counts.group(2))
+    assert rows < examples  # the short rows share packed rows, so the two counts differ
+    assert result["metrics"]["trainSamples"] == examples
     adapter = tmp_path / "out" / "adapter"
     assert {"adapter_model.safetensors", "adapter_config.json", "manifest.json"} <= {p.name for p in adapter.iterdir()}
     fetch_verified(LocalStore(), f"file://{adapter}/", tmp_path / "check")

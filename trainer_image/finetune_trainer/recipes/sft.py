@@ -170,7 +170,7 @@ class SFTRecipe:
             evaluation,
             merged=merged,
             state=self.trainer.state,
-            train_samples=len(self.data.train),
+            train_samples=self.data.train_examples,  # examples, not the packed rows they fill
             truncated_examples=self.data.report.truncated,
             runtime=runtime,
             resumed_from_step=self.resume[0] if self.resume else None,
