@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from .api import Kind
 from .metrics import OperatorMetrics
-from .plan import Action, Create, Delete, Event, Patch, Plan, merge_patch
+from .plan import Action, Create, Delete, Event, Patch, Plan, Stage, merge_patch
 
 
 class Api(Protocol):
@@ -40,9 +40,14 @@ def _perform(api: Api, namespace: str, action: Action) -> None:
         api.delete(action.kind, namespace, action.name)
 
 
-def _touches(action: Action, kind: Kind, name: str) -> bool:
-    """Whether the action changes the resource itself (its finalizers): its resourceVersion moves."""
-    return isinstance(action, Patch) and action.kind == kind.kind and action.name == name
+def _perform_stage(api: Api, plan: Plan, stage: Stage, kind: Kind, meta: Mapping[str, Any]) -> bool:
+    """Perform one stage's actions in order; whether one of them changed the resource itself (its
+    finalizers), so that its resourceVersion moved."""
+    touched = False
+    for action in (a for a in plan.actions if a.stage == stage):
+        _perform(api, meta["namespace"], action)
+        touched |= isinstance(action, Patch) and action.kind == kind.kind and action.name == meta["name"]
+    return touched
 
 
 def execute(
@@ -55,10 +60,8 @@ def execute(
     meta = resource["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     version: str | None = meta.get("resourceVersion")
-    for action in (a for a in plan.actions if a.stage == "before"):
-        _perform(api, namespace, action)
-        if _touches(action, kind, name):
-            version = None
+    if _perform_stage(api, plan, "before", kind, meta):
+        version = None
     previous = resource.get("status") or {}
     patch = merge_patch(previous, plan.status)
     if patch:
@@ -71,8 +74,6 @@ def execute(
     if plan.finished:
         merged = {**previous, **plan.status}
         metrics.observe_finished(plan.finished.phase, merged.get("startTime"), merged.get("completionTime"), kind.kind)
-    for action in (a for a in plan.actions if a.stage == "after"):
-        _perform(api, namespace, action)
-        if _touches(action, kind, name):
-            version = None
+    if _perform_stage(api, plan, "after", kind, meta):
+        version = None
     return version

@@ -9,7 +9,7 @@ at once, and events that arrive before the reconcile starts share it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from .api import Kind
 from .executor import execute
 from .kinds import CONTROLLERS, Controller
-from .kinds.base import Indices, Packed, watched_index
+from .kinds.base import Indices, watched
 from .kube import AdoptionConflictError
 from .plan import Event, Plan, is_idle
 from .runtime import Runtime
@@ -69,7 +69,7 @@ def reconcile(runtime: Runtime, controller: Controller[Any], namespace: str, nam
 
     try:
         with runtime.locks(key):
-            plan = _idle_plan(runtime, key, indices[watched_index(kind)].get((namespace, name), []), plan_for)
+            plan = _idle_plan(runtime, key, watched(indices, kind, namespace, name), plan_for)
             if plan is None:
                 body = runtime.api.get(kind.kind, namespace, name)
                 if body is None:
@@ -97,17 +97,17 @@ def reconcile(runtime: Runtime, controller: Controller[Any], namespace: str, nam
         runtime.reconciles.schedule(key, plan.recheck_after + 1, again)
 
 
-def _idle_plan(runtime: Runtime, key: Key, packed: Any, plan_for: Any) -> Plan | None:
+def _idle_plan(
+    runtime: Runtime, key: Key, copy: Mapping[str, Any] | None, plan_for: Callable[[Mapping[str, Any]], Plan]
+) -> Plan | None:
     """The plan on the watched copy if that copy is current and the plan does nothing, else None."""
-    copy: Packed | None = next(iter(packed), None)
     if copy is None:
         return None
-    watched = copy.unpack()
-    meta = watched.get("metadata") or {}
+    meta = copy.get("metadata") or {}
     if meta.get("deletionTimestamp") or runtime.versions.get(key) != meta.get("resourceVersion"):
         return None
-    plan: Plan = plan_for(watched)
-    return plan if is_idle(plan, watched.get("status") or {}) else None
+    plan = plan_for(copy)
+    return plan if is_idle(plan, copy.get("status") or {}) else None
 
 
 def wake_dependents(
