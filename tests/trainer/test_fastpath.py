@@ -12,10 +12,8 @@ import torch
 from finetune_operator.api.common import Quantization
 from finetune_operator.api.finetunejob import LoraSettings
 from finetune_trainer import fastpath
-from finetune_trainer.data.pack import PackedCollator
-from finetune_trainer.model import Device, head_takes_positions, make_collator, setup_model
-
-CPU = Device("cpu", "float32")
+from finetune_trainer.model import head_takes_positions, make_collator, setup_model
+from tests.trainer.setups import CPU, deterministic_setup, packed_batch
 
 
 def test_segment_bounds_follow_restarting_positions() -> None:
@@ -30,32 +28,12 @@ def test_used_only_for_packed_training_on_cpu() -> None:
     assert not fastpath.use_on("cuda", packing=True)
 
 
-def _packed_batch(lengths: list[int], vocab: int, prompt: float = 0.0, collator: Any = None) -> dict[str, Any]:
-    """Packed examples whose first `prompt` fraction (at least the first token) is labelled IGNORE."""
-    generator = torch.Generator().manual_seed(1)
-    rows = []
-    for length in lengths:
-        ids = torch.randint(3, vocab, (length,), generator=generator).tolist()
-        masked = max(1, int(length * prompt))
-        rows.append({"input_ids": ids, "labels": [-100] * masked + ids[masked:], "position_ids": list(range(length))})
-    return dict((collator or PackedCollator())(rows))
-
-
 def _loss_and_grads(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     model.train()
     out = model(**batch)
     out.loss.backward()
     grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     return out.loss.detach(), out.logits.detach(), grads
-
-
-def _deterministic_setup(tiny_model: Path, quantization: Quantization | None, **switch: bool) -> Any:
-    """Packed, checkpointed, LoRA dropout off and the same seed: runs differ only by `switch`."""
-    torch.manual_seed(0)
-    lora = LoraSettings(r=8, alpha=16, dropout=0.0)
-    return setup_model(
-        tiny_model, CPU, quantization=quantization, lora=lora, packing=True, gradient_checkpointing=True, **switch
-    )
 
 
 def _reentrant(model: Any) -> bool:
@@ -77,11 +55,11 @@ def test_segment_attention_matches_masked_sdpa(tiny_model: Path, quantization: Q
     spy = mock.patch.object(fastpath, "segment_bounds", side_effect=lambda p: split.append(bounds(p)) or split[-1])
     bounds = fastpath.segment_bounds
     for fast in (False, True):
-        setup = _deterministic_setup(tiny_model, quantization, fast_paths=fast)
+        setup = deterministic_setup(tiny_model, quantization, fast_paths=fast)
         assert setup.cpu_fast_paths is fast
         assert setup.model.config._attn_implementation == (fastpath.SEGMENT_ATTENTION if fast else "sdpa")
         assert _reentrant(setup.model) is fast  # the same recomputation, cheaper hooks on CPU
-        batch = _packed_batch([7, 30, 1, 12], setup.model.config.vocab_size)
+        batch = packed_batch([7, 30, 1, 12], setup.model.config.vocab_size)
         with spy:
             results.append(_loss_and_grads(setup.model, batch))
     # 2 layers, forward + checkpointed recomputation, each split into the 4 examples
@@ -137,10 +115,10 @@ def test_logits_on_loss_positions_only_keep_loss_and_gradients(
     (the output head's included, through every layer) stay those of the full head."""
     results = []
     for positions in (False, True):
-        setup = _deterministic_setup(tiny_model, quantization, loss_positions=positions)
+        setup = deterministic_setup(tiny_model, quantization, loss_positions=positions)
         assert setup.loss_logits_only is positions
         collator = make_collator(True, None, setup.loss_logits_only)
-        batch = _packed_batch([7, 30, 1, 12], setup.model.config.vocab_size, prompt=0.5, collator=collator)
+        batch = packed_batch([7, 30, 1, 12], setup.model.config.vocab_size, prompt=0.5, collator=collator)
         results.append(_loss_and_grads(setup.model, batch))
     every, kept = results
     counted = 4 + 15 + 0 + 6  # the labelled tail of each example; the 1-token one has none

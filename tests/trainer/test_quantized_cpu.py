@@ -15,14 +15,12 @@ import pytest
 import torch
 
 from finetune_operator.api.common import Quantization
-from finetune_operator.api.finetunejob import LoraSettings
-from finetune_trainer.data.pack import PackedCollator
-from finetune_trainer.model import Device, keep_trainable_4bit_layout, setup_model
+from finetune_trainer.model import keep_trainable_4bit_layout
+from tests.trainer.setups import deterministic_setup, packed_batch
 
 bnb = pytest.importorskip("bitsandbytes")
 from bitsandbytes.functional import dequantize_4bit, has_avx512bf16  # noqa: E402
 
-CPU = Device("cpu", "float32")
 REPACKS = pytest.mark.skipif(
     not has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights for inference only on AVX512-BF16 CPUs"
 )
@@ -80,27 +78,9 @@ def test_an_eval_forward_no_longer_cuts_the_gradient_of_a_layer_kept_trainable()
             assert gemv and x.grad is None  # bitsandbytes as it is: the gradient stops here
 
 
-def _batch(vocab: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    rows = []
-    for length in (12, 9):
-        ids = torch.randint(3, vocab, (length,), generator=generator).tolist()
-        rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(length))})
-    return dict(PackedCollator()(rows))
-
-
 def _lora_grads(tiny_model: Path, evaluate_first: bool) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    setup = setup_model(
-        tiny_model,
-        CPU,
-        quantization=Quantization(),
-        lora=LoraSettings(r=8, alpha=16, dropout=0.0),
-        packing=True,
-        gradient_checkpointing=True,
-    )
-    model = setup.model
-    batch = _batch(model.config.vocab_size)
+    model = deterministic_setup(tiny_model, Quantization()).model
+    batch = packed_batch([12, 9], model.config.vocab_size)
     if evaluate_first:  # what Trainer.evaluate does between steps (validationSplit)
         model.eval()
         with torch.no_grad():
