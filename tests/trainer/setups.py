@@ -33,3 +33,18 @@ def deterministic_setup(tiny_model: Path, quantization: Quantization | None, **s
     return setup_model(
         tiny_model, CPU, quantization=quantization, lora=lora, packing=True, gradient_checkpointing=True, **switch
     )
+
+
+def loss_and_grads(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    model.train()
+    out = model(**batch)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    return out.loss.detach(), out.logits.detach(), grads
+
+
+def assert_same_loss_and_grads(got: tuple[Any, Any, list[Any]], expected: tuple[Any, Any, list[Any]]) -> None:
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert len(got[2]) == len(expected[2]) > 0
+    for got_grad, expected_grad in zip(got[2], expected[2], strict=True):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-3, atol=1e-5)

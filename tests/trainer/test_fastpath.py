@@ -13,7 +13,7 @@ from finetune_operator.api.common import Quantization
 from finetune_operator.api.finetunejob import LoraSettings
 from finetune_trainer import fastpath
 from finetune_trainer.model import head_takes_positions, make_collator, setup_model
-from tests.trainer.setups import CPU, deterministic_setup, packed_batch
+from tests.trainer.setups import CPU, assert_same_loss_and_grads, deterministic_setup, loss_and_grads, packed_batch
 
 
 def test_segment_bounds_follow_restarting_positions() -> None:
@@ -28,23 +28,8 @@ def test_used_only_for_packed_training_on_cpu() -> None:
     assert not fastpath.use_on("cuda", packing=True)
 
 
-def _loss_and_grads(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    model.train()
-    out = model(**batch)
-    out.loss.backward()
-    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-    return out.loss.detach(), out.logits.detach(), grads
-
-
 def _reentrant(model: Any) -> bool:
     return bool(model.get_base_model().model.layers[0]._gradient_checkpointing_func.keywords["use_reentrant"])
-
-
-def _assert_same_loss_and_grads(got: tuple[Any, Any, list[Any]], expected: tuple[Any, Any, list[Any]]) -> None:
-    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
-    assert len(got[2]) == len(expected[2]) > 0
-    for got_grad, expected_grad in zip(got[2], expected[2], strict=True):
-        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("quantization", [None, Quantization()], ids=["lora", "qlora-nf4"])
@@ -61,12 +46,12 @@ def test_segment_attention_matches_masked_sdpa(tiny_model: Path, quantization: Q
         assert _reentrant(setup.model) is fast  # the same recomputation, cheaper hooks on CPU
         batch = packed_batch([7, 30, 1, 12], setup.model.config.vocab_size)
         with spy:
-            results.append(_loss_and_grads(setup.model, batch))
+            results.append(loss_and_grads(setup.model, batch))
     # 2 layers, forward + checkpointed recomputation, each split into the 4 examples
     assert split == [[0, 7, 37, 38, 50]] * 4
     plain, fast_result = results
     torch.testing.assert_close(fast_result[1], plain[1], rtol=1e-4, atol=1e-4)  # logits
-    _assert_same_loss_and_grads(fast_result, plain)
+    assert_same_loss_and_grads(fast_result, plain)
 
 
 def test_segment_attention_falls_back_for_padded_batches(tiny_model: Path) -> None:
@@ -119,12 +104,12 @@ def test_logits_on_loss_positions_only_keep_loss_and_gradients(
         assert setup.loss_logits_only is positions
         collator = make_collator(True, None, setup.loss_logits_only)
         batch = packed_batch([7, 30, 1, 12], setup.model.config.vocab_size, prompt=0.5, collator=collator)
-        results.append(_loss_and_grads(setup.model, batch))
+        results.append(loss_and_grads(setup.model, batch))
     every, kept = results
     counted = 4 + 15 + 0 + 6  # the labelled tail of each example; the 1-token one has none
     assert every[1].shape[1] == 50
     assert kept[1].shape[1] == counted
-    _assert_same_loss_and_grads(kept, every)
+    assert_same_loss_and_grads(kept, every)
 
 
 def test_loss_positions_need_packing_and_a_head_that_takes_them(tiny_model: Path) -> None:

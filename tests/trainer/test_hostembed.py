@@ -17,7 +17,7 @@ from finetune_operator.api.finetunejob import LoraSettings
 from finetune_trainer import hostembed
 from finetune_trainer.model import apply_lora, load_base_model, prepare_for_training
 
-from .test_fastpath import CPU, _assert_same_loss_and_grads, _loss_and_grads, _packed_batch
+from .setups import CPU, assert_same_loss_and_grads, loss_and_grads, packed_batch
 
 LORA = LoraSettings(r=8, alpha=16, dropout=0.0)
 
@@ -62,14 +62,14 @@ def test_same_loss_and_gradients_with_the_table_in_host_memory(
         names = {name for name, _ in model.named_parameters()}
         assert any("embed_tokens" in name for name in names) is not hosted  # no parameter, no optimizer state
         assert any("embed_tokens" in key for key in model.state_dict()) is not hosted
-        batch = _packed_batch([7, 30, 1, 12], model.config.vocab_size)
-        results.append(_loss_and_grads(model, batch))
+        batch = packed_batch([7, 30, 1, 12], model.config.vocab_size)
+        results.append(loss_and_grads(model, batch))
     on_device, in_host = results
     model.save_pretrained(tmp_path / "adapter")  # the adapter alone, as without the swap
     files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
     assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     torch.testing.assert_close(in_host[1], on_device[1])  # logits
-    _assert_same_loss_and_grads(in_host, on_device)
+    assert_same_loss_and_grads(in_host, on_device)
 
 
 def test_a_device_move_leaves_the_table_in_host_memory(tiny_model: Path) -> None:
