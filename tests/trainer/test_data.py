@@ -108,12 +108,12 @@ def test_dedupe_can_be_switched_off(write: Any) -> None:
 
 def test_loss_only_on_the_response(tokenizer: Any) -> None:
     example = Example(kind="pair", prompt="Capital of France?", completion="Paris.")
-    item = encode(example, tokenizer, 128, use_template=False, completion_only=True)
+    item, _ = encode(example, tokenizer, 128, use_template=False, completion_only=True)
     trained = tokenizer.decode(
         [t for t, label in zip(item["input_ids"], item["labels"], strict=True) if label != IGNORE]
     )
     assert trained.strip() == "Paris.</s>"
-    everything = encode(example, tokenizer, 128, use_template=False, completion_only=False)
+    everything, _ = encode(example, tokenizer, 128, use_template=False, completion_only=False)
     assert IGNORE not in everything["labels"]
 
 

@@ -78,7 +78,7 @@ def mean_loss(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> float:
     losses = []
     with torch.no_grad():
         for row in rows:
-            item = encode(
+            item, _ = encode(
                 Example(kind="pair", prompt=row["instruction"], completion=row["output"]),
                 tokenizer,
                 128,

@@ -10,7 +10,7 @@ from typing import Any
 from finetune_operator.api.finetunejob import DatasetSource
 
 from ..errors import InputError
-from .encode import IGNORE, encode_counted, ensure_chat_template, padding_fraction
+from .encode import IGNORE, encode, ensure_chat_template, padding_fraction
 from .formats import Example, Format, detect_format, normalise
 from .load import read_rows
 from .pack import pack_rows
@@ -71,7 +71,7 @@ def prepare(
     encoded = []
     report.max_length = max_length
     for example in examples:
-        item, truncated = encode_counted(example, tokenizer, max_length, use_template, spec.completion_only_loss)
+        item, truncated = encode(example, tokenizer, max_length, use_template, spec.completion_only_loss)
         if all(label == IGNORE for label in item["labels"]):
             report.dropped[f"no response tokens within maxSeqLength={max_length}"] += 1
             continue

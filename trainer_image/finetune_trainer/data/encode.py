@@ -75,7 +75,7 @@ would otherwise be tokenised whole (with offsets) only to be cut to max_length t
 gigabytes of memory for nothing (docs/benchmarks.md, "Data preparation memory")."""
 
 
-def encode_counted(
+def encode(
     example: Example, tokenizer: Any, max_length: int, use_template: bool, completion_only: bool
 ) -> tuple[dict[str, list[int]], bool]:
     """(token ids and labels, whether the example was cut to max_length tokens)."""
@@ -98,12 +98,6 @@ def encode_counted(
     covered = max((end for _, end in offsets), default=0)
     truncated = cut or (len(ids) >= max_length and covered < len(text.rstrip()))
     return {"input_ids": ids, "labels": labels}, truncated
-
-
-def encode(
-    example: Example, tokenizer: Any, max_length: int, use_template: bool, completion_only: bool
-) -> dict[str, list[int]]:
-    return encode_counted(example, tokenizer, max_length, use_template, completion_only)[0]
 
 
 def padding_fraction(lengths: list[int], batch_size: int) -> float:
