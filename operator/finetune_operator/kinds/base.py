@@ -119,12 +119,11 @@ def needs_reconcile(event_type: str | None, body: Mapping[str, Any], finalizer: 
     return observed is None or observed != meta.get("generation")
 
 
-def index_names() -> tuple[str, ...]:
-    """Every index a reconcile reads (handlers/ registers each under this name)."""
-    return (TRAINER_JOBS, TRAINER_PODS, EVALRUNS_BY_JOB, *(watched_index(kind) for kind in KINDS))
+INDEX_NAMES: tuple[str, ...] = (TRAINER_JOBS, TRAINER_PODS, EVALRUNS_BY_JOB, *(watched_index(k) for k in KINDS))
+"""Every index a reconcile reads (handlers/ registers each under this name)."""
 
 
 def indices_in(handler_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """kopf's indices out of a handler's arguments. They are live views, read by the queued
     reconcile when it runs; the rest of the arguments (the event's body) must not be kept for it."""
-    return {index: handler_kwargs[index] for index in index_names()}
+    return {index: handler_kwargs[index] for index in INDEX_NAMES}
