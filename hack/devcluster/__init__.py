@@ -1,10 +1,13 @@
-"""A local Kubernetes for tests and `make demo`: real control plane, local-process "nodes", the operator.
+"""A local Kubernetes for tests and `make demo`: a real control plane, a node, the operator.
 
-Development tooling, not part of the product. See controlplane.py and nodeagent.py.
+Development tooling, not part of the product. The node is real (node.py: kubelet + containerd, pods
+as containers of the images built from our Dockerfiles) or, for the tests listed in
+docs/architecture.md, the stand-in (nodeagent.py: pods as local processes). See controlplane.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,18 +24,26 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from .controlplane import REPO_ROOT, ControlPlane, ToolMissingError, free_port, tool_path
+from .images import BuiltImages, built_images
+from .node import NODE_IP, NODE_NAME, NodeUnavailableError, RealNode
 from .nodeagent import DEFAULT_NODES, LocalNodeAgent, NodeSpec
 
 __all__ = [
     "DEFAULT_NODES",
+    "NODE_IP",
+    "NODE_NAME",
     "REPO_ROOT",
+    "BuiltImages",
     "ControlPlane",
     "LocalCluster",
     "LocalNodeAgent",
     "NodeSpec",
+    "NodeUnavailableError",
     "OperatorProcess",
+    "RealNode",
     "ToolMissingError",
     "apply_objects",
+    "built_images",
     "tool_path",
     "wait_for",
 ]
@@ -91,18 +102,32 @@ def install_crds(api: client.ApiClient, crd_dir: Path = REPO_ROOT / "crds") -> N
 
 @dataclass
 class LocalCluster:
-    """Control plane + local node agent. `start()`/`stop()` or a `with` block."""
+    """Control plane + a node: the real one when `images` is given, else the stand-in agent.
+    `start()`/`stop()` or a `with` block."""
 
     workdir: Path
-    path_prepend: tuple[str, ...] = ()
+    path_prepend: tuple[str, ...] = ()  # the stand-in's PATH for pod commands
     crds: bool = True  # install crds/ at start (off when a test installs them, e.g. through the Helm chart)
     audit: bool = False  # apiserver audit log (bench/operator_scale.py counts the operator's requests)
     profiling: bool = False  # apiserver /debug/pprof (bench/operator_scale.py --apiserver-profile)
+    images: BuiltImages | None = None  # run the real node with these images (see built_images())
     control_plane: ControlPlane = field(init=False)
-    agent: LocalNodeAgent = field(init=False)
+    agent: LocalNodeAgent = field(init=False, repr=False)
+    node: RealNode = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.control_plane = ControlPlane(self.workdir, audit=self.audit, profiling=self.profiling)
+        real = self.images is not None
+        self.control_plane = ControlPlane(
+            self.workdir,
+            audit=self.audit,
+            profiling=self.profiling,
+            address=NODE_IP if real else "127.0.0.1",
+            node_lifecycle=real,
+        )
+
+    @property
+    def real_node(self) -> bool:
+        return self.images is not None
 
     @property
     def kubeconfig(self) -> Path:
@@ -112,34 +137,90 @@ class LocalCluster:
         return api_client(self.kubeconfig)
 
     def start(self) -> LocalCluster:
-        self.control_plane.start()
+        if self.images is not None:
+            self.node = RealNode(
+                self.workdir / "node",
+                kubeconfig=self.control_plane.kubeconfig,
+                pki=self.control_plane.pki,
+                images=self.images.archives,
+                image_ids=self.images.ids,
+                pause_image=self.images.pause,
+            ).claim()
         try:
-            self.agent = LocalNodeAgent(
-                api=self.api(),
-                workdir=self.workdir,
-                server=self.control_plane.url,
-                ca_file=self.control_plane.pki / "ca.crt",
-                path_prepend=self.path_prepend,
-            )
-            self.agent.start()
+            self.control_plane.start()
+        except BaseException:
+            if self.images is not None:
+                self.node.stop()
+            raise
+        try:
+            if self.images is not None:
+                self.node.start()
+                wait_for(
+                    lambda: self.node.assert_running() or _node_ready(self.api()),
+                    90,
+                    f"node {NODE_NAME} Ready and untainted",
+                    describe=lambda: _node_state(self.api()),
+                )
+            else:
+                self.agent = LocalNodeAgent(
+                    api=self.api(),
+                    workdir=self.workdir,
+                    server=self.control_plane.url,
+                    ca_file=self.control_plane.pki / "ca.crt",
+                    path_prepend=self.path_prepend,
+                )
+                self.agent.start()
             if self.crds:
                 install_crds(self.api())
             wait_for(lambda: _default_service_account(self.api()), 30, "the default ServiceAccount")
         except BaseException:
-            self.control_plane.stop()
+            self.stop()
             raise
         return self
 
     def stop(self) -> None:
         if hasattr(self, "agent"):
             self.agent.stop()
+        if hasattr(self, "node"):
+            self._drain()
+            self.node.stop()
         self.control_plane.stop()
+
+    def _drain(self) -> None:
+        """Delete every pod while the kubelet still runs, so it stops them as it would on a real node
+        (SIGTERM, then the sandbox and its CNI address are released); node.stop() kills what is left."""
+        try:
+            core = client.CoreV1Api(self.api())
+            for pod in core.list_pod_for_all_namespaces().items:
+                with contextlib.suppress(ApiException):
+                    core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+            wait_for(self.node.idle, 30, "the node's containers to stop")
+        except Exception:  # a control plane that already died: the node's own teardown still runs
+            pass
 
     def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _node_ready(api: client.ApiClient) -> bool:
+    try:
+        node = client.CoreV1Api(api).read_node(NODE_NAME)
+    except ApiException:
+        return False
+    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    return ready and not node.spec.taints
+
+
+def _node_state(api: client.ApiClient) -> str:
+    try:
+        node = client.CoreV1Api(api).read_node(NODE_NAME)
+    except ApiException as error:
+        return f"no Node yet ({error.reason})"
+    conditions = {c.type: c.status for c in node.status.conditions or []}
+    return f"conditions {conditions}, taints {[t.key for t in node.spec.taints or []]}"
 
 
 def _default_service_account(api: client.ApiClient) -> bool:

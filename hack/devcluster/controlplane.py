@@ -28,11 +28,13 @@ from finetune_operator.api import FINETUNEJOB, GROUP
 CACHE_DIR = Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune-operator"))
 BIN_DIR = Path(os.environ.get("FINETUNE_BIN_DIR", CACHE_DIR / "bin"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
+NODE_ADDRESS = "10.250.0.1"
+"""The real node's address (node.py), on an interface of its own: kubelet refuses loopback."""
 
-# Controllers a laptop cluster without real kubelets or a cloud must not run: node lifecycle would
-# evict every pod once the fake nodes miss their heartbeats.
+# Controllers a laptop cluster without a cloud must not run. Node lifecycle runs only beside a real
+# kubelet (it lifts the not-ready taint once the kubelet heartbeats); the stand-in node sends none,
+# so it would evict every pod.
 _DISABLED_CONTROLLERS = (
-    "nodelifecycle",
     "nodeipam",
     "cloud-node-lifecycle",
     "service-lb-controller",
@@ -100,7 +102,7 @@ def make_pki(directory: Path) -> None:
     )
     (directory / "san.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,IP:10.0.0.1\n"
+        f"DNS:kubernetes.default.svc,IP:10.0.0.1,IP:{NODE_ADDRESS}\n"
     )
     _openssl(
         "x509",
@@ -120,6 +122,36 @@ def make_pki(directory: Path) -> None:
         "server.crt",
         cwd=directory,
     )
+    # The apiserver's identity towards kubelets (`kubectl logs`, `exec`), which check it against the CA.
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        "-keyout",
+        "kubelet-client.key",
+        "-out",
+        "kubelet-client.csr",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "kubelet-client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-out",
+        "kubelet-client.crt",
+        cwd=directory,
+    )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
 
@@ -137,11 +169,15 @@ class ControlPlane:
     """Write every request's metadata (user, user agent, verb, resource) to workdir/audit.log."""
     profiling: bool = False
     """Serve the apiserver's Go profiles at /debug/pprof (bench/operator_scale.py --apiserver-profile)."""
+    address: str = "127.0.0.1"
+    """Where the apiserver listens and what it advertises; a real node's pods reach it there."""
+    node_lifecycle: bool = False
+    """Run the node-lifecycle controller (only beside a real kubelet, which heartbeats)."""
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -244,13 +280,16 @@ class ControlPlane:
                 str(binary),
                 f"--etcd-servers={self.etcd_url}",
                 f"--secure-port={self.api_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'server.crt'}",
                 f"--tls-private-key-file={pki / 'server.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--token-auth-file={self.workdir / 'tokens.csv'}",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--authorization-mode=RBAC",
                 # As on OpenShift and hardened clusters: setting blockOwnerDeletion needs update on <owner>/finalizers.
                 "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
@@ -313,7 +352,8 @@ class ControlPlane:
         )
 
     def _start_controller_manager(self, binary: Path) -> None:
-        disabled = ",".join(f"-{name}" for name in _DISABLED_CONTROLLERS)
+        off = _DISABLED_CONTROLLERS if self.node_lifecycle else ("nodelifecycle", *_DISABLED_CONTROLLERS)
+        disabled = ",".join(f"-{name}" for name in off)
         self._spawn(
             "kube-controller-manager",
             [

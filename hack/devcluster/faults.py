@@ -45,10 +45,10 @@ class StoreLink:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.minio.address}:{self.port}"
 
     def start(self) -> StoreLink:
-        server = socket.create_server(("127.0.0.1", self.port))
+        server = socket.create_server((self.minio.address, self.port))
         server.settimeout(0.5)
         self._server = server
         threading.Thread(target=self._accept, name="store-link", daemon=True).start()
@@ -81,7 +81,7 @@ class StoreLink:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            upstream = socket.create_connection(("127.0.0.1", self.minio.port), timeout=5)
+            upstream = socket.create_connection((self.minio.address, self.minio.port), timeout=5)
         except OSError:
             client.close()  # MinIO is down: the client sees its connection dropped
             return

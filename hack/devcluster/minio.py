@@ -1,4 +1,5 @@
-"""A real MinIO server on loopback (built by hack/build-tools.sh), for tests and `make demo`."""
+"""A real MinIO server (built by hack/build-tools.sh), for tests and `make demo`: on loopback, or on the
+real node's address so that pods reach it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .controlplane import free_port, tool_path
 @dataclass
 class MinioServer:
     workdir: Path
+    address: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     access_key: str = "finetune"
     secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -25,7 +27,7 @@ class MinioServer:
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:

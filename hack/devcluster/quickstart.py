@@ -1,12 +1,15 @@
-"""The quickstart end to end on the local cluster: shared by `make demo` and the e2e test.
+"""The quickstart end to end on the local cluster: shared by `make demo` and the e2e tests.
 
-Real parts throughout: kube-apiserver + controllers + scheduler, MinIO, the operator process, and the
-trainer (`finetune-trainer` from this checkout's virtualenv) run by the local node as the pod.
+Real parts throughout: kube-apiserver + controllers + scheduler, MinIO, the operator, and a node. On
+the real node (`real_node`, the default) the trainer runs as a container of the image built from
+Dockerfile.trainer; on the stand-in, `finetune-trainer` from this checkout's virtualenv runs as the
+pod's process.
 """
 
 from __future__ import annotations
 
 import base64
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +21,16 @@ from kubernetes import client
 
 from finetune_operator.api import FINETUNEJOB
 
-from . import REPO_ROOT, LocalCluster, OperatorProcess, apply_objects
+from . import REPO_ROOT, LocalCluster, OperatorProcess, apply_objects, tool_path
 from .faults import StoreLink
+from .images import BuiltImages, built_images
 from .minio import MinioServer
+from .node import NODE_IP
 
 BUCKET = "finetune-demo"
 EXAMPLE = REPO_ROOT / "examples" / "quickstart" / "finetunejob.yaml"
+CHART = REPO_ROOT / "helm" / "finetune-operator"
+RELEASE, OPERATOR_NAMESPACE = "ft", "finetune-system"
 
 
 @dataclass
@@ -36,16 +43,33 @@ class Quickstart:
     """Pods reach MinIO through a StoreLink, so tests can stop MinIO at an exact request."""
     link: StoreLink | None = None
     operator_env: dict[str, str] = field(default_factory=dict)
+    real_node: bool = True
+    images: BuiltImages | None = None
 
     def start(self, say: Callable[[str], None] = print, run_operator: bool = True) -> Quickstart:
-        """MinIO with the tiny model and dataset, the cluster, the storage Secret and (unless
+        """The cluster, MinIO with the tiny model and dataset, the storage Secret and (unless
         `run_operator` is false, e.g. when a test installs it with Helm) the operator process."""
         sys.path.insert(0, str(REPO_ROOT / "hack"))
         from tinymodel import make_quickstart
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.real_node:
+            say("building the operator and trainer images from our Dockerfiles (cached by content)")
+            self.images = built_images(self.workdir / "build-images.log")
+            say(
+                "starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and a real node "
+                "(kubelet, containerd, CNI bridge, kube-proxy, CoreDNS)"
+            )
+        else:
+            say(
+                "starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and the stand-in node"
+            )
+        venv_bin = str(Path(sys.executable).parent)  # where `finetune-trainer` is, for the stand-in node
+        self.cluster = LocalCluster(
+            self.workdir / "cluster", path_prepend=(venv_bin,), crds=run_operator, images=self.images
+        ).start()
         say("starting MinIO")
-        self.minio = MinioServer(self.workdir / "minio").start()
+        self.minio = MinioServer(self.workdir / "minio", address=NODE_IP if self.real_node else "127.0.0.1").start()
         if self.link_store:
             self.link = StoreLink(self.minio).start()
         say("making a tiny Llama-architecture model and a support dataset, uploading them to MinIO")
@@ -54,9 +78,6 @@ class Quickstart:
         self.minio.upload_file(BUCKET, "datasets/support.jsonl", data)
         for name in ("capitals-train.jsonl", "capitals-qa.jsonl"):
             self.minio.upload_file(BUCKET, f"datasets/{name}", data.parent / name)
-        say("starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and the local node")
-        venv_bin = str(Path(sys.executable).parent)  # where `finetune-trainer` is installed
-        self.cluster = LocalCluster(self.workdir / "cluster", path_prepend=(venv_bin,), crds=run_operator).start()
         self._storage_secret()
         if not run_operator:
             return self
@@ -68,7 +89,7 @@ class Quickstart:
                 env={
                     "FINETUNE_S3_ENDPOINT": (self.link or self.minio).url,
                     "FINETUNE_S3_SECURE": "false",
-                    "FINETUNE_TRAINER_IMAGE": "ghcr.io/finetune-operator/trainer:0.1.0",
+                    "FINETUNE_TRAINER_IMAGE": self.trainer_image,
                     **self.operator_env,
                 },
             )
@@ -76,6 +97,55 @@ class Quickstart:
             .wait_ready()
         )
         return self
+
+    def kubectl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        assert self.cluster
+        return subprocess.run(
+            [str(tool_path("kubectl")), "--kubeconfig", str(self.cluster.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        assert self.cluster
+        return subprocess.run(
+            [str(tool_path("helm")), "--kubeconfig", str(self.cluster.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def install_chart(self, *settings: str) -> subprocess.CompletedProcess[str]:
+        """`helm install` of our chart: the operator as a Deployment of the image built from
+        Dockerfile.operator, pointed at this MinIO and trainer image; `settings` are more `--set`s."""
+        assert self.images and self.minio
+        repository, tag = self.images.operator.rsplit(":", 1)
+        values = {
+            "image.repository": repository,
+            "image.tag": tag,
+            "settings.trainerImage": self.images.trainer,
+            "settings.s3Endpoint": self.minio.url,
+            "settings.s3Secure": "false",
+        }
+        sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+        sets += [arg for setting in settings for arg in ("--set", setting)]
+        return self.helm(
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+            *sets,
+        )
+
+    @property
+    def trainer_image(self) -> str:
+        return self.images.trainer if self.images else "ghcr.io/finetune-operator/trainer:0.1.0"
 
     def _storage_secret(self) -> None:
         assert self.cluster and self.minio

@@ -1,5 +1,6 @@
-"""The chart installed with real helm on the local control plane; the operator runs as the chart's pod,
-with the chart's ServiceAccount and RBAC (its token, not an admin's), and the quickstart succeeds.
+"""The chart installed with real helm on the local cluster's real node: the operator runs as the chart's
+pod, a container of the image built from Dockerfile.operator, with the chart's ServiceAccount and RBAC
+(its projected token, not an admin's), the kubelet probing its /healthz; and the quickstart succeeds.
 
 Then the least-privilege proof: each rule of the chart's ClusterRole is removed in turn, the operator
 restarted, and the behaviour that rule exists for is shown to break (docs/architecture.md lists the
@@ -11,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,22 +22,20 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import apply_objects, tool_path, wait_for
-from devcluster.controlplane import free_port
-from devcluster.quickstart import EXAMPLE, Quickstart
+from devcluster.quickstart import EXAMPLE, OPERATOR_NAMESPACE, RELEASE, Quickstart
 from finetune_operator.api import EVALRUN, FINETUNEJOB
 from tests.helm.test_chart import ALL_OPTIONS, CHART
 
 EVALUATION_EXAMPLE = EXAMPLE.parents[1] / "evaluation" / "finetunejob-with-evaluation.yaml"
 
 pytestmark = pytest.mark.cluster
-RELEASE, NAMESPACE = "ft", "finetune-system"
-ROLE = "ft-finetune-operator"
+NAMESPACE = OPERATOR_NAMESPACE
+ROLE = f"{RELEASE}-finetune-operator"
 
 
 @dataclass
 class Installed:
     demo: Quickstart
-    health_port: int
 
     @property
     def api(self) -> client.ApiClient:
@@ -65,25 +63,32 @@ class Installed:
             timeout=120,
         )
 
+    def operator_pods(self) -> list[client.V1Pod]:
+        core = client.CoreV1Api(self.api)
+        return list(
+            core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=finetune-operator").items
+        )
+
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        """An operator pod that the kubelet's readiness probe (GET /healthz) finds ready."""
+        return any(
+            pod.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            for pod in self.operator_pods()
+        )
 
     def restart_operator(self) -> None:
         core = client.CoreV1Api(self.api)
-        pods = core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=finetune-operator").items
-        for pod in pods:
+        for pod in self.operator_pods():
             core.delete_namespaced_pod(pod.metadata.name, NAMESPACE)
-        wait_for(lambda: not self.healthy(), 30, "the old operator process to stop")
-        wait_for(self.healthy, 60, "the restarted operator's /healthz")
+        wait_for(lambda: not self.healthy(), 30, "the old operator pod to stop")
+        wait_for(self.healthy, 90, "the restarted operator pod to be ready")
 
     def apply_job(self, name: str, *, evaluation: bool = False, **training: Any) -> None:
         body = yaml.safe_load(EXAMPLE.read_text())
         body["metadata"] = {"name": name, "namespace": "default"}
         body["spec"]["training"].update(training)
+        body["spec"]["resources"]["cpu"] = "500m"  # three probes at a time on a 2-core node
         if evaluation:
             with_evaluation = yaml.safe_load((EVALUATION_EXAMPLE).read_text())
             body["spec"]["evaluation"] = with_evaluation["spec"]["evaluation"]
@@ -99,28 +104,10 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     demo = Quickstart(tmp_path_factory.mktemp("helm")).start(say=lambda _: None, run_operator=False)
-    assert demo.minio
-    setup = Installed(demo, free_port())
-    setup.helm(
-        "install",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "120s",
-        "--set",
-        f"healthPort={setup.health_port}",
-        "--set",
-        f"metrics.port={free_port()}",
-        "--set",
-        f"settings.s3Endpoint={demo.minio.url}",
-        "--set",
-        "settings.s3Secure=false",
-    )
-    wait_for(setup.healthy, 60, "the chart-installed operator's /healthz")
+    setup = Installed(demo)
+    result = demo.install_chart()
+    assert result.returncode == 0, f"{result.stderr}\n{setup.kubectl('-n', NAMESPACE, 'describe', 'pods').stdout}"
+    wait_for(setup.healthy, 60, "the chart-installed operator to be ready")
     yield setup
     demo.stop()
 
