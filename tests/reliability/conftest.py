@@ -20,8 +20,11 @@ CLEANUP_DEADLINE = 45
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
+    # Still on the stand-in node: these tests read pod files and signal pod processes through it
+    # (docs/architecture.md lists them); tests/node covers SIGTERM and OOM on the real node.
     started = Quickstart(
         tmp_path_factory.mktemp("faults"),
+        real_node=False,
         link_store=True,
         operator_env={"FINETUNE_CLEANUP_DEADLINE_SECONDS": str(CLEANUP_DEADLINE)},
     ).start(say=lambda _: None)
