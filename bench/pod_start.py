@@ -67,7 +67,9 @@ def one_run(spec: Path, workdir: Path) -> dict[str, float]:
 
 def _phases(lines: Iterator[str], started: float) -> dict[str, float]:
     seen: dict[str, float] = {}
+    tail: list[str] = []
     for line in lines:
+        tail = [*tail[-20:], line]
         now = time.perf_counter() - started
         for name, marker in MARKERS:
             if name not in seen and marker in line:
@@ -76,7 +78,7 @@ def _phases(lines: Iterator[str], started: float) -> dict[str, float]:
             break
     missing = [name for name, _ in MARKERS if name not in seen]
     if missing:
-        raise RuntimeError(f"trainer output lacked {missing}")
+        raise RuntimeError(f"trainer output lacked {missing}; its last lines:\n" + "\n".join(tail))
     return seen
 
 
@@ -170,8 +172,9 @@ def main() -> int:
     medians: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        root.chmod(0o755)  # the container's UID 1000 reads the assets through the hostPath
         make_quickstart(root)
+        # The container's UID 1000 reads the assets through the hostPath (safetensors writes 0600).
+        subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
         spec = root / "run-spec.yaml"
         text = (REPO / "examples" / "quickstart" / "run-spec.yaml").read_text()
         spec.write_text(
