@@ -144,13 +144,15 @@ if ! has_image "$BUILD_BASE_REF"; then
 fi
 
 # 5. The images, each saved as an archive the node imports.
-save() {  # ref
+save() {  # ref: the archive and its ID; then the engine's copy goes (the archive is what the node imports)
   local archive
   archive=$(archive_of "$1")
-  $DOCKER save "$1" -o "$archive.part" && mv "$archive.part" "$archive"
+  $DOCKER save "$1" -o "$archive.part"
+  mv "$archive.part" "$archive"
   # The image ID (its config's digest) is what the kubelet reports as a container's imageID.
   $DOCKER image inspect --format '{{.Id}}' "$1" >"$archive.id"
   keep_only "$1"
+  $DOCKER rmi "$1" >/dev/null
 }
 build() {  # ref, dockerfile, extra build args...
   local ref=$1 dockerfile=$2
@@ -175,4 +177,5 @@ build "$OPERATOR_REF" Dockerfile.operator
 build "$TRAINER_REF" Dockerfile.trainer --build-arg PYTHON="$LOCAL_PYTHON"
 # The build stages' layers (a whole virtualenv each) are not needed once the images are saved.
 $DOCKER builder prune -af >/dev/null
+$DOCKER image prune -f >/dev/null
 refs | tee "$IMAGES/refs.env"
