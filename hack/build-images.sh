@@ -35,7 +35,7 @@ for tool in mmdebstrap dockerd docker gcc; do
 done
 mkdir -p "$IMAGES"
 
-hash_of() { sha256sum "$@" | sha256sum | cut -c1-12; }
+hash_of() { cat "$@" | sha256sum | cut -c1-12; } # contents only: any clone's path gives the same key
 tree_hash() {  # what an image's COPY lines take in, its Dockerfile, and the bases it is built on
   (cd "$ROOT" && git ls-files -co --exclude-standard -- "$1" .dockerignore pyproject.toml README.md operator \
     trainer_image | grep -v '__pycache__' | sort | xargs sha256sum | cat - <(echo "$BUILD_BASE_REF") \
