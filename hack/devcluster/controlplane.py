@@ -68,8 +68,56 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def _signed(directory: Path, name: str, subject: str, *extra: str) -> None:
+    """A key and a certificate `name`.key/.crt for `subject`, signed by the CA in `directory`."""
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        *extra,
+        "-out",
+        f"{name}.crt",
+        cwd=directory,
+    )
+
+
+def stop_processes(procs: list[tuple[str, subprocess.Popen[bytes]]], timeout: float) -> None:
+    """SIGTERM each process group, newest first, then SIGKILL what is left after `timeout`; empties `procs`."""
+    for _, proc in reversed(procs):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for _, proc in reversed(procs):
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    procs.clear()
+
+
 def make_pki(directory: Path) -> None:
-    """A CA, a serving cert for 127.0.0.1/localhost, and the service-account signing key pair."""
+    """A CA, the apiserver's serving and kubelet-client certificates, and the service-account signing key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     _openssl(
         "req",
@@ -87,71 +135,13 @@ def make_pki(directory: Path) -> None:
         "ca.crt",
         cwd=directory,
     )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=kube-apiserver",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        cwd=directory,
-    )
     (directory / "san.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
         f"DNS:kubernetes.default.svc,IP:10.0.0.1,IP:{NODE_ADDRESS}\n"
     )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "server.crt",
-        cwd=directory,
-    )
+    _signed(directory, "server", "/CN=kube-apiserver", "-extfile", "san.ext")
     # The apiserver's identity towards kubelets (`kubectl logs`, `exec`), which check it against the CA.
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/O=system:masters/CN=kube-apiserver-kubelet-client",
-        "-keyout",
-        "kubelet-client.key",
-        "-out",
-        "kubelet-client.csr",
-        cwd=directory,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "kubelet-client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-out",
-        "kubelet-client.crt",
-        cwd=directory,
-    )
+    _signed(directory, "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
 
@@ -371,13 +361,4 @@ class ControlPlane:
         )
 
     def stop(self) -> None:
-        for _, proc in reversed(self._procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc in reversed(self._procs):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self._procs.clear()
+        stop_processes(self._procs, timeout=10)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .controlplane import CACHE_DIR, NODE_ADDRESS, free_port, tool_path
+from .controlplane import CACHE_DIR, NODE_ADDRESS, free_port, stop_processes, tool_path
 
 NODE_NAME = "finetune-node"
 NODE_IP = NODE_ADDRESS
@@ -184,16 +184,7 @@ class RealNode:
         """Stop the kubelet's pods first (so CNI releases their addresses), then everything else."""
         with contextlib.suppress(Exception):
             self._remove_pods()
-        for _, proc in reversed(self._procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc in reversed(self._procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self._procs.clear()
+        stop_processes(self._procs, timeout=15)
         _kill_shims()
         _unmount_under(self.workdir)
         for netns in Path("/run/netns").glob("cni-*"):  # sandboxes the kubelet had no time to remove
