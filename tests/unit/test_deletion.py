@@ -80,6 +80,10 @@ def test_cleanup_runs_the_trainer_image_on_the_whole_prefix_without_an_api_token
     container = pod_spec["containers"][0]
     assert container["command"] == ["finetune-trainer", "cleanup"]
     assert container["securityContext"] == RESTRICTED_CONTAINER_SECURITY
+    # A delete of objects needs no GPU; asking for the API's default one left it unschedulable on a
+    # CPU node (found on the real node, whose kubelet advertises no GPUs).
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
+    assert "tolerations" not in pod_spec
     env = {e["name"]: e for e in container["env"]}
     assert f'"uri":"{PREFIX}"' in env["FINETUNE_RUN_SPEC"]["value"]
     assert env["FINETUNE_OUTPUT_AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "finetune-storage"

@@ -322,7 +322,8 @@ def build_eval_job(
 
 
 CLEANUP_BACKOFF_LIMIT = 2
-CLEANUP_RESOURCES = Resources(cpu="500m", memory="512Mi")
+CLEANUP_RESOURCES = Resources(gpus=0, cpu="500m", memory="512Mi")
+"""A delete of objects: no GPU (the API defaults to one, which would leave it unschedulable on CPU nodes)."""
 
 
 def cleanup_job_name(owner: Owner) -> str:
