@@ -280,7 +280,9 @@ state = "{state}"
         """Import each image containerd lacks, or holds under the same tag but as another build (its
         ID label differs); drop earlier builds, since each trainer image is gigabytes."""
         present = self._present_images()
-        stale = [ref for ref in present if ref.startswith(f"{LOCAL_REGISTRY}/") and ref not in self.images]
+        # The CRI also names each image by its ID (`sha256:...`); an earlier build's ID holds its content.
+        current = set(self.images) | set(self.image_ids.values())
+        stale = [ref for ref in present if ref.startswith((f"{LOCAL_REGISTRY}/", "sha256:")) and ref not in current]
         if stale:
             self._ctr("images", "remove", *stale)
         for ref, archive in self.images.items():
@@ -372,6 +374,13 @@ state = "{state}"
     def idle(self) -> bool:
         """No container runs (after the pods were deleted, the kubelet has torn their sandboxes down)."""
         return self._procs != [] and not self._ctr("tasks", "list", "--quiet", timeout=10).stdout.split()
+
+    def kill_container(self, container_id: str, sig: str = "SIGKILL") -> None:
+        """Signal a container's process from outside the kubelet, as a crash or a dying host would; the
+        kubelet sees it exit (137 for SIGKILL) and reports it. `container_id` as a pod's status gives it."""
+        done = self._ctr("tasks", "kill", "--signal", sig, container_id.removeprefix("containerd://"), timeout=10)
+        if done.returncode != 0:
+            raise RuntimeError(f"ctr tasks kill {container_id}: {done.stderr.strip()}")
 
     def _remove_pods(self) -> None:
         """Kill what the kubelet left running (it tears pods down itself when they are deleted first)."""
