@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the operator and trainer images from Dockerfile.operator and Dockerfile.trainer, air-gapped,
-# for the local node (hack/devcluster/node.py), and a pause image for its pod sandboxes.
+# for the local node (hack/devcluster/node.py), a pause image for its pod sandboxes, and the
+# integration tests' stand-in trainer image (tests/integration/stand-in.Dockerfile, on the operator's).
 #
 #   base        Debian 12 made by mmdebstrap from Debian's packages (no registry is reachable here)
 #   build base  base + a wheelhouse downloaded on the host; pip inside installs with --no-index
@@ -88,9 +89,12 @@ BUILD_BASE_REF="$REPO/build-base:$BASE_KEY-$WHEEL_KEY"
 PAUSE_REF="$REPO/pause:$(hash_of "$HERE/node/pause.c")"
 OPERATOR_REF="$REPO/operator:$(tree_hash Dockerfile.operator)"
 TRAINER_REF="$REPO/trainer:$(tree_hash Dockerfile.trainer)"
+STAND_IN="$ROOT/tests/integration"
+STAND_IN_REF="$REPO/stand-in-trainer:$(cat "$STAND_IN/stand-in.Dockerfile" "$STAND_IN/stand_in_trainer.py" \
+  <(echo "$OPERATOR_REF") | sha256sum | cut -c1-12)"
 archive_of() { local ref=${1#"$REPO/"}; echo "$IMAGES/${ref%%:*}-${ref##*:}.tar"; }
 refs() {
-  for name in PAUSE OPERATOR TRAINER; do
+  for name in PAUSE OPERATOR TRAINER STAND_IN; do
     local ref_var="${name}_REF"
     echo "${name}_IMAGE=${!ref_var}"
     echo "${name}_ARCHIVE=$(archive_of "${!ref_var}")"
@@ -98,7 +102,7 @@ refs() {
   done
 }
 built() { [[ -s $(archive_of "$1") && -s $(archive_of "$1").id ]]; }
-if built "$PAUSE_REF" && built "$OPERATOR_REF" && built "$TRAINER_REF"; then
+if built "$PAUSE_REF" && built "$OPERATOR_REF" && built "$TRAINER_REF" && built "$STAND_IN_REF"; then
   refs | tee "$IMAGES/refs.env"
   exit 0
 fi
@@ -175,6 +179,14 @@ if ! built "$PAUSE_REF"; then
 fi
 build "$OPERATOR_REF" Dockerfile.operator
 build "$TRAINER_REF" Dockerfile.trainer --build-arg PYTHON="$LOCAL_PYTHON"
+if ! built "$STAND_IN_REF"; then
+  log "building $STAND_IN_REF from tests/integration/stand-in.Dockerfile"
+  has_image "$OPERATOR_REF" || $DOCKER load -q -i "$(archive_of "$OPERATOR_REF")" >/dev/null
+  $DOCKER build --network none -q -f "$STAND_IN/stand-in.Dockerfile" -t "$STAND_IN_REF" \
+    --build-arg BASE="$OPERATOR_REF" "$STAND_IN" >/dev/null
+  save "$STAND_IN_REF"
+  $DOCKER rmi "$OPERATOR_REF" >/dev/null
+fi
 # The build stages' layers (a whole virtualenv each) are not needed once the images are saved.
 $DOCKER builder prune -af >/dev/null
 $DOCKER image prune -f >/dev/null

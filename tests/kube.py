@@ -76,12 +76,13 @@ class Kube:
 
 
 def quick_spec(scenario: str, **overrides: Any) -> dict[str, Any]:
-    """A CPU FineTuneJob whose trainer pod runs the stand-in trainer's `scenario`."""
+    """A CPU FineTuneJob whose trainer pod runs the stand-in trainer's `scenario`; small enough that
+    four fit the 2-core node at once (requests equal limits)."""
     spec: dict[str, Any] = {
         "baseModel": {"uri": "file:///models/tiny"},
         "dataset": {"uri": f"file:///scenario/{scenario}"},
         "training": {"maxSteps": 10},
-        "resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"},
+        "resources": {"gpus": 0, "cpu": "500m", "memory": "256Mi"},
         "output": {"uri": "file:///tmp/adapters"},
     }
     spec.update(overrides)

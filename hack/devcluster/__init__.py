@@ -1,8 +1,9 @@
 """A local Kubernetes for tests and `make demo`: a real control plane, a node, the operator.
 
 Development tooling, not part of the product. The node is real (node.py: kubelet + containerd, pods
-as containers of the images built from our Dockerfiles) or, for the tests listed in
-docs/architecture.md, the stand-in (nodeagent.py: pods as local processes). See controlplane.py.
+as containers of the images built from our Dockerfiles) for every test and `make demo`; only
+bench/operator_scale.py, whose hundreds of pods a 2-core node cannot hold, runs the stand-in
+(nodeagent.py: pods as local processes; docs/architecture.md says why). See controlplane.py.
 """
 
 from __future__ import annotations
@@ -102,11 +103,11 @@ def install_crds(api: client.ApiClient, crd_dir: Path = REPO_ROOT / "crds") -> N
 
 @dataclass
 class LocalCluster:
-    """Control plane + a node: the real one when `images` is given, else the stand-in agent.
-    `start()`/`stop()` or a `with` block."""
+    """Control plane + a node: the real one when `images` is given, else the stand-in agent (for
+    bench/operator_scale.py only). `start()`/`stop()` or a `with` block."""
 
     workdir: Path
-    path_prepend: tuple[str, ...] = ()  # the stand-in's PATH for pod commands
+    path_prepend: tuple[str, ...] = ()  # the stand-in agent's PATH for pod commands
     crds: bool = True  # install crds/ at start (off when a test installs them, e.g. through the Helm chart)
     audit: bool = False  # apiserver audit log (bench/operator_scale.py counts the operator's requests)
     profiling: bool = False  # apiserver /debug/pprof (bench/operator_scale.py --apiserver-profile)

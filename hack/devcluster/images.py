@@ -15,6 +15,8 @@ class BuiltImages:
     operator: str
     trainer: str
     pause: str
+    stand_in_trainer: str
+    """The integration tests' stand-in trainer (tests/integration/stand-in.Dockerfile), not a product image."""
     archives: dict[str, Path]
     """Reference -> `docker save` archive, which the node imports unless containerd has it."""
     ids: dict[str, str]
@@ -40,11 +42,12 @@ def built_images(log: Path | None = None) -> BuiltImages:
         tail = log.read_text(errors="replace")[-3000:] if log else ""
         raise RuntimeError(f"hack/build-images.sh failed ({done.returncode}):\n{tail}")
     refs = dict(line.split("=", 1) for line in done.stdout.decode().splitlines() if "=" in line)
-    names = ("OPERATOR", "TRAINER", "PAUSE")
+    names = ("OPERATOR", "TRAINER", "PAUSE", "STAND_IN")
     return BuiltImages(
         operator=refs["OPERATOR_IMAGE"],
         trainer=refs["TRAINER_IMAGE"],
         pause=refs["PAUSE_IMAGE"],
+        stand_in_trainer=refs["STAND_IN_IMAGE"],
         archives={refs[f"{n}_IMAGE"]: Path(refs[f"{n}_ARCHIVE"]) for n in names},
         ids={refs[f"{n}_IMAGE"]: refs[f"{n}_ID"] for n in names},
     )

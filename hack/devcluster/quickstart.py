@@ -1,9 +1,8 @@
 """The quickstart end to end on the local cluster: shared by `make demo` and the e2e tests.
 
-Real parts throughout: kube-apiserver + controllers + scheduler, MinIO, the operator, and a node. On
-the real node (`real_node`, the default) the trainer runs as a container of the image built from
-Dockerfile.trainer; on the stand-in, `finetune-trainer` from this checkout's virtualenv runs as the
-pod's process.
+Real parts throughout: kube-apiserver + controllers + scheduler, MinIO, the operator, and the real
+node (kubelet + containerd), where the trainer runs as a container of the image built from
+Dockerfile.trainer.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ class Quickstart:
     """Pods reach MinIO through a StoreLink, so tests can stop MinIO at an exact request."""
     link: StoreLink | None = None
     operator_env: dict[str, str] = field(default_factory=dict)
-    real_node: bool = True
     images: BuiltImages | None = None
 
     def start(self, say: Callable[[str], None] = print, run_operator: bool = True) -> Quickstart:
@@ -53,23 +51,15 @@ class Quickstart:
         from tinymodel import make_quickstart
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.real_node:
-            say("building the operator and trainer images from our Dockerfiles (cached by content)")
-            self.images = built_images(self.workdir / "build-images.log")
-            say(
-                "starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and a real node "
-                "(kubelet, containerd, CNI bridge, kube-proxy, CoreDNS)"
-            )
-        else:
-            say(
-                "starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and the stand-in node"
-            )
-        venv_bin = str(Path(sys.executable).parent)  # where `finetune-trainer` is, for the stand-in node
-        self.cluster = LocalCluster(
-            self.workdir / "cluster", path_prepend=(venv_bin,), crds=run_operator, images=self.images
-        ).start()
+        say("building the operator and trainer images from our Dockerfiles (cached by content)")
+        self.images = built_images(self.workdir / "build-images.log")
+        say(
+            "starting the control plane (etcd, kube-apiserver, controller manager, scheduler) and a real node "
+            "(kubelet, containerd, CNI bridge, kube-proxy, CoreDNS)"
+        )
+        self.cluster = LocalCluster(self.workdir / "cluster", crds=run_operator, images=self.images).start()
         say("starting MinIO")
-        self.minio = MinioServer(self.workdir / "minio", address=NODE_IP if self.real_node else "127.0.0.1").start()
+        self.minio = MinioServer(self.workdir / "minio", address=NODE_IP).start()
         if self.link_store:
             self.link = StoreLink(self.minio).start()
         say("making a tiny Llama-architecture model and a support dataset, uploading them to MinIO")
@@ -145,7 +135,8 @@ class Quickstart:
 
     @property
     def trainer_image(self) -> str:
-        return self.images.trainer if self.images else "ghcr.io/finetune-operator/trainer:0.1.0"
+        assert self.images
+        return self.images.trainer
 
     def _storage_secret(self) -> None:
         assert self.cluster and self.minio

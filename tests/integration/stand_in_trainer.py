@@ -1,10 +1,15 @@
+#!/usr/bin/env python3
 """A stand-in for `finetune-trainer` in operator integration tests (the real trainer has its own tests).
 
-It honours the operator<->trainer contract: reads FINETUNE_RUN_SPEC, patches status.progress of its
-own resource with the pod's service-account identity, writes a TrainerResult to the termination log
-and exits 0 / 2 / other. What it does is chosen by the dataset URI, file:///scenario/<name>:
-success, data-error, crash, oom (SIGKILL, reported as OOMKilled by the local node), slow; and for
-an evaluation (`finetune-trainer eval`), by its first benchmark's: eval-pass (exact_match 0.9).
+It runs as `finetune-trainer` in the stand-in image (tests/integration/stand-in.Dockerfile: the
+operator image plus this file), on the real node, so the operator meets a real kubelet, and a
+scenario costs a second instead of a training run. It honours the operator<->trainer contract:
+reads FINETUNE_RUN_SPEC, patches status.progress of its own resource with the pod's projected
+service-account token, writes a TrainerResult to /dev/termination-log and exits 0 / 2 / other.
+What it does is chosen by the dataset URI, file:///scenario/<name>: success, data-error, crash,
+oom (allocates past its cgroup's memory limit until the kernel kills it), slow; and for an
+evaluation (`finetune-trainer eval`), by its first benchmark's: eval-pass (exact_match 0.9).
+bench/operator_scale.py runs it as a host process under the stand-in node agent instead.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from kubernetes import client, config
 
 
 def report_progress(run: dict, step: int, total: int, loss: float) -> None:
-    config.load_kube_config()  # the local node gives the pod's token through KUBECONFIG
+    if "KUBERNETES_SERVICE_HOST" in os.environ:  # a pod on the real node: its projected token
+        config.load_incluster_config()
+    else:  # a process of the stand-in node agent, which passes the pod's token through KUBECONFIG
+        config.load_kube_config()
     resource = run["resource"]
     client.CustomObjectsApi().patch_namespaced_custom_object_status(
         resource["group"],
@@ -32,9 +41,36 @@ def report_progress(run: dict, step: int, total: int, loss: float) -> None:
 
 
 def finish(result: dict, code: int) -> None:
-    with open(os.environ["FINETUNE_TERMINATION_LOG"], "w") as out:
+    with open(os.environ.get("FINETUNE_TERMINATION_LOG", "/dev/termination-log"), "w") as out:
         json.dump(result, out)
     sys.exit(code)
+
+
+MEMORY_LIMIT_FILES = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max")
+"""Where the container's memory limit is: cgroup v1, then v2."""
+MOST_TO_ALLOCATE = 4 << 30
+"""The oom scenario refuses a limit above this (or none): it must not eat the machine's memory."""
+
+
+def memory_limit() -> int | None:
+    for path in MEMORY_LIMIT_FILES:
+        text = Path(path).read_text().strip() if Path(path).exists() else ""
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def exhaust_memory() -> None:
+    """Touch memory past the cgroup limit, so the kernel's OOM killer ends this process (exit 137)."""
+    limit = memory_limit()
+    if limit is None or limit > MOST_TO_ALLOCATE:
+        print(f"oom scenario: memory limit {limit} is none or above {MOST_TO_ALLOCATE}; refusing", file=sys.stderr)
+        sys.exit(1)
+    held = []
+    while sum(map(len, held)) < 2 * limit:
+        held.append(b"\x01" * (16 << 20))  # filled, so every page is really resident
+    print("oom scenario: allocated twice the limit and was not killed", file=sys.stderr)
+    sys.exit(1)
 
 
 def evaluate(run: dict) -> None:
@@ -49,7 +85,14 @@ def evaluate(run: dict) -> None:
     sys.exit(1)
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """What the real trainer does on SIGTERM, minus the checkpoint. A handler is needed at all because
+    a container's first process ignores SIGTERM without one: it would wait out the grace period."""
+    finish({"result": "failed", "reason": "Interrupted", "message": "terminated (SIGTERM) at step 1"}, 143)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     run = json.loads(os.environ["FINETUNE_RUN_SPEC"])
     if "evaluation" in run:
         evaluate(run)
@@ -67,7 +110,7 @@ def main() -> None:
         print("Traceback: RuntimeError: CUDA error: an illegal memory access was encountered", file=sys.stderr)
         sys.exit(1)
     if scenario == "oom":
-        os.kill(os.getpid(), signal.SIGKILL)
+        exhaust_memory()
     if scenario == "slow":
         report_progress(run, 1, 100, 3.0)
         time.sleep(120)

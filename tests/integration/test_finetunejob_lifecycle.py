@@ -50,11 +50,15 @@ def test_data_error_fails_once_without_retries(kube: Kube) -> None:
 
 
 def test_oom_killed_trainer_fails_with_out_of_memory(kube: Kube) -> None:
+    # The stand-in touches memory past its cgroup limit; the kernel kills it and the kubelet says OOMKilled.
     kube.apply_ftj("too-big", quick_spec("oom", backoffLimit=0))
     kube.wait_phase("too-big", "Failed")
     failed = kube.condition("too-big", "Failed")
     assert failed["reason"] == "OutOfMemory"
-    assert "spec.resources.memory=1Gi" in failed["message"]
+    assert "spec.resources.memory=256Mi" in failed["message"]
+    (pod,) = kube.pods()
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137), terminated
 
 
 def test_crashing_trainer_is_retried_up_to_the_backoff_limit(kube: Kube) -> None:

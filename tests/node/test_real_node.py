@@ -11,13 +11,12 @@ tokens). Does not prove: anything about a GPU node, or the quality of the tiny m
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client
 
 from devcluster import NODE_NAME, wait_for
 from devcluster.quickstart import Quickstart
@@ -180,56 +179,28 @@ def test_a_memory_limit_too_small_ends_out_of_memory_by_the_kernel(node: Quickst
     print(f"small-memory: {failed['reason']}: {failed['message']}")
 
 
-def _final_states(node: Quickstart, job: str, into: dict[str, Any], stop: threading.Event) -> None:
-    """Record the last container state of each pod of `job` (a deleted pod's is gone with it)."""
-    stream = watch.Watch()
-    for event in stream.stream(
-        _core(node).list_namespaced_pod,
-        "default",
-        label_selector=f"finetune.dev/finetunejob={job}",
-        timeout_seconds=600,
-    ):
-        pod = event["object"]
-        for status in pod.status.container_statuses or []:
-            if status.state.terminated:
-                into[pod.metadata.name] = status.state.terminated
-        if stop.is_set():
-            stream.stop()
-
-
 def test_a_deleted_pod_gets_sigterm_checkpoints_and_the_next_pod_resumes_losing_no_steps(node: Quickstart) -> None:
     name = "preempted"
     _submit(node, name, backoff_limit=1, training={"maxSteps": 300, "saveSteps": SAVE_STEPS, "loggingSteps": 5})
-    states: dict[str, Any] = {}
-    stop = threading.Event()
-    watcher = threading.Thread(target=_final_states, args=(node, name, states, stop), daemon=True)
-    watcher.start()
+    final = stack.FinalStates(node, name).start()
     wait_for(lambda: int((stack.status(node, name).get("checkpoint") or {}).get("step") or 0) > 0, 300, "a checkpoint")
     (first,) = _pods(node, name)
     deleted_at = time.monotonic()
     _core(node).delete_namespaced_pod(first.metadata.name, "default")  # the kubelet: SIGTERM, grace 60 s
-    wait_for(lambda: first.metadata.name in states, 90, f"{first.metadata.name} to stop")
+    wait_for(lambda: first.metadata.name in final.states, 90, f"{first.metadata.name} to stop")
     stopped_after = time.monotonic() - deleted_at
-    interrupted = TrainerResult.model_validate_json(states[first.metadata.name].message)
-    assert interrupted.reason == "Interrupted", interrupted
-    reached = int(interrupted.message.split("at step ")[1].split()[0].rstrip(".,;:"))  # type: ignore[union-attr]
+    reached = stack.interrupted_at(final.states[first.metadata.name])
     following = wait_for(
         lambda: next((p for p in _pods(node, name) if p.metadata.name != first.metadata.name), None),
         420,
         "the replacement pod",
     )
 
-    def resumed_from() -> int | None:
-        try:
-            log = _core(node).read_namespaced_pod_log(following.metadata.name, "default")
-        except client.exceptions.ApiException:
-            return None
-        marker = log.split("resuming from ", 1)
-        return int(marker[1].split("(step ", 1)[1].split(")")[0]) if len(marker) == 2 else None
-
-    resumed = wait_for(resumed_from, 300, f"{following.metadata.name} to resume")
+    resumed = wait_for(
+        lambda: stack.resumed_from(node, following.metadata.name), 300, f"{following.metadata.name} to resume"
+    )
     status = _finish(node, name)
-    stop.set()
+    final.stop()
     assert status["phase"] == "Succeeded", status
     assert status["podFailures"] == 1 and status["metrics"]["steps"] == 300, status
     lost = reached - resumed

@@ -1,6 +1,7 @@
-"""The reliability suite runs its own clusters: the integration one (stand-in trainer, and it kills
-the operator), and `demo`, the quickstart stack with the real trainer, whose pods reach MinIO through
-a StoreLink so tests can stop the store at an exact request."""
+"""The reliability suite's stacks, each on the real node and owned by one module (the machine holds
+one real node at a time): the integration stack (stand-in trainer image; its tests kill the
+operator), and `demo`, the quickstart stack with the real trainer image, whose pods reach MinIO
+through a StoreLink so tests can stop the store at an exact request."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ import pytest
 from kubernetes import client
 
 from devcluster.quickstart import Quickstart
-from tests.integration.conftest import cluster, kube, operator
+from tests.integration.conftest import kube, open_cluster, open_operator
 from tests.kube import RESTRICTED_NAMESPACE
 
 __all__ = ["cluster", "demo", "kube", "operator"]
 CLEANUP_DEADLINE = 45
 """FINETUNE_CLEANUP_DEADLINE_SECONDS of the demo operator: a store outage releases a deletion this fast."""
 
+cluster = pytest.fixture(scope="module", name="cluster")(open_cluster)
+operator = pytest.fixture(scope="module", name="operator")(open_operator)
 
-@pytest.fixture(scope="session")
+
+@pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
-    # Still on the stand-in node: these tests read pod files and signal pod processes through it
-    # (docs/architecture.md lists them); tests/node covers SIGTERM and OOM on the real node.
     started = Quickstart(
         tmp_path_factory.mktemp("faults"),
-        real_node=False,
         link_store=True,
         operator_env={"FINETUNE_CLEANUP_DEADLINE_SECONDS": str(CLEANUP_DEADLINE)},
     ).start(say=lambda _: None)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import re
+import threading
 from typing import Any
 
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import apply_objects
 from devcluster.quickstart import BUCKET, EXAMPLE, Quickstart
 from finetune_operator.api import FINETUNEJOB
+from finetune_operator.api.contract import TrainerResult
 
 GROUP, VERSION = "finetune.dev", "v1alpha1"
 
@@ -55,3 +58,60 @@ def condition(status: dict[str, Any], ctype: str | None = None) -> dict[str, Any
 def objects(demo: Quickstart, prefix: str) -> list[str]:
     assert demo.minio
     return [o.object_name for o in demo.minio.client().list_objects(BUCKET, prefix=prefix, recursive=True)]
+
+
+def pod_log(demo: Quickstart, pod: str) -> str:
+    """The pod's log as `kubectl logs` reads it from the kubelet; empty before its container starts."""
+    assert demo.cluster
+    try:
+        return str(client.CoreV1Api(demo.cluster.api()).read_namespaced_pod_log(pod, "default"))
+    except ApiException:
+        return ""
+
+
+def resumed_from(demo: Quickstart, pod: str) -> int | None:
+    """The checkpoint step the trainer in `pod` says it resumed from; None until it says so."""
+    found = re.search(r"resuming from \S+ \(step (\d+)\)", pod_log(demo, pod))
+    return int(found.group(1)) if found else None
+
+
+def interrupted_at(terminated: client.V1ContainerStateTerminated) -> int:
+    """The step a trainer stopped by SIGTERM reached: its termination message says `Interrupted ... at step N`."""
+    result = TrainerResult.model_validate_json(terminated.message)
+    found = re.search(r"at step (\d+)", result.message or "")
+    assert result.reason == "Interrupted" and found, result
+    return int(found.group(1))
+
+
+class FinalStates:
+    """The last terminated container state of each pod of a FineTuneJob, recorded by a watch from
+    `start()` on: a deleted pod's state, termination message included, goes with the pod."""
+
+    def __init__(self, demo: Quickstart, job: str) -> None:
+        self.demo, self.job = demo, job
+        self.states: dict[str, client.V1ContainerStateTerminated] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> FinalStates:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        assert self.demo.cluster
+        stream = watch.Watch()
+        for event in stream.stream(
+            client.CoreV1Api(self.demo.cluster.api()).list_namespaced_pod,
+            "default",
+            label_selector=f"finetune.dev/finetunejob={self.job}",
+            timeout_seconds=900,
+        ):
+            pod = event["object"]
+            for container in pod.status.container_statuses or []:
+                if container.state.terminated:
+                    self.states[pod.metadata.name] = container.state.terminated
+            if self._stop.is_set():
+                stream.stop()

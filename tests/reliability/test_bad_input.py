@@ -31,7 +31,11 @@ BENCH = {
     "task": "qa",
     "metrics": ["exact_match"],
 }
-EVALRUN_SPEC = {"model": {"fineTuneJobRef": {"name": "base"}}, "benchmarks": [BENCH]}
+# CPU only (the API defaults to one GPU, which the real node does not have), and two trainer pods at a
+# time on its 2 cores (the examples' 1500m leaves room for one).
+RESOURCES = {"gpus": 0, "cpu": "1", "memory": "4Gi"}
+BASE["spec"]["resources"] = RESOURCES
+EVALRUN_SPEC = {"model": {"fineTuneJobRef": {"name": "base"}}, "benchmarks": [BENCH], "resources": RESOURCES}
 
 
 def _ftj(path: str | None = None, value: Any = None, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -124,8 +128,14 @@ class Runtime:
     """Condition carrying the reason when the resource waits instead of failing (e.g. Running)."""
 
 
-def _bad_data(name: str, data: bytes, reason: str, names: str, **dataset: Any) -> Runtime:
+def _example(name: str) -> dict[str, Any]:
     body = example_finetunejob(name, maxSteps=5)
+    body["spec"]["resources"] = RESOURCES
+    return body
+
+
+def _bad_data(name: str, data: bytes, reason: str, names: str, **dataset: Any) -> Runtime:
+    body = _example(name)
     body["spec"]["dataset"] = {"uri": f"s3://{BUCKET}/datasets/bad/{name}.jsonl", "format": "auto", **dataset}
     return Runtime(name, body, reason, names, data=data)
 
@@ -134,9 +144,13 @@ def _row(**fields: Any) -> bytes:
     return json.dumps(fields).encode() + b"\n"
 
 
-def _with_spec(name: str, path: str, value: Any, reason: str, names: str, **more: Any) -> Runtime:
-    body = example_finetunejob(name, maxSteps=5)
+def _with_spec(
+    name: str, path: str, value: Any, reason: str, names: str, resources: dict[str, Any] | None = None, **more: Any
+) -> Runtime:
+    body = _example(name)
     body["spec"] = with_field(body["spec"], path, value)
+    if resources:
+        body["spec"]["resources"] = resources
     return Runtime(name, body, reason, names, **more)
 
 
@@ -166,6 +180,8 @@ RUNTIME = [
         "ConfigError",
         'secret "nowhere" not found',
         condition="Running",
+        # Its pod waits for the Secret holding its CPU request; a small one leaves the 2-core node to the rest.
+        resources={"gpus": 0, "cpu": "100m", "memory": "256Mi"},
     ),
     _evalrun(
         "eval-of-a-failed-job",
@@ -178,6 +194,7 @@ RUNTIME = [
         {
             "model": {"baseModel": BASE["spec"]["baseModel"]},
             "benchmarks": [{**BENCH, "dataset": {"uri": f"s3://{BUCKET}/datasets/support.jsonl"}}],
+            "resources": RESOURCES,
         },
         "DataError",
         "support.jsonl",

@@ -1,17 +1,17 @@
 """Faults on the whole flow with the real trainer: pods deleted and killed mid-run, MinIO stopped in the
 middle of a checkpoint sync and of the final publish, and deletion with output.deletePolicy Delete.
 
-Real parts throughout (control plane, operator process, MinIO, `finetune-trainer` run by the local
-node as the pods). MinIO is stopped at an exact request by the StoreLink the pods reach it through
-(hack/devcluster/faults.py): the server process really stops and restarts on the same data.
+Real parts throughout: the control plane, the real node (kubelet + containerd) running the trainer
+image built from Dockerfile.trainer, the operator process, MinIO. A deleted pod gets SIGTERM and its
+grace period from the kubelet; a killed one is SIGKILLed through containerd from outside the kubelet
+(a crash, or a host that loses the process). MinIO is stopped at an exact request by the StoreLink
+the pods reach it through (hack/devcluster/faults.py): the server process really stops and restarts
+on the same data.
 """
 
 from __future__ import annotations
 
-import re
-import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +20,9 @@ from kubernetes import client
 from devcluster import wait_for
 from devcluster.quickstart import BUCKET, Quickstart
 from finetune_operator.api import FINETUNEJOB, TERMINAL_PHASES
-from finetune_operator.api.contract import TrainerResult
 from tests.reliability import stack
 from tests.reliability.conftest import CLEANUP_DEADLINE
-from tests.reliability.stack import apply, condition, example_finetunejob, get, objects
+from tests.reliability.stack import FinalStates, apply, condition, example_finetunejob, get, objects, resumed_from
 
 pytestmark = pytest.mark.cluster
 
@@ -63,17 +62,6 @@ def _pods(demo: Quickstart, name: str) -> list[client.V1Pod]:
     return sorted(pods.items, key=lambda p: p.metadata.creation_timestamp)
 
 
-def _pod_file(demo: Quickstart, pod: str, file: str) -> str:
-    assert demo.cluster
-    path: Path = demo.cluster.workdir / "pods" / f"default_{pod}" / file
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _resumed_from(demo: Quickstart, pod: str) -> int | None:
-    found = re.search(r"resuming from \S+ \(step (\d+)\)", _pod_file(demo, pod, "container.log"))
-    return int(found.group(1)) if found else None
-
-
 def _running_pod(demo: Quickstart, name: str, not_in: set[str]) -> str:
     def fresh() -> str | None:
         return next(
@@ -102,40 +90,45 @@ def _checkpoint_step(demo: Quickstart, name: str) -> int:
     return int((stack.status(demo, name).get("checkpoint") or {}).get("step") or 0)
 
 
-def _interrupt(demo: Quickstart, name: str, pod: str, gone: set[str], how: str) -> tuple[str, int]:
-    """Delete `pod` (SIGTERM, grace period) or SIGKILL its process once it synced a checkpoint of its own;
-    the next pod and the steps lost (step reached - step the next pod resumed from)."""
+def _interrupt(demo: Quickstart, name: str, pod: str, gone: set[str], how: str, final: FinalStates) -> tuple[str, int]:
+    """Delete `pod` (the kubelet: SIGTERM, grace period) or SIGKILL its container once it synced a
+    checkpoint of its own; the next pod and the steps lost (step reached - step the next pod resumed from)."""
     assert demo.cluster
-    since = _resumed_from(demo, pod) or 0
+    since = resumed_from(demo, pod) or 0
     wait_for(lambda: _checkpoint_step(demo, name) > since, 180, f"a checkpoint from {pod}")
     synced = _checkpoint_step(demo, name)
+    core = client.CoreV1Api(demo.cluster.api())
     if how == "delete":
-        client.CoreV1Api(demo.cluster.api()).delete_namespaced_pod(pod, "default")
+        core.delete_namespaced_pod(pod, "default")
     else:
         reached = int((stack.status(demo, name).get("progress") or {}).get("step") or 0)
-        assert demo.cluster.agent.signal_container("default", pod, signal.SIGKILL)
+        demo.cluster.node.kill_container(
+            core.read_namespaced_pod(pod, "default").status.container_statuses[0].container_id
+        )
     gone.add(pod)
+    wait_for(lambda: pod in final.states, 90, f"{pod} to stop")
     following = _running_pod(demo, name, gone)
-    wait_for(lambda: _resumed_from(demo, following) is not None, 120, f"{following} to resume")
-    resumed = _resumed_from(demo, following)
-    assert resumed is not None and resumed >= synced
+    resumed = wait_for(lambda: resumed_from(demo, following), 120, f"{following} to resume")
+    assert resumed >= synced
     if how == "delete":
-        interrupted = TrainerResult.model_validate_json(_pod_file(demo, pod, "termination-log"))
-        assert interrupted.reason == "Interrupted", interrupted
-        reached = int(re.search(r"at step (\d+)", interrupted.message or "").group(1))  # type: ignore[union-attr]
+        reached = stack.interrupted_at(final.states[pod])
+    else:  # the kernel's kill as the kubelet reports it: exit 137, nothing written
+        assert final.states[pod].exit_code == 137, final.states[pod]
     return following, max(0, reached - resumed)
 
 
 def _pod_loss(demo: Quickstart, name: str, faults: list[str], steps: int) -> list[int]:
     """Run one FineTuneJob through `faults` ("delete" or "kill", in order); steps lost at each."""
     _submit(demo, name, backoff_limit=len(faults), maxSteps=steps, saveSteps=SAVE_STEPS, loggingSteps=5)
+    final = FinalStates(demo, name).start()
     gone: set[str] = set()
     pod = _running_pod(demo, name, gone)
     lost = []
     for how in faults:
-        pod, steps_lost = _interrupt(demo, name, pod, gone, how)
+        pod, steps_lost = _interrupt(demo, name, pod, gone, how, final)
         lost.append(steps_lost)
     status, _ = _follow(demo, name)
+    final.stop()
     assert status["phase"] == "Succeeded", status
     assert status["metrics"]["steps"] == steps and status["podFailures"] == len(faults)
     assert _has_manifest(demo, status["adapter"]["uri"])
