@@ -189,8 +189,10 @@ class LocalCluster:
 
     def _drain(self) -> None:
         """Delete every pod while the kubelet still runs, so it stops them as it would on a real node
-        (SIGTERM, then the sandbox and its CNI address are released); node.stop() kills what is left."""
+        (SIGTERM, then the sandbox and its CNI address are released); node.stop() kills what is left.
+        The controllers stop first, or the operator Deployment's pod would be back before the node idles."""
         try:
+            self.control_plane.stop_controllers()
             core = client.CoreV1Api(self.api())
             for pod in core.list_pod_for_all_namespaces().items:
                 with contextlib.suppress(ApiException):

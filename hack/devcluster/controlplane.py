@@ -360,5 +360,15 @@ class ControlPlane:
             ],
         )
 
+    def stop_controllers(self) -> None:
+        """Stop the controller manager and the scheduler, so nothing replaces or binds pods any more:
+        a node drain's deletions then stick (a Deployment's ReplicaSet would recreate its pod at once)."""
+        controllers = [entry for entry in self._procs if entry[0] in ("kube-controller-manager", "kube-scheduler")]
+        self._procs = [entry for entry in self._procs if entry not in controllers]
+        stop_processes(controllers, timeout=10)
+
     def stop(self) -> None:
-        stop_processes(self._procs, timeout=10)
+        # 3 s, not the apiserver's full graceful shutdown: on SIGTERM it closes its listener and then
+        # waits 10 s or more on requests to itself (its identity lease, the `kubernetes` endpoints),
+        # and nothing of a throwaway cluster needs to outlive it.
+        stop_processes(self._procs, timeout=3)

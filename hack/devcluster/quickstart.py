@@ -88,12 +88,13 @@ class Quickstart:
         )
         return self
 
-    def kubectl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         assert self.cluster
         return subprocess.run(
             [str(tool_path("kubectl")), "--kubeconfig", str(self.cluster.kubeconfig), *args],
             capture_output=True,
             text=True,
+            input=stdin,
             timeout=timeout,
         )
 

@@ -21,7 +21,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from devcluster import apply_objects, tool_path, wait_for
+from devcluster import apply_objects, wait_for
 from devcluster.quickstart import EXAMPLE, OPERATOR_NAMESPACE, RELEASE, Quickstart
 from finetune_operator.api import EVALRUN, FINETUNEJOB
 from tests.helm.test_chart import ALL_OPTIONS, CHART
@@ -43,25 +43,12 @@ class Installed:
         return self.demo.cluster.api()
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        assert self.demo.cluster
-        result = subprocess.run(
-            [str(tool_path("helm")), "--kubeconfig", str(self.demo.cluster.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = self.demo.helm(*args)
         assert not check or result.returncode == 0, f"helm {' '.join(args[:2])}: {result.stderr}"
         return result
 
     def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        assert self.demo.cluster
-        return subprocess.run(
-            [str(tool_path("kubectl")), "--kubeconfig", str(self.demo.cluster.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            input=stdin,
-            timeout=120,
-        )
+        return self.demo.kubectl(*args, stdin=stdin)
 
     def operator_pods(self) -> list[client.V1Pod]:
         core = client.CoreV1Api(self.api)
