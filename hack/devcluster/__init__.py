@@ -127,10 +127,6 @@ class LocalCluster:
         )
 
     @property
-    def real_node(self) -> bool:
-        return self.images is not None
-
-    @property
     def kubeconfig(self) -> Path:
         return self.control_plane.kubeconfig
 
