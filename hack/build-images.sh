@@ -90,8 +90,8 @@ PAUSE_REF="$REPO/pause:$(hash_of "$HERE/node/pause.c")"
 OPERATOR_REF="$REPO/operator:$(tree_hash Dockerfile.operator)"
 TRAINER_REF="$REPO/trainer:$(tree_hash Dockerfile.trainer)"
 STAND_IN="$ROOT/tests/integration"
-STAND_IN_REF="$REPO/stand-in-trainer:$(cat "$STAND_IN/stand-in.Dockerfile" "$STAND_IN/stand_in_trainer.py" \
-  <(echo "$OPERATOR_REF") | sha256sum | cut -c1-12)"
+STAND_IN_REF="$REPO/stand-in-trainer:$(hash_of "$STAND_IN/stand-in.Dockerfile" "$STAND_IN/stand_in_trainer.py" \
+  <(echo "$OPERATOR_REF"))"
 archive_of() { local ref=${1#"$REPO/"}; echo "$IMAGES/${ref%%:*}-${ref##*:}.tar"; }
 refs() {
   for name in PAUSE OPERATOR TRAINER STAND_IN; do

@@ -66,9 +66,9 @@ def exhaust_memory() -> None:
     if limit is None or limit > MOST_TO_ALLOCATE:
         print(f"oom scenario: memory limit {limit} is none or above {MOST_TO_ALLOCATE}; refusing", file=sys.stderr)
         sys.exit(1)
-    held = []
-    while sum(map(len, held)) < 2 * limit:
-        held.append(b"\x01" * (16 << 20))  # filled, so every page is really resident
+    chunk = 16 << 20
+    held = [b"\x01" * chunk for _ in range(2 * limit // chunk + 1)]  # filled: every page is really resident
+    del held
     print("oom scenario: allocated twice the limit and was not killed", file=sys.stderr)
     sys.exit(1)
 

@@ -101,17 +101,20 @@ class FinalStates:
         self._stop.set()
 
     def _watch(self) -> None:
+        """Watch in rounds of a minute until stopped: one watch would end at its timeout, mid-soak."""
         assert self.demo.cluster
-        stream = watch.Watch()
-        for event in stream.stream(
-            client.CoreV1Api(self.demo.cluster.api()).list_namespaced_pod,
-            "default",
-            label_selector=f"finetune.dev/finetunejob={self.job}",
-            timeout_seconds=900,
-        ):
-            pod = event["object"]
-            for container in pod.status.container_statuses or []:
-                if container.state.terminated:
-                    self.states[pod.metadata.name] = container.state.terminated
-            if self._stop.is_set():
-                stream.stop()
+        core = client.CoreV1Api(self.demo.cluster.api())
+        while not self._stop.is_set():
+            stream = watch.Watch()
+            for event in stream.stream(
+                core.list_namespaced_pod,
+                "default",
+                label_selector=f"finetune.dev/finetunejob={self.job}",
+                timeout_seconds=60,
+            ):
+                pod = event["object"]
+                for container in pod.status.container_statuses or []:
+                    if container.state.terminated:
+                        self.states[pod.metadata.name] = container.state.terminated
+                if self._stop.is_set():
+                    stream.stop()

@@ -24,17 +24,25 @@ from tests.reliability import stack
 from tests.reliability.stack import GROUP, VERSION, apply, condition, example_finetunejob
 
 pytestmark = pytest.mark.cluster
-BASE = example_finetunejob("base", maxSteps=5)
+# CPU only (the API defaults to one GPU, which the real node does not have), and two trainer pods at a
+# time on its 2 cores (the examples' 1500m leaves room for one).
+RESOURCES = {"gpus": 0, "cpu": "1", "memory": "4Gi"}
+
+
+def _example(name: str) -> dict[str, Any]:
+    """The quickstart FineTuneJob, 5 steps, on RESOURCES."""
+    body = example_finetunejob(name, maxSteps=5)
+    body["spec"]["resources"] = dict(RESOURCES)
+    return body
+
+
+BASE = _example("base")
 BENCH = {
     "name": "capitals",
     "dataset": {"uri": f"s3://{BUCKET}/datasets/capitals-qa.jsonl"},
     "task": "qa",
     "metrics": ["exact_match"],
 }
-# CPU only (the API defaults to one GPU, which the real node does not have), and two trainer pods at a
-# time on its 2 cores (the examples' 1500m leaves room for one).
-RESOURCES = {"gpus": 0, "cpu": "1", "memory": "4Gi"}
-BASE["spec"]["resources"] = RESOURCES
 EVALRUN_SPEC = {"model": {"fineTuneJobRef": {"name": "base"}}, "benchmarks": [BENCH], "resources": RESOURCES}
 
 
@@ -126,12 +134,6 @@ class Runtime:
     """Uploaded to datasets/bad/<name>.jsonl, which the FineTuneJob reads."""
     condition: str | None = None
     """Condition carrying the reason when the resource waits instead of failing (e.g. Running)."""
-
-
-def _example(name: str) -> dict[str, Any]:
-    body = example_finetunejob(name, maxSteps=5)
-    body["spec"]["resources"] = RESOURCES
-    return body
 
 
 def _bad_data(name: str, data: bytes, reason: str, names: str, **dataset: Any) -> Runtime:
