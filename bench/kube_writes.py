@@ -103,10 +103,11 @@ def children_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     from finetune_operator.api import FineTuneJobSpec
     from finetune_operator.config import OperatorSettings
     from finetune_operator.manifests import build_children
+    from finetune_operator.manifests.launch import Run
     from finetune_operator.manifests.names import Owner
 
     spec = FineTuneJobSpec.model_validate(body["spec"])
-    return build_children(Owner.from_body(body), spec, 1, OperatorSettings(trainer_image="local/stand-in:dev"))
+    return build_children(Owner.from_body(body), spec, Run(1), OperatorSettings(trainer_image="local/stand-in:dev"))
 
 
 def time_writes(write: Callable[..., None], bodies: list[dict[str, Any]]) -> float:

@@ -17,14 +17,17 @@ from .api import TERMINAL_PHASES
 from .api.training_status import AttemptRecord
 from .conditions import build_conditions, condition_of
 from .config import OperatorSettings
-from .manifests.names import LABEL_ATTEMPT, Owner, job_name
+from .manifests.launch import Run
+from .manifests.names import Owner
 from .plan import Action, Create, Delete, Event, Patch, Plan, merge_patch
 from .status import (
     JobView,
     Judge,
     Outcome,
+    PodView,
     Scheduling,
     assess_attempt,
+    first_failed,
     format_time,
     held,
     pod_failures,
@@ -40,8 +43,8 @@ class Workload:
     spec: Scheduling
     digest: str
     judge: Judge
-    children: Callable[[int], list[dict[str, Any]]]
-    """attempt -> the objects that attempt needs, in creation order."""
+    children: Callable[[Run], list[dict[str, Any]]]
+    """A run of an attempt -> the objects it needs, in creation order (one Job among them)."""
     attempt_fields: tuple[str, ...]
     """Status fields that describe one attempt; cleared when the next starts."""
     result_fields: Callable[[Outcome], dict[str, Any]]
@@ -57,7 +60,7 @@ _TRANSIENT_STEPS = frozenset({"Starting", "Finishing"})
 _LAZY_FIELDS = frozenset({"startTime", "podFailures"})
 """Recorded with the next change, never worth a write of their own (the Job's startTime lands a moment
 after the Job, which would otherwise cost every job one more patch)."""
-_WARNING_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ConfigError", "Retrying"})
+_WARNING_REASONS = frozenset({"Unschedulable", "ImagePullBackOff", "ConfigError", "Retrying", "Restarting"})
 
 
 def event_for(previous: Mapping[str, Any], outcome: Outcome) -> list[Event]:
@@ -102,13 +105,19 @@ class Observed:
 def observe(body: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]]) -> Observed:
     status: Mapping[str, Any] = body.get("status") or {}
     attempt = int(status.get("attempt") or 0)
+    runs = [v for v in map(view_job, jobs) if attempt and v.attempt == attempt]
     return Observed(
         owner=Owner.from_body(body),
         generation=int(body["metadata"].get("generation") or 1),
         status=status,
         attempt=attempt,
-        current=next((v for v in map(view_job, jobs) if attempt and v.attempt == attempt), None),
+        # A restarted pod group leaves its failed Job behind (its pods' logs say why); the newest runs.
+        current=max(runs, key=lambda v: v.restart, default=None),
     )
+
+
+def _job_name(children: Sequence[Mapping[str, Any]]) -> str:
+    return str(next(obj["metadata"]["name"] for obj in children if obj["kind"] == "Job"))
 
 
 def _start_attempt(obs: Observed, work: Workload, now: datetime) -> Plan:
@@ -117,7 +126,8 @@ def _start_attempt(obs: Observed, work: Workload, now: datetime) -> Plan:
     history = list(status.get("history") or [])
     if status.get("attempt"):
         history = [*history, _attempt_record(status)][-HISTORY_LIMIT:]
-    name = job_name(obs.owner, attempt)
+    children = work.children(Run(attempt))
+    name = _job_name(children)
     created = f"created Job {name} for attempt {attempt}"
     # A held Job (queued or suspended) is recorded as held at once: the same status its Job's first
     # event would give, so that event costs no second write.
@@ -139,7 +149,7 @@ def _start_attempt(obs: Observed, work: Workload, now: datetime) -> Plan:
         **work.start_fields,
     )
     return Plan(
-        actions=[Create(obj) for obj in work.children(attempt)],
+        actions=[Create(obj) for obj in children],
         status=fields,
         events=[Event("Normal", "AttemptStarted", f"{created}; {outcome.message}" if holding else outcome.message)],
     )
@@ -184,14 +194,18 @@ def plan_attempts(
     spec = work.spec
     plan = Plan()
     if current is None:
-        plan.actions += [Create(obj) for obj in work.children(attempt)]
+        plan.actions += [Create(obj) for obj in work.children(Run(attempt))]
     elif not spec.queue_name and not current.finished and not deferred and current.suspended != spec.suspend:
         plan.actions.append(Patch("Job", current.name, {"spec": {"suspend": spec.suspend}}, patch_type="strategic"))
         current = replace(current, suspended=spec.suspend)
     attempt_pods = [
-        view_pod(pod) for pod in pods if (pod["metadata"].get("labels") or {}).get(LABEL_ATTEMPT) == str(attempt)
+        pod
+        for pod in map(view_pod, pods)
+        if pod.attempt == attempt and (current is None or pod.job in (None, current.name))
     ]
     outcome = assess_attempt(current, attempt_pods, spec, now, settings.image_pull_timeout_seconds, judge=work.judge)
+    restarted = _restart_group(current, attempt_pods, outcome, work, plan)
+    outcome = restarted.pop("outcome", outcome)
     if outcome.terminal and current is not None and not current.finished:
         # e.g. an image that will never pull: stop the pod from waiting forever
         plan.actions.append(Delete("Job", current.name))
@@ -204,12 +218,14 @@ def plan_attempts(
         "phase": outcome.phase,
         "observedGeneration": status.get("observedGeneration") if deferred else generation,
         "podFailures": pod_failures(current, attempt_pods),
+        "restarts": current.restart if current and current.group else None,
         "startTime": current.start_time if current else None,
         "completionTime": completion,
         "conditions": build_conditions(
             outcome, previous, generation, now, deferred=deferred, extra=work.extra_conditions(outcome)
         ),
         **work.result_fields(outcome),
+        **restarted,
     }
     if outcome.phase == "Succeeded":
         fields["progress"] = {**(status.get("progress") or {}), "percent": 100, "etaSeconds": 0}
@@ -235,6 +251,55 @@ def plan_attempts(
             follow.actions += plan.actions
             return follow
     return plan
+
+
+def _group_restart(current: JobView | None, pods: Sequence[PodView], outcome: Outcome, limit: int) -> Run | None:
+    """The next run of a pod group that failed in a way a retry may fix, while spec.backoffLimit allows.
+
+    Not retried: what the Job fails by policy (exit code 2: bad input), a deadline. A group stopped
+    because one of its pods was preempted restarts without counting, as a preempted single pod does.
+    """
+    if current is None or not current.group or outcome.phase != "Failed":
+        return None
+    if current.failed_reason != "BackoffLimitExceeded":
+        return None
+    counted = current.counted_restarts + (0 if any(pod.disrupted for pod in pods) else 1)
+    if counted > limit:
+        return None
+    return Run(current.attempt or 0, current.restart + 1, counted)
+
+
+def _restart_group(
+    current: JobView | None, pods: Sequence[PodView], outcome: Outcome, work: Workload, plan: Plan
+) -> dict[str, Any]:
+    """For a failed pod group that may restart: its next Job added to `plan`; the status fields and
+    the outcome ("outcome") that say so. Empty otherwise."""
+    limit = work.spec.backoff_limit
+    run = _group_restart(current, pods, outcome, limit)
+    if run is None or current is None:
+        return {}
+    children = work.children(run)
+    plan.actions += [Create(obj) for obj in children]
+    name = _job_name(children)
+    return {"jobName": name, "outcome": _restarting(current, pods, outcome, run, name=name, limit=limit)}
+
+
+def _restarting(
+    current: JobView, pods: Sequence[PodView], failed: Outcome, run: Run, *, name: str, limit: int
+) -> Outcome:
+    cause = first_failed(pods)
+    why = f"{cause.where} failed (exit code {cause.exit_code})" if cause else "a pod failed"
+    counted = (
+        "not counted: a pod was preempted"
+        if run.counted_restarts == current.counted_restarts
+        else f"{run.counted_restarts} of spec.backoffLimit={limit}"
+    )
+    return Outcome(
+        "Pending",
+        "Restarting",
+        f"{why}: {failed.reason}: {failed.message}; restarting all pods as Job {name}, from the newest "
+        f"checkpoint (restart {run.restart}, {counted})",
+    )
 
 
 def _quiet_step(status: Mapping[str, Any], outcome: Outcome, generation: int, now: datetime) -> float | None:

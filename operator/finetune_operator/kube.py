@@ -73,6 +73,7 @@ _COLLECTIONS = {
     "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
+    "Service": "/api/v1/namespaces/{namespace}/services",
     **{k.kind: f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{k.plural}" for k in KINDS},
 }
 """Where each kind the operator reads or writes lives, by kind name."""

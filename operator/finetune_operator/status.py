@@ -18,7 +18,15 @@ from pydantic import ValidationError
 
 from .api.common import TERMINAL_PHASES, Phase, Resources
 from .api.contract import EXIT_INVALID_INPUT, TrainerResult
-from .manifests.names import ANNOTATION_SPEC_HASH, LABEL_ATTEMPT, TRAINER_CONTAINER
+from .manifests.names import (
+    ANNOTATION_COMPLETION_INDEX,
+    ANNOTATION_COUNTED_RESTARTS,
+    ANNOTATION_SPEC_HASH,
+    LABEL_ATTEMPT,
+    LABEL_JOB_NAME,
+    LABEL_RESTART,
+    TRAINER_CONTAINER,
+)
 
 IMAGE_PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 PERMANENT_IMAGE_ERRORS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
@@ -58,6 +66,17 @@ class PodView:
     waiting_reason: str | None = None
     waiting_message: str | None = None
     unschedulable: str | None = None
+    attempt: int | None = None
+    job: str | None = None
+    index: int | None = None
+    """Completion index in a pod group (its node rank); None for a one-pod Job."""
+    disrupted: bool = False
+    """Preempted, evicted or drained (the DisruptionTarget condition): not the trainer's fault."""
+
+    @property
+    def where(self) -> str:
+        """How a message names the pod: a group's pods by node rank too."""
+        return f"pod {self.name}" + (f" (node rank {self.index})" if self.index is not None else "")
 
     @property
     def terminated(self) -> bool:
@@ -85,6 +104,10 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
         None,
     )
     containers = (pod.get("spec") or {}).get("containers") or [{}]
+    meta = pod["metadata"]
+    labels = meta.get("labels") or {}
+    index = (meta.get("annotations") or {}).get(ANNOTATION_COMPLETION_INDEX)
+    conditions = status.get("conditions") or []
     return PodView(
         name=pod["metadata"]["name"],
         phase=status.get("phase", "Pending"),
@@ -97,6 +120,10 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),
         unschedulable=unschedulable,
+        attempt=_count(labels.get(LABEL_ATTEMPT)) or None,
+        job=labels.get(LABEL_JOB_NAME),
+        index=int(index) if index and index.isdigit() else None,
+        disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions),
     )
 
 
@@ -118,6 +145,10 @@ class JobView:
     completion_time: str | None = None
     finished_at: str | None = None
     """completionTime, or when the Failed condition appeared."""
+    group: bool = False
+    """An Indexed Job of several pods that stand or fall together (manifests/launch.py)."""
+    restart: int = 0
+    counted_restarts: int = 0
 
     @property
     def finished(self) -> bool:
@@ -132,12 +163,15 @@ def view_job(job: Mapping[str, Any]) -> JobView:
     failed = conditions.get("Failed") or conditions.get("FailureTarget")
     # SuccessCriteriaMet comes before Complete (and before completionTime is set).
     ended = failed or conditions.get("SuccessCriteriaMet") or conditions.get("Complete") or {}
-    attempt = (meta.get("labels") or {}).get(LABEL_ATTEMPT)
+    labels = meta.get("labels") or {}
+    attempt = labels.get(LABEL_ATTEMPT)
+    annotations = meta.get("annotations") or {}
+    spec = job.get("spec") or {}
     return JobView(
         name=meta["name"],
         attempt=int(attempt) if attempt and attempt.isdigit() else None,
-        spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH),
-        suspended=bool((job.get("spec") or {}).get("suspend")),
+        spec_hash=annotations.get(ANNOTATION_SPEC_HASH),
+        suspended=bool(spec.get("suspend")),
         active=status.get("active", 0) or 0,
         succeeded=status.get("succeeded", 0) or 0,
         failed=status.get("failed", 0) or 0,
@@ -147,7 +181,14 @@ def view_job(job: Mapping[str, Any]) -> JobView:
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
         finished_at=ended.get("lastTransitionTime") or status.get("completionTime"),
+        group=spec.get("completionMode") == "Indexed" and (spec.get("completions") or 1) > 1,
+        restart=_count(labels.get(LABEL_RESTART)),
+        counted_restarts=_count(annotations.get(ANNOTATION_COUNTED_RESTARTS)),
     )
+
+
+def _count(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
 
 
 def pod_failures(job: JobView | None, pods: Sequence[PodView]) -> int:
@@ -220,8 +261,18 @@ def _last_terminated(pods: Sequence[PodView]) -> PodView | None:
     return max(ended, key=lambda pod: pod.finished_at or "", default=None)
 
 
+def first_failed(pods: Sequence[PodView]) -> PodView | None:
+    """The pod whose failure decides: the newest of a one-pod Job's retries, but in a pod group the
+    first to fail; its peers fail after it, because it did (a lost connection, the Job stopping them)."""
+    failed = [pod for pod in pods if pod.terminated and pod.exit_code != 0]
+    if any(pod.index is not None for pod in failed):
+        # Within the same second, a pod stopped with SIGTERM (exit 143) is the consequence, not the cause.
+        return min(failed, key=lambda pod: (pod.finished_at or "", pod.exit_code == 143))
+    return _last_terminated(failed)
+
+
 def _failure(job: JobView, pods: Sequence[PodView], spec: Scheduling, judge: Judge) -> Outcome:
-    last = _last_terminated([pod for pod in pods if pod.exit_code != 0])
+    last = first_failed(pods)
     result = parse_result(last.message) if last else None
     detail = (result.message if result else None) or (last.message if last else None) or ""
     if job.failed_reason == "DeadlineExceeded":
@@ -231,25 +282,31 @@ def _failure(job: JobView, pods: Sequence[PodView], spec: Scheduling, judge: Jud
             f"the attempt ran longer than spec.activeDeadlineSeconds={spec.active_deadline_seconds}; "
             "raise it, or train fewer steps",
         )
+    # In a pod group, say which pod: its peers fail too, only because it did.
+    where = f"{last.where}: " if last and last.index is not None else ""
     if last and last.terminated_reason == "OOMKilled":
         return Outcome(
             "Failed",
             "OutOfMemory",
-            f"the trainer was killed for exceeding its memory limit (spec.resources.memory={spec.resources.memory}); "
-            f"raise it, or lower {judge.memory_hint}",
+            f"{where}the trainer was killed for exceeding its memory limit "
+            f"(spec.resources.memory={spec.resources.memory}); raise it, or lower {judge.memory_hint}",
         )
     if result and result.reason and _REASON.match(result.reason):
-        return Outcome("Failed", result.reason, _clip(detail or result.reason), result)
+        return Outcome("Failed", result.reason, _clip(where + (detail or result.reason)), result)
     if last and last.exit_code == EXIT_INVALID_INPUT:
-        return Outcome("Failed", "DataError", _clip(detail or "the trainer rejected its input (exit code 2)"), result)
+        message = where + (detail or "the trainer rejected its input (exit code 2)")
+        return Outcome("Failed", "DataError", _clip(message), result)
     if job.failed_reason == "BackoffLimitExceeded":
         code = last.exit_code if last else "unknown"
+        failures = (
+            f"the pod group failed {job.counted_restarts + 1}" if job.group else f"the trainer failed {job.failed}"
+        )
         return Outcome(
             "Failed",
             "BackoffLimitExceeded",
             _clip(
-                f"the trainer failed {job.failed} time(s) (spec.backoffLimit={spec.backoff_limit}); "
-                f"last exit code {code}: {detail or 'no message'}"
+                f"{failures} time(s) (spec.backoffLimit={spec.backoff_limit}); "
+                f"last exit code {code}: {where}{detail or 'no message'}"
             ),
             result,
         )
@@ -262,7 +319,8 @@ def _failure(job: JobView, pods: Sequence[PodView], spec: Scheduling, judge: Jud
 
 
 def _success(pods: Sequence[PodView], judge: Judge) -> Outcome:
-    last = _last_terminated([pod for pod in pods if pod.exit_code == 0])
+    # A group's result is its rank 0's, in pod 0; the other pods' results are theirs alone.
+    last = _last_terminated([pod for pod in pods if pod.exit_code == 0 and pod.index in (None, 0)])
     result = parse_result(last.message) if last else None
     outcome = judge.success(result) if result and result.result == "succeeded" else None
     if outcome is not None:

@@ -61,7 +61,7 @@ def test_segment_attention_falls_back_for_padded_batches(tiny_model: Path) -> No
     for attention in ("sdpa", fastpath.SEGMENT_ATTENTION):
         from finetune_trainer.model import load_base_model
 
-        model = load_base_model(tiny_model, None, CPU, False, attention).eval()
+        model = load_base_model(tiny_model, None, CPU, False, attention=attention).eval()
         ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
         mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
         with torch.no_grad():

@@ -301,3 +301,44 @@ def test_merge_publishes_a_full_model_that_loads_without_peft(tiny_model: Path, 
     assert manifest["kind"] == "merged-model"
     model = AutoModelForCausalLM.from_pretrained(merged)
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_two_ranks_under_torchrun_stay_in_step_and_publish_once(store_env: dict[str, Any], tmp_path: Path) -> None:
+    """`finetune-trainer train` with torchrun's PET_* variables, as a one-pod job with two CPU ranks runs:
+    gloo DDP, the same LoRA weights on both ranks at the end, one adapter (rank 0's), one result per pod."""
+    out = store_env["out"].replace("/attempt-1/", "/two-ranks/attempt-1/")
+    spec = {
+        **run_spec(store_env["model"], store_env["data"], out, maxSteps=12, saveSteps=6),
+        "storage": store_env["storage"],
+    }
+    spec["job"]["distributed"] = {"processesPerNode": 2}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    pet = {
+        "PET_NNODES": "1",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_NODE_RANK": "0",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(_free_port()),
+    }
+    work = tmp_path / "work"
+    code, result, log = _run_cli(
+        ["train", "--spec", str(spec_file), "--workdir", str(work)], {**store_env["env"], **pet}, tmp_path, 600
+    )
+    assert code == 0, log[-4000:]
+    assert result["result"] == "succeeded" and result["rank"] == 0, result
+    assert result["adapter"]["uri"] == out + "adapter/"
+    assert result["metrics"]["steps"] == 12
+    rank1 = json.loads((work / "ranks" / "rank-1.json").read_text())
+    assert rank1["result"] == "succeeded" and "adapter" not in rank1
+    assert rank1["weightsSha256"] == result["weightsSha256"], "the two ranks' LoRA weights differ"
+    store = store_for(out, "OUTPUT", TrainingRunSpec.model_validate(spec).storage, store_env["env"])
+    assert store.list_children(out) == ["adapter", "checkpoints"]  # rank 1 published nothing of its own

@@ -12,6 +12,7 @@ from finetune_operator.api.contract import RUN_SPEC_ENV, TrainingRunSpec
 from finetune_operator.config import OperatorSettings
 from finetune_operator.manifests import build_children
 from finetune_operator.manifests.job import build_training_job, spec_hash
+from finetune_operator.manifests.launch import Run
 from finetune_operator.manifests.names import Owner, job_name, trainer_account_name
 from finetune_operator.manifests.rbac import build_trainer_role
 from tests.factories import MINIMAL_SPEC, UID
@@ -196,8 +197,8 @@ def test_pvc_sources_are_mounted_read_only_and_outputs_writable() -> None:
 
 def test_children_are_owned_labelled_and_named_deterministically() -> None:
     spec = FineTuneJobSpec.model_validate(MINIMAL_SPEC)
-    first = build_children(OWNER, spec, 1, SETTINGS)
-    again = build_children(OWNER, spec, 1, SETTINGS)
+    first = build_children(OWNER, spec, Run(1), SETTINGS)
+    again = build_children(OWNER, spec, Run(1), SETTINGS)
     assert first == again
     assert [o["kind"] for o in first] == ["ServiceAccount", "Role", "RoleBinding", "Job"]
     for obj in first:

@@ -26,17 +26,21 @@ def checkpoint_step(name: str) -> int | None:
     return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
 
 
-def resume_point(store: Store, uri: str, workdir: Path) -> tuple[int, Path] | None:
-    """The newest complete (manifest-bearing) checkpoint an earlier pod of this attempt synced, fetched."""
+def newest_checkpoint(store: Store, uri: str) -> tuple[int, str] | None:
+    """(step, name) of the newest complete (manifest-bearing) checkpoint an earlier pod of this attempt synced."""
     steps = sorted((s, name) for name in store.list_children(uri) if (s := checkpoint_step(name)) is not None)
     for step, name in reversed(steps):
-        if read_manifest(store, join(uri, name)) is None:
-            continue  # upload interrupted before the manifest: not a checkpoint
-        local = workdir / "resume" / name
-        fetch_verified(store, join(uri, name), local)
-        log.info("resuming from %s (step %d)", join(uri, name), step)
-        return step, local
+        if read_manifest(store, join(uri, name)) is not None:
+            return step, name
+        # upload interrupted before the manifest: not a checkpoint
     return None
+
+
+def fetch_checkpoint(store: Store, uri: str, name: str, workdir: Path) -> Path:
+    local = workdir / "resume" / name
+    fetch_verified(store, join(uri, name), local)
+    log.info("resuming from %s", join(uri, name))
+    return local
 
 
 class CheckpointSyncer:

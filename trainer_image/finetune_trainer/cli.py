@@ -12,7 +12,9 @@ from pathlib import Path
 
 from finetune_operator.api.contract import CleanupRunSpec, EvaluationRunSpec, TrainerResult
 
+from .distributed import Ranks
 from .errors import EXIT_RETRIABLE, TrainerError
+from .launcher import RANK_RESULTS_ENV, is_worker, rank_result_paths, run_ranks, wanted_ranks
 from .report import ProgressReporter, result_path, write_result
 from .runspec import load_run_spec
 from .storage import store_for
@@ -22,8 +24,16 @@ log = logging.getLogger("finetune_trainer")
 
 def _workdir(value: str | None) -> Path:
     path = Path(value or os.environ.get("FINETUNE_WORKDIR") or tempfile.mkdtemp(prefix="finetune-"))
+    if is_worker(os.environ):
+        path = path / f"rank-{os.environ.get('RANK', '0')}"  # ranks in one pod never share a folder
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _result_target(environ: dict[str, str], workdir: Path, requested: Path | None) -> Path:
+    if is_worker(environ) and RANK_RESULTS_ENV in environ:
+        return rank_result_paths(Path(environ[RANK_RESULTS_ENV]), int(environ.get("RANK", "0")))[0]
+    return result_path(environ, workdir, requested)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +54,23 @@ def main(argv: list[str] | None = None) -> int:
             help="where the result JSON goes (default: $FINETUNE_TERMINATION_LOG; in a pod /dev/termination-log; "
             "else <workdir>/result.json)",
         )
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     workdir = _workdir(args.workdir)
-    target = result_path(os.environ, workdir, args.result)
+    target = _result_target(dict(os.environ), workdir, args.result)
+    code = _main(args, arguments, workdir, target)
+    if is_worker(os.environ) and RANK_RESULTS_ENV in os.environ:
+        rank_result_paths(target.parent, int(os.environ.get("RANK", "0")))[1].write_text(str(code))
+    return code
+
+
+def _main(args: argparse.Namespace, arguments: list[str], workdir: Path, target: Path) -> int:
     try:
+        if args.command == "train" and wanted_ranks(os.environ) > 1 and not is_worker(os.environ):
+            timeout = load_run_spec(args.spec, os.environ).job.distributed.timeout_seconds
+            return run_ranks(arguments, workdir, target, os.environ, timeout)
         result = _run(args, workdir)
     except TrainerError as error:
         log.error("%s: %s", error.reason, error)
@@ -96,7 +117,9 @@ def _run(args: argparse.Namespace, workdir: Path) -> TrainerResult | None:
     run = load_run_spec(args.spec, os.environ)
     from .recipes.sft import SFTRecipe
 
-    recipe = SFTRecipe(run, workdir, os.environ, ProgressReporter(run.resource))
+    # Only global rank 0 reports progress: one writer, and the figures are the group's (tokens summed).
+    reporter = ProgressReporter(run.resource if Ranks.from_env(os.environ).main else None)
+    recipe = SFTRecipe(run, workdir, os.environ, reporter)
     if args.command == "prepare":
         print(recipe.setup_data().summary())
         return None

@@ -43,3 +43,9 @@ class OutOfMemory(TrainerError):  # noqa: N818
 
     reason = "OutOfMemory"
     exit_code = EXIT_INVALID_INPUT
+
+
+class RendezvousFailed(TrainerError):  # noqa: N818
+    """The ranks of a group could not meet (pod 0's address never resolved): retriable with the group."""
+
+    reason = "RendezvousFailed"

@@ -22,6 +22,7 @@ from .data.pack import PackedCollator
 class Device:
     kind: str  # "cuda" or "cpu"
     dtype_name: str  # "bfloat16", "float16" or "float32"
+    index: int = 0  # the GPU of this rank: its local rank under torchrun
 
 
 def pick_device(compute_dtype: str, cuda: bool, bf16_supported: bool) -> Device:
@@ -44,9 +45,13 @@ def load_base_model(
     quantization: Quantization | None,
     device: Device,
     trust_remote_code: bool,
+    *,
     attention: str = "sdpa",
+    sharded: bool = False,
 ) -> Any:
-    """The frozen base: bitsandbytes 4/8-bit for qlora (quantized while loading), the compute dtype for lora."""
+    """The frozen base: bitsandbytes 4/8-bit for qlora (quantized while loading), the compute dtype for lora.
+
+    `sharded` (FSDP): no device map; FSDP places the shards, rank 0 alone reading the weights."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -55,8 +60,9 @@ def load_base_model(
         "dtype": dtype,
         "trust_remote_code": trust_remote_code,
         "attn_implementation": attention,
-        "device_map": {"": 0 if device.kind == "cuda" else "cpu"},
     }
+    if not sharded:
+        kwargs["device_map"] = {"": device.index if device.kind == "cuda" else "cpu"}
     if quantization is not None and quantization.bits == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -164,6 +170,7 @@ def setup_model(
     fast_paths: bool = True,
     loss_positions: bool = True,
     host_embeddings: bool = True,
+    sharded: bool = False,
 ) -> ModelSetup:
     """Base model (-> input embedding to host memory, CUDA) -> frozen (+ activation checkpointing) -> fused
     kernels (CUDA) -> LoRA (+ CPU fast paths).
@@ -175,8 +182,8 @@ def setup_model(
     materialises the logits."""
     fast = fast_paths and fastpath.use_on(device.kind, packing)
     attention = fastpath.register_segment_attention() if fast else "sdpa"
-    model = load_base_model(model_dir, quantization, device, trust_remote_code, attention)
-    hosted = host_embeddings and hostembed.applies(model, device.kind, lora.target_modules)
+    model = load_base_model(model_dir, quantization, device, trust_remote_code, attention=attention, sharded=sharded)
+    hosted = not sharded and host_embeddings and hostembed.applies(model, device.kind, lora.target_modules)
     if hosted:
         hostembed.keep_on_host(model)
     model = prepare_for_training(model, gradient_checkpointing, reentrant=fast_paths and device.kind == "cpu")
@@ -196,13 +203,14 @@ def make_collator(packing: bool, tokenizer: Any, loss_logits_only: bool = False)
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
-def device_for(quantization: Quantization | None) -> Device:
-    """The device this pod trains or evaluates on, with the dtype the spec asks for (or the best one)."""
+def device_for(quantization: Quantization | None, local_rank: int = 0) -> Device:
+    """The device this rank trains or evaluates on, with the dtype the spec asks for (or the best one)."""
     import torch
 
     compute = quantization.compute_dtype if quantization else "auto"
     cuda = torch.cuda.is_available()
-    return pick_device(compute, cuda, cuda and torch.cuda.is_bf16_supported())
+    device = pick_device(compute, cuda, cuda and torch.cuda.is_bf16_supported())
+    return Device(device.kind, device.dtype_name, local_rank if cuda else 0)
 
 
 def load_tokenizer(source: Path, trust_remote_code: bool) -> Any:

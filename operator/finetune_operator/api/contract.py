@@ -8,6 +8,10 @@
   writes a `TrainerResult` (< 4 KiB) to the termination-message file. The operator trusts that result,
   not the progress patches, for the final status.
 - Exit codes: 0 success, `EXIT_INVALID_INPUT` (2) bad input or data (not retried), anything else retried.
+- With several ranks (torchrun), each pod writes one result: a failed rank's if one failed (the first
+  to fail, its message naming the rank), else that of the pod's lowest rank. The operator takes the
+  job's result from pod 0, whose lowest rank is global rank 0; other pods' results matter only when
+  they failed.
 """
 
 from __future__ import annotations
@@ -153,3 +157,11 @@ class TrainerResult(ApiModel):
     provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
     evaluation: EvaluationOutcome | None = Field(default=None, description="Figures of an evaluation run.")
     deleted_objects: int | None = Field(default=None, ge=0, description="Objects a cleanup run deleted.")
+    rank: int | None = Field(
+        default=None, ge=0, description="Global rank that wrote this result, in a job of several ranks."
+    )
+    weights_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None,
+        description="sha256 over the trained (LoRA) tensors at the end; every rank reports it, so a test or a "
+        "user can check the ranks stayed in step. Pods other than pod 0 report only this.",
+    )

@@ -227,6 +227,90 @@ class OutputSettings(ApiModel):
     )
 
 
+class TrainingResources(Resources):
+    """What each trainer pod asks of the cluster, and how many pods train together."""
+
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Pods that train together, one per node (`gpus` is per pod). Above 1 the job runs as an "
+        "Indexed Job with a headless Service: pod 0 hosts the torchrun rendezvous, and all pods are admitted, "
+        "started and restarted together.",
+    )
+
+
+class Distributed(ApiModel):
+    """How the ranks of one job train together: torch.distributed, launched by torchrun in every pod."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="`ddp`: every rank holds the whole (4-bit) base and the gradients are averaged; an 8B model "
+        "needs about 6 GiB per GPU. `fsdp`: the base is sharded across the ranks (QLoRA under FSDP, with a "
+        "sharded state dict), for models that do not fit one GPU; needs GPUs and at least 2 ranks.",
+    )
+    processes_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="Training processes (ranks) per pod (unset: `resources.gpus`, or 1 on CPU). With GPUs it "
+        "must equal `resources.gpus`: each process drives one GPU. On CPU each process is a gloo rank.",
+    )
+    timeout_seconds: int = Field(
+        default=300,
+        ge=30,
+        le=7200,
+        description="Collective timeout: the longest a rank waits for a peer (a dead or stuck one) before it "
+        "fails and the whole group restarts from the newest checkpoint. NCCL's own default is 30 minutes.",
+    )
+
+
+def _ranks_per_node(spec: FineTuneJobSpec) -> int:
+    return spec.distributed.processes_per_node or max(spec.resources.gpus, 1)
+
+
+_RANKS_PER_NODE_CEL = (
+    "(has(self.distributed.processesPerNode) ? self.distributed.processesPerNode : "
+    "(self.resources.gpus > 0 ? self.resources.gpus : 1))"
+)
+DISTRIBUTED_RULES = (
+    Rule(
+        cel="self.distributed.strategy != 'fsdp' || self.resources.gpus > 0",
+        message="distributed.strategy fsdp shards the model across GPUs; on CPU (resources.gpus 0) use ddp",
+        check=lambda s: s.distributed.strategy != "fsdp" or s.resources.gpus > 0,
+        field="distributed.strategy",
+    ),
+    Rule(
+        cel=f"self.distributed.strategy != 'fsdp' || self.resources.nodes * {_RANKS_PER_NODE_CEL} >= 2",
+        message="distributed.strategy fsdp needs at least 2 ranks (resources.nodes x resources.gpus >= 2); "
+        "one GPU has nothing to shard across, use ddp",
+        check=lambda s: s.distributed.strategy != "fsdp" or s.resources.nodes * _ranks_per_node(s) >= 2,
+        field="distributed.strategy",
+    ),
+    Rule(
+        cel="!has(self.distributed.processesPerNode) || self.resources.gpus == 0 || "
+        "self.distributed.processesPerNode == self.resources.gpus",
+        message="distributed.processesPerNode must equal resources.gpus: each process drives one GPU",
+        check=lambda s: s.distributed.processes_per_node in (None, s.resources.gpus) or s.resources.gpus == 0,
+        field="distributed.processesPerNode",
+    ),
+    Rule(
+        cel="self.distributed.strategy != 'fsdp' || self.method != 'qlora' || !has(self.quantization) || "
+        "self.quantization.bits == 4",
+        message="quantization.bits 8 cannot be sharded by FSDP; use 4-bit (QLoRA) or distributed.strategy ddp",
+        check=lambda s: s.distributed.strategy != "fsdp" or s.quantization is None or s.quantization.bits == 4,
+        field="quantization.bits",
+    ),
+    Rule(
+        cel="self.resources.nodes == 1 || !has(self.output.uri) || !self.output.uri.startsWith('file://')",
+        message="output.uri file:// is a path inside one pod; with resources.nodes > 1 every pod resumes from the "
+        "store, so use s3:// or pvc://",
+        check=lambda s: s.resources.nodes == 1 or not (s.output.uri or "").startswith("file://"),
+        field="output.uri",
+    ),
+)
+
+
 class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what data, how, and on which hardware."""
 
@@ -243,8 +327,14 @@ class FineTuneJobSpec(ApiModel):
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter shape.")
     training: TrainingSettings = Field(default_factory=TrainingSettings, description="Optimisation hyperparameters.")
-    resources: Resources = Field(
-        default_factory=Resources, description="GPUs, CPU, memory and placement of the trainer pod."
+    resources: TrainingResources = Field(
+        default_factory=TrainingResources,
+        description="GPUs, CPU, memory and placement of each trainer pod, and how many pods train together.",
+    )
+    distributed: Distributed = Field(
+        default_factory=Distributed,
+        description="How the ranks train together when there are several (resources.nodes > 1, several GPUs, "
+        "or distributed.processesPerNode > 1): strategy, processes per pod, collective timeout.",
     )
     output: OutputSettings = Field(default_factory=OutputSettings, description="Where the adapter is published.")
     image: ImageRef | None = Field(
@@ -283,7 +373,17 @@ class FineTuneJobSpec(ApiModel):
             field="quantization",
         ),
         QUEUE_AND_SUSPEND,
+        *DISTRIBUTED_RULES,
     )
+
+    @property
+    def ranks_per_node(self) -> int:
+        """torchrun processes in each pod."""
+        return _ranks_per_node(self)
+
+    @property
+    def world_size(self) -> int:
+        return self.resources.nodes * self.ranks_per_node
 
     @property
     def effective_quantization(self) -> Quantization | None:

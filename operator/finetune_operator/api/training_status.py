@@ -138,6 +138,17 @@ class FineTuneJobStatus(ApiModel):
     pod_failures: int | None = Field(
         default=None, ge=0, description="Failed pods of the current attempt (each retried until backoffLimit)."
     )
+    restarts: int | None = Field(
+        default=None,
+        ge=0,
+        description="Times the current attempt's pod group was restarted together (resources.nodes > 1) after a "
+        "pod failed; each restart resumes from the newest checkpoint and counts once against spec.backoffLimit.",
+    )
+    nodes: int | None = Field(default=None, ge=1, description="Pods of the current attempt (resources.nodes).")
+    gpus_per_node: int | None = Field(default=None, ge=0, description="GPUs per pod (resources.gpus).")
+    world_size: int | None = Field(
+        default=None, ge=1, description="Training processes (ranks) of the current attempt: nodes x processes per pod."
+    )
     start_time: str | None = Field(
         default=None,
         description="When the attempt's Job started (RFC 3339).",

@@ -170,7 +170,7 @@ def evaluation_workload(owner: Owner, spec: EvalRunSpec, model: ResolvedModel, s
         spec=spec,
         digest=spec_hash(spec, model),
         judge=evaluation_judge(thresholds),
-        children=lambda attempt: build_eval_children(owner, spec, model, attempt, settings),
+        children=lambda run: build_eval_children(owner, spec, model, run, settings),
         attempt_fields=EVAL_ATTEMPT_FIELDS,
         result_fields=lambda outcome: evaluation_result_fields(outcome, thresholds),
         extra_conditions=lambda outcome: [passed_condition(outcome, thresholds)],

@@ -136,9 +136,15 @@ def training_workload(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSet
         spec=spec,
         digest=spec_hash(spec),
         judge=TRAINING_JUDGE,
-        children=lambda attempt: build_children(owner, spec, attempt, settings),
+        children=lambda run: build_children(owner, spec, run, settings),
         attempt_fields=TRAINING_ATTEMPT_FIELDS,
         result_fields=result_fields,
+        start_fields={
+            "nodes": spec.resources.nodes,
+            "gpusPerNode": spec.resources.gpus,
+            "worldSize": spec.world_size,
+            "restarts": 0 if spec.resources.nodes > 1 else None,
+        },
     )
 
 

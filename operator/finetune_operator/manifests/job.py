@@ -258,7 +258,9 @@ def build_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings) -> dict[str, Any]:
+def build_training_job(
+    owner: Owner, spec: FineTuneJobSpec, attempt: int, settings: OperatorSettings, name: str | None = None
+) -> dict[str, Any]:
     run_spec = build_run_spec(owner, spec, attempt, settings)
     output = run_spec.output
     secrets = [
@@ -283,6 +285,7 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, attempt: int, settin
             spec_hash=spec_hash(spec),
         ),
         settings,
+        name=name,
     )
 
 

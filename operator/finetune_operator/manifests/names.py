@@ -17,6 +17,12 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_OWNER_UID = "finetune.dev/owner-uid"
 LABEL_ATTEMPT = "finetune.dev/attempt"
+LABEL_RESTART = "finetune.dev/restart"
+"""Which group restart of its attempt a Job is (absent: 0, the first)."""
+ANNOTATION_COUNTED_RESTARTS = "finetune.dev/counted-restarts"
+"""Restarts before this Job that counted against spec.backoffLimit (a preempted group's restart does not)."""
+LABEL_JOB_NAME = "batch.kubernetes.io/job-name"
+ANNOTATION_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 ANNOTATION_SPEC_HASH = "finetune.dev/spec-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 ARTIFACTS_FINALIZER = "finetune.dev/delete-artifacts"
@@ -57,14 +63,21 @@ class Owner:
         }
 
 
-def bounded_name(base: str, suffix: str) -> str:
-    room = _MAX_NAME - len(suffix)
+def bounded_name(base: str, suffix: str, limit: int = _MAX_NAME) -> str:
+    room = limit - len(suffix)
     return base[:room].rstrip("-.") + suffix
 
 
-def job_name(owner: Owner, attempt: int) -> str:
-    """<name>-<uid5>-<attempt>, at most 63 characters (the Job controller puts it in a pod label)."""
-    return bounded_name(owner.name, f"-{owner.uid[:5]}-{attempt}")
+def job_name(owner: Owner, attempt: int, restart: int = 0, limit: int = _MAX_NAME) -> str:
+    """<name>-<uid5>-<attempt>[-r<restart>], at most `limit` (63) characters: the Job controller puts it
+    in a pod label. An Indexed Job's pods take <job>-<index> as hostname, so theirs leave room for it."""
+    suffix = f"-{owner.uid[:5]}-{attempt}" + (f"-r{restart}" if restart else "")
+    return bounded_name(owner.name, suffix, limit)
+
+
+def ranks_service_name(owner: Owner) -> str:
+    """The headless Service whose subdomain gives a multi-node job's pods their DNS names."""
+    return bounded_name(owner.name, f"-{owner.uid[:5]}-ranks")
 
 
 def trainer_account_name(owner: Owner) -> str:

@@ -18,8 +18,9 @@ from typing import Any
 
 from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
 
+from .. import distributed
 from ..callbacks import CheckpointSync, GracefulStop, ProgressCallback
-from ..checkpoints import CheckpointSyncer, checkpoint_name, resume_point
+from ..checkpoints import CheckpointSyncer, checkpoint_name, fetch_checkpoint, newest_checkpoint
 from ..data import PreparedData, prepare
 from ..errors import InputError, Interrupted, OutOfMemory
 from ..inputs import FetchedModel, Stores, fetch_model
@@ -40,7 +41,8 @@ class SFTRecipe:
         self.spec = run.job
         self.workdir = workdir
         self.stores = Stores(run.storage, environ)
-        self.device = device_for(self.spec.quantization)
+        self.ranks = distributed.Ranks.from_env(environ)
+        self.device = device_for(self.spec.quantization, self.ranks.local_rank)
         if self.device.kind == "cpu" and self.device.dtype_name == "float16":
             raise InputError(
                 "quantization.computeDtype float16 is not supported on CPU; use auto or float32", reason="InvalidSpec"
@@ -49,6 +51,8 @@ class SFTRecipe:
         self.accumulation = self.spec.training.gradient_accumulation_steps
         self.progress = TrainerProgress(reporter)
         self.stop = StopRequest()
+        self.agreed_stop = distributed.AgreedStop(self.stop)
+        self.sharded = self.ranks.distributed and self.spec.distributed.strategy == "fsdp"
         self.started = time.monotonic()
         self.base: FetchedModel | None = None
         self.dataset_sha256 = ""
@@ -64,6 +68,7 @@ class SFTRecipe:
     def run(self) -> TrainerResult:
         self.started = time.monotonic()
         self.stop.install()
+        distributed.init(self.ranks, self.device.kind, self.spec.distributed.timeout_seconds)
         self.setup()
         return self.publish(self.train())
 
@@ -106,6 +111,7 @@ class SFTRecipe:
             packing=self.spec.training.packing,
             gradient_checkpointing=self.spec.training.gradient_checkpointing,
             trust_remote_code=self.spec.base_model.trust_remote_code,
+            sharded=self.sharded,
         )
         self.setup_info, self.model = setup, setup.model
         trainable, total = self.model.get_nb_trainable_parameters()
@@ -128,11 +134,15 @@ class SFTRecipe:
         """Train from the newest synced checkpoint, if any; the Trainer's output. After SIGTERM the
         step in flight is checkpointed and Interrupted raised, so the next pod resumes there."""
         checkpoints = self.run_spec.output.checkpoints_uri
-        self.resume = resume_point(self.stores("OUTPUT", checkpoints), checkpoints, self.workdir)
+        store = self.stores("OUTPUT", checkpoints)
+        # Every rank resumes from the step rank 0 found: a checkpoint synced while the others listed
+        # would otherwise split them.
+        newest = distributed.agree(newest_checkpoint(store, checkpoints))
+        self.resume = (newest[0], fetch_checkpoint(store, checkpoints, newest[1], self.workdir)) if newest else None
         self.stop.training = True
         output = self._train_backing_off(str(self.resume[1]) if self.resume else None)
         self.stop.training = False
-        if self.stop.requested:
+        if self.agreed_stop.stopped:
             step = self.trainer.state.global_step
             raise Interrupted(
                 f"terminated (SIGTERM) at step {step}; its checkpoint is synced to "
@@ -143,12 +153,22 @@ class SFTRecipe:
     def publish(self, output: Any) -> TrainerResult:
         assert self.base is not None and self.data is not None
         runtime = time.monotonic() - self.started
+        # Under DDP evaluation is a collective: every rank evaluates its share, before any leaves.
+        evaluation = self.trainer.evaluate() if self.data.eval is not None else {}
+        local = self.workdir / "adapter"
+        if self.sharded:
+            # The adapter's shards are gathered into one file: a collective, on every rank.
+            self.trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+            self.trainer.save_model(str(local))
+        weights = distributed.trainable_sha256(self.model)
+        if not self.ranks.main:
+            message = f"rank {self.ranks.rank} of {self.ranks.world_size} trained; rank 0 publishes"
+            return TrainerResult(result="succeeded", message=message, rank=self.ranks.rank, weights_sha256=weights)
         self.progress.say("publishing the adapter")
         out = self.run_spec.output
-        local = self.workdir / "adapter"
-        self.model.save_pretrained(local)
+        if not self.sharded:
+            self.model.save_pretrained(local)
         self.tokenizer.save_pretrained(local)
-        evaluation = self.trainer.evaluate() if self.data.eval is not None else {}
         store = self.stores("OUTPUT", out.adapter_uri)
         adapter = publish_adapter(store, local, self.run_spec, self.base.revision, self.dataset_sha256)
         merged = None
@@ -176,6 +196,8 @@ class SFTRecipe:
             resumed_from_step=self.resume[0] if self.resume else None,
             message=self.progress.note,
         )
+        if self.ranks.distributed:
+            result = result.model_copy(update={"rank": 0, "weights_sha256": weights})
         done = {**self.progress.fields(), "percent": 100, "message": "adapter published"}
         self.progress.reporter.report(done, force=True)
         return result
@@ -219,6 +241,9 @@ class SFTRecipe:
             include_num_input_tokens_seen="all" if self.spec.training.packing else "non_padding",
             dataloader_num_workers=0,
             disable_tqdm=not sys.stderr.isatty(),
+            **distributed.strategy_arguments(
+                self.spec.distributed.strategy, self.device.kind, self.ranks, self.spec.distributed.timeout_seconds
+            ),
         )
 
     def _trainer(self) -> Any:
@@ -233,7 +258,12 @@ class SFTRecipe:
             train_dataset=self.data.train,
             eval_dataset=self.data.eval,
             data_collator=make_collator(self.spec.training.packing, self.tokenizer, self.setup_info.loss_logits_only),
-            callbacks=[ProgressCallback(self.progress), GracefulStop(self.stop), CheckpointSync(syncer)],
+            callbacks=[
+                ProgressCallback(self.progress),
+                GracefulStop(self.agreed_stop),
+                # Rank 0 alone uploads; every rank resumes from what it uploaded.
+                *([CheckpointSync(syncer)] if self.ranks.main else []),
+            ],
         )
         self.progress.trainer = self.trainer
         return self.trainer
@@ -250,7 +280,9 @@ class SFTRecipe:
         except torch.OutOfMemoryError as error:
             # Backoff only before the first optimizer step: later, the memory high-water mark is known
             # to fit and an OOM means something else changed.
-            if self.trainer.state.global_step > 0 or self.batch_size == 1 or self.progress.note:
+            # Not under several ranks either: one rank retrying alone would leave its peers waiting.
+            started = self.trainer.state.global_step > 0
+            if started or self.batch_size == 1 or self.progress.note or self.ranks.distributed:
                 raise OutOfMemory(f"CUDA out of memory at batchSize={self.batch_size}: {error}") from error
             self.batch_size //= 2
             self.accumulation *= 2
