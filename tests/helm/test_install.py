@@ -71,11 +71,12 @@ class Installed:
         wait_for(lambda: not self.healthy(), 30, "the old operator pod to stop")
         wait_for(self.healthy, 90, "the restarted operator pod to be ready")
 
-    def apply_job(self, name: str, *, evaluation: bool = False, **training: Any) -> None:
+    def apply_job(self, name: str, *, evaluation: bool = False, nodes: int = 1, **training: Any) -> None:
         body = yaml.safe_load(EXAMPLE.read_text())
         body["metadata"] = {"name": name, "namespace": "default"}
         body["spec"]["training"].update(training)
         body["spec"]["resources"]["cpu"] = "500m"  # three probes at a time on a 2-core node
+        body["spec"]["resources"]["nodes"] = nodes
         if evaluation:
             with_evaluation = yaml.safe_load((EVALUATION_EXAMPLE).read_text())
             body["spec"]["evaluation"] = with_evaluation["spec"]["evaluation"]
@@ -169,6 +170,7 @@ BREAKS = [
     ("pods", "no-success", "pod outcomes are invisible: the job never reaches Succeeded"),
     ("serviceaccounts", "no-job", "no trainer identity, so no Job"),
     ("roles", "no-job", "no trainer Role/RoleBinding, so no Job"),
+    ("services", "no-group-job", "a two-node job gets no headless Service for its pods' names, so no Job"),
     ("events", "no-events", "the job succeeds but no Kubernetes Events are recorded"),
 ]
 
@@ -189,10 +191,11 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
             rbac.patch_cluster_role(ROLE, {"rules": reduced})
             installed.restart_operator()
             name = f"probe-{index}"
-            installed.apply_job(name, evaluation=symptom == "no-evalrun", maxSteps=10, saveSteps=10)
+            nodes = 2 if symptom == "no-group-job" else 1
+            installed.apply_job(name, evaluation=symptom == "no-evalrun", nodes=nodes, maxSteps=10, saveSteps=10)
             if symptom == "no-status":
                 assert _never(lambda n=name: installed.status(n), 15), meaning
-            elif symptom == "no-job":
+            elif symptom in {"no-job", "no-group-job"}:
                 assert _never(lambda n=name: _has_job(installed, n), 15), meaning
             elif symptom == "no-evalrun":
                 wait_for(lambda n=name: installed.status(n).get("phase") == "Succeeded", 120, f"{name} to succeed")

@@ -49,6 +49,32 @@ REJECTED = [
     ("oversized uri", _spec("dataset.uri", "s3://" + "x" * 3000), "spec.dataset.uri"),
     ("missing dataset", {"baseModel": {"uri": "hf://a/b"}}, "spec.dataset"),
     ("bad quantity", _spec("resources.memory", "a lot"), "spec.resources.memory"),
+    # Distributed training: each names the field at fault.
+    ("fsdp on one GPU", {**_spec("resources.gpus", 1), "distributed": {"strategy": "fsdp"}}, "fsdp needs at least 2"),
+    ("fsdp on CPU", {**_spec("resources.nodes", 2), "distributed": {"strategy": "fsdp"}}, "on CPU (resources.gpus 0)"),
+    (
+        "ranks unlike GPUs",
+        {**_spec("resources.gpus", 4), "distributed": {"processesPerNode": 2}},
+        "processesPerNode must equal resources.gpus",
+    ),
+    (
+        "fsdp with 8-bit",
+        {**_spec("resources.gpus", 2), "distributed": {"strategy": "fsdp"}, "quantization": {"bits": 8}},
+        "quantization.bits 8 cannot be sharded",
+    ),
+    (
+        "file output on two nodes",
+        {**_spec("resources.nodes", 2), "output": {"uri": "file:///out"}},
+        "output.uri file:// is a path inside one pod",
+    ),
+    ("zero nodes", _spec("resources.nodes", 0), "spec.resources.nodes"),
+    ("65 nodes", _spec("resources.nodes", 65), "spec.resources.nodes"),
+    (
+        "short collective timeout",
+        {**quick_spec("success"), "distributed": {"timeoutSeconds": 5}},
+        "spec.distributed.timeoutSeconds",
+    ),
+    ("unknown strategy", {**quick_spec("success"), "distributed": {"strategy": "zero3"}}, "spec.distributed.strategy"),
 ]
 
 

@@ -217,3 +217,24 @@ def test_the_result_is_pod_zeros_even_when_another_pod_finished_last() -> None:
     ]
     out = _plan(body, [done], pods)
     assert out.status["phase"] == "Succeeded" and out.status["adapter"]["uri"].endswith("/attempt-1/adapter/")
+
+
+def test_the_operators_job_index_keeps_what_makes_a_job_a_group() -> None:
+    """The index trims each Job to what status derivation reads; a group must stay a group there
+    (the real-node fault test caught an index that dropped completionMode: no restart, a plain failure)."""
+    from finetune_operator.handlers.children import _trim
+    from finetune_operator.status import view_job
+
+    _, job = launch(OWNER, _spec(TWO_NODES), Run(1, restart=2, counted_restarts=1), SETTINGS)
+    seen = view_job(job)
+    assert (seen.group, seen.restart, seen.counted_restarts) == (True, 2, 1)
+    assert view_job(_trim(job, keep_spec=True)) == seen
+
+
+def test_an_event_message_fits_the_apiservers_limit() -> None:
+    """A group failure quotes the failed pod's log tail; an Event over 1024 characters is refused and lost."""
+    from finetune_operator.plan import EVENT_MESSAGE_LIMIT, Event
+
+    event = Event("Warning", "BackoffLimitExceeded", "x" * 3000)
+    assert len(event.message) == EVENT_MESSAGE_LIMIT and event.message.endswith("...")
+    assert Event("Normal", "Started", "short").message == "short"

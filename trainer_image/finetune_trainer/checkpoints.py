@@ -39,7 +39,7 @@ def newest_checkpoint(store: Store, uri: str) -> tuple[int, str] | None:
 def fetch_checkpoint(store: Store, uri: str, name: str, workdir: Path) -> Path:
     local = workdir / "resume" / name
     fetch_verified(store, join(uri, name), local)
-    log.info("resuming from %s", join(uri, name))
+    log.info("resuming from %s (step %s)", join(uri, name), checkpoint_step(name))
     return local
 
 

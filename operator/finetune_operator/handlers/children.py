@@ -31,7 +31,8 @@ def _trim(body: Mapping[str, Any], keep_spec: bool) -> dict[str, Any]:
         "status": dict(body.get("status") or {}),
     }
     if keep_spec:
-        trimmed["spec"] = {"suspend": spec.get("suspend")}
+        # completionMode and completions: whether it is a pod group that restarts as one (status.view_job).
+        trimmed["spec"] = {key: spec.get(key) for key in ("suspend", "completionMode", "completions")}
     else:
         trimmed["spec"] = {"containers": [{"image": c.get("image")} for c in spec.get("containers") or []]}
     return trimmed
