@@ -63,8 +63,8 @@ Action = Create | Patch | Delete
 
 
 EVENT_MESSAGE_LIMIT = 1024
-"""The apiserver rejects a longer Event message, and the Event is lost (a failure message quoting a log
-tail is longer); the condition keeps the whole message."""
+"""Bytes: the apiserver rejects a longer Event message (UTF-8: a log tail's progress bars are 3 bytes a
+character), and the Event is lost; the condition keeps the whole message."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,10 @@ class Event:
     message: str
 
     def __post_init__(self) -> None:
-        if len(self.message) > EVENT_MESSAGE_LIMIT:
-            object.__setattr__(self, "message", self.message[: EVENT_MESSAGE_LIMIT - 3] + "...")
+        encoded = self.message.encode()
+        if len(encoded) > EVENT_MESSAGE_LIMIT:
+            clipped = encoded[: EVENT_MESSAGE_LIMIT - 3].decode(errors="ignore") + "..."
+            object.__setattr__(self, "message", clipped)
 
 
 @dataclass

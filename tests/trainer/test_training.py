@@ -342,3 +342,17 @@ def test_two_ranks_under_torchrun_stay_in_step_and_publish_once(store_env: dict[
     assert rank1["weightsSha256"] == result["weightsSha256"], "the two ranks' LoRA weights differ"
     store = store_for(out, "OUTPUT", TrainingRunSpec.model_validate(spec).storage, store_env["env"])
     assert store.list_children(out) == ["adapter", "checkpoints"]  # rank 1 published nothing of its own
+
+    # A restarted group resumes from rank 0's checkpoint on both ranks (what a restarted Job does).
+    spec["job"]["training"]["maxSteps"] = 18
+    spec_file.write_text(json.dumps(spec))
+    code, result, log = _run_cli(
+        ["train", "--spec", str(spec_file), "--workdir", str(tmp_path / "again")],
+        {**store_env["env"], **pet, "PET_MASTER_PORT": str(_free_port())},
+        tmp_path,
+        600,
+    )
+    assert code == 0, log[-4000:]
+    assert result["resumedFromStep"] == 12 and result["metrics"]["steps"] == 18, result
+    rank1 = json.loads((tmp_path / "again" / "ranks" / "rank-1.json").read_text())
+    assert rank1["weightsSha256"] == result["weightsSha256"]

@@ -237,4 +237,6 @@ def test_an_event_message_fits_the_apiservers_limit() -> None:
 
     event = Event("Warning", "BackoffLimitExceeded", "x" * 3000)
     assert len(event.message) == EVENT_MESSAGE_LIMIT and event.message.endswith("...")
+    bars = Event("Warning", "Restarting", "Loading weights: ██████████ " * 100)  # 3 bytes per block
+    assert len(bars.message.encode()) <= EVENT_MESSAGE_LIMIT
     assert Event("Normal", "Started", "short").message == "short"

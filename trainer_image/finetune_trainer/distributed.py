@@ -59,7 +59,25 @@ def init(ranks: Ranks, device_kind: str, timeout_seconds: int) -> None:
         return
     if device_kind == "cuda":
         torch.cuda.set_device(ranks.local_rank)
+    else:
+        _restore_indexed_cpu_locations()
     dist.init_process_group(backend(device_kind), timeout=timedelta(seconds=timeout_seconds))
+
+
+def _keep_on_cpu(obj: Any, location: str) -> Any:
+    return obj if location.startswith("cpu:") else None
+
+
+def _restore_indexed_cpu_locations() -> None:
+    """Let torch.load read a `cpu:<n>` location as the CPU.
+
+    Under several CPU ranks the Trainer's device is `cpu:<local rank>`, and it resumes the optimizer
+    with that as map_location; torch's CPU deserializer knows only `cpu`, so every resumed group
+    failed with "don't know how to restore data location ... (tagged with cpu:0)"
+    (tests/trainer/test_training.py resumes two ranks)."""
+    import torch.serialization
+
+    torch.serialization.register_package(11, lambda _obj: None, _keep_on_cpu)
 
 
 def agree(value: T) -> T:
