@@ -204,8 +204,7 @@ def plan_attempts(
         if pod.attempt == attempt and (current is None or pod.job in (None, current.name))
     ]
     outcome = assess_attempt(current, attempt_pods, spec, now, settings.image_pull_timeout_seconds, judge=work.judge)
-    restarted = _restart_group(current, attempt_pods, outcome, work, plan)
-    outcome = restarted.pop("outcome", outcome)
+    outcome, restarted = _restart_group(current, attempt_pods, outcome, work, plan)
     if outcome.terminal and current is not None and not current.finished:
         # e.g. an image that will never pull: stop the pod from waiting forever
         plan.actions.append(Delete("Job", current.name))
@@ -271,17 +270,18 @@ def _group_restart(current: JobView | None, pods: Sequence[PodView], outcome: Ou
 
 def _restart_group(
     current: JobView | None, pods: Sequence[PodView], outcome: Outcome, work: Workload, plan: Plan
-) -> dict[str, Any]:
-    """For a failed pod group that may restart: its next Job added to `plan`; the status fields and
-    the outcome ("outcome") that say so. Empty otherwise."""
+) -> tuple[Outcome, dict[str, Any]]:
+    """For a failed pod group that may restart: its next Job added to `plan`, and the outcome and
+    status fields that say so. Otherwise `outcome` as it is, and no fields."""
     limit = work.spec.backoff_limit
     run = _group_restart(current, pods, outcome, limit)
     if run is None or current is None:
-        return {}
+        return outcome, {}
     children = work.children(run)
     plan.actions += [Create(obj) for obj in children]
     name = _job_name(children)
-    return {"jobName": name, "outcome": _restarting(current, pods, outcome, run, name=name, limit=limit)}
+    restarting = _restarting(current, pods, outcome, run, name=name, limit=limit)
+    return restarting, {"jobName": name, "restarts": run.restart}
 
 
 def _restarting(
