@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,8 @@ from kubernetes import client
 
 from devcluster import wait_for
 from devcluster.quickstart import BUCKET, Quickstart
-from finetune_operator.api.contract import TrainerResult
+from finetune_operator.api.contract import StorageSettings, TrainerResult
+from finetune_trainer.storage import fetch_verified, store_for
 from tests.reliability import stack
 from tests.reliability.stack import FinalStates, resumed_from
 
@@ -111,7 +113,7 @@ def test_one_pod_with_two_ranks(demo: Quickstart) -> None:
     assert "starting 2 ranks in this pod" in stack.pod_log(demo, pod.metadata.name)
 
 
-def test_a_killed_pod_restarts_the_group_from_the_newest_checkpoint(demo: Quickstart) -> None:
+def test_a_killed_pod_restarts_the_group_from_the_newest_checkpoint(demo: Quickstart, tmp_path: Path) -> None:
     assert demo.cluster
     name, save_steps, timeout = "group-fault", 10, 60
     _submit(
@@ -162,4 +164,10 @@ def test_a_killed_pod_restarts_the_group_from_the_newest_checkpoint(demo: Quicks
     resumed = resumed_from(demo, rank0)
     assert resumed is not None and 0 <= reached - resumed <= save_steps, (reached, resumed)
     assert status["adapter"]["uri"].endswith("/attempt-1/adapter/") and status["metrics"]["steps"] == 120
+    # The adapter's manifest is valid: every file it lists is there with its sha256.
+    assert demo.minio
+    storage = StorageSettings(s3_endpoint=demo.minio.url, s3_secure=False)
+    store = store_for(status["adapter"]["uri"], "OUTPUT", storage, demo.minio.credentials_env("OUTPUT"))
+    manifest = fetch_verified(store, status["adapter"]["uri"], tmp_path / "adapter")
+    assert "adapter_model.safetensors" in manifest["files"]
     print(f"killed at step {reached}, resumed from {resumed}; the peer stopped {peer_stopped:.1f} s after the kill")
