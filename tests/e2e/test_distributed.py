@@ -45,22 +45,6 @@ def _submit(demo: Quickstart, name: str, resources: dict[str, Any], **spec: Any)
     stack.apply(demo, body)
 
 
-def _finish(demo: Quickstart, name: str, seconds: float = 600) -> dict[str, Any]:
-    status: dict[str, Any] = wait_for(
-        lambda: (s := stack.status(demo, name)).get("phase") in {"Succeeded", "Failed"} and s,
-        seconds,
-        f"{name} to finish",
-        describe=lambda: str(stack.status(demo, name)),
-    )
-    return status
-
-
-def _pods(demo: Quickstart, name: str) -> list[client.V1Pod]:
-    assert demo.cluster
-    core = client.CoreV1Api(demo.cluster.api())
-    return list(core.list_namespaced_pod("default", label_selector=f"finetune.dev/finetunejob={name}").items)
-
-
 def _result(pod: client.V1Pod) -> TrainerResult:
     terminated = pod.status.container_statuses[0].state.terminated
     return TrainerResult.model_validate_json(terminated.message)
@@ -77,12 +61,14 @@ def _owned(demo: Quickstart, name: str) -> tuple[list[Any], list[Any]]:
 
 def test_two_pods_train_one_adapter_with_identical_weights(demo: Quickstart) -> None:
     _submit(demo, "two-nodes", {**POD, "nodes": 2})
-    status = _finish(demo, "two-nodes")
+    status = stack.finish(demo, "two-nodes", 600)
     assert status["phase"] == "Succeeded", status
     assert (status["nodes"], status["gpusPerNode"], status["worldSize"]) == (2, 0, 2)
     # The loss falls as in the one-pod quickstart (from ~5.8 for the untrained model).
     assert status["metrics"]["evalLoss"] < 5.0, status["metrics"]
-    pods = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p for p in _pods(demo, "two-nodes")}
+    pods = {
+        p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p for p in stack.pods(demo, "two-nodes")
+    }
     assert sorted(pods) == ["0", "1"]
     rank0, rank1 = _result(pods["0"]), _result(pods["1"])
     assert rank0.adapter is not None and rank1.adapter is None and rank1.rank == 1
@@ -104,10 +90,10 @@ def test_two_pods_train_one_adapter_with_identical_weights(demo: Quickstart) -> 
 
 def test_one_pod_with_two_ranks(demo: Quickstart) -> None:
     _submit(demo, "two-ranks", {**POD, "cpu": "1500m"}, distributed={"processesPerNode": 2})
-    status = _finish(demo, "two-ranks")
+    status = stack.finish(demo, "two-ranks", 600)
     assert status["phase"] == "Succeeded", status
     assert (status["nodes"], status["worldSize"]) == (1, 2)
-    (pod,) = _pods(demo, "two-ranks")
+    (pod,) = stack.pods(demo, "two-ranks")
     result = _result(pod)
     assert result.rank == 0 and result.adapter is not None and result.weights_sha256
     assert "starting 2 ranks in this pod" in stack.pod_log(demo, pod.metadata.name)
@@ -131,7 +117,7 @@ def test_a_killed_pod_restarts_the_group_from_the_newest_checkpoint(demo: Quicks
         first_job = stack.status(demo, name)["jobName"]
         victim = next(
             p
-            for p in _pods(demo, name)
+            for p in stack.pods(demo, name)
             if p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "1" and p.status.phase == "Running"
         )
         reached = int(stack.status(demo, name)["progress"]["step"])
@@ -139,17 +125,12 @@ def test_a_killed_pod_restarts_the_group_from_the_newest_checkpoint(demo: Quicks
         killed = time.monotonic()
         # Its peer does not wait on it: the Job controller stops the group, well inside the collective timeout.
         wait_for(
-            lambda: (
-                not any(
-                    p.status.phase == "Running" and p.metadata.labels.get("batch.kubernetes.io/job-name") == first_job
-                    for p in _pods(demo, name)
-                )
-            ),
+            lambda: not any(p.status.phase == "Running" for p in stack.pods(demo, name, first_job)),
             timeout,
             "the killed pod's peer to stop",
         )
         peer_stopped = time.monotonic() - killed
-        status = _finish(demo, name)
+        status = stack.finish(demo, name, 600)
     finally:
         final.stop()
     assert status["phase"] == "Succeeded", status
@@ -157,9 +138,8 @@ def test_a_killed_pod_restarts_the_group_from_the_newest_checkpoint(demo: Quicks
     assert final.states[victim.metadata.name].exit_code == 137
     rank0 = next(
         p.metadata.name
-        for p in _pods(demo, name)
-        if p.metadata.labels.get("batch.kubernetes.io/job-name") == status["jobName"]
-        and p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "0"
+        for p in stack.pods(demo, name, status["jobName"])
+        if p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "0"
     )
     resumed = resumed_from(demo, rank0)
     assert resumed is not None and 0 <= reached - resumed <= save_steps, (reached, resumed)

@@ -71,12 +71,6 @@ def _job(demo: Quickstart, name: str) -> client.V1Job:
     return client.BatchV1Api(demo.cluster.api()).read_namespaced_job(name, "default")
 
 
-def _pods(demo: Quickstart, job: str) -> list[client.V1Pod]:
-    assert demo.cluster
-    core = client.CoreV1Api(demo.cluster.api())
-    return list(core.list_namespaced_pod("default", label_selector=f"batch.kubernetes.io/job-name={job}").items)
-
-
 def test_a_two_node_job_stays_queued_without_quota_then_runs_all_its_pods(demo: Quickstart) -> None:
     assert demo.cluster
     apply_objects(demo.cluster.api(), _queues("0", "0"))
@@ -93,7 +87,7 @@ def test_a_two_node_job_stays_queued_without_quota_then_runs_all_its_pods(demo: 
         status = stack.status(demo, "queued")
         assert status["phase"] == "Queued", status
         assert _job(demo, job).spec.suspend is True
-        assert _pods(demo, job) == []
+        assert stack.pods(demo, "queued", job) == []
         time.sleep(2)
     conditions = {c["type"]: c for c in (_workload(demo, job) or {}).get("status", {}).get("conditions", [])}
     assert conditions.get("QuotaReserved", {}).get("status") == "False", conditions
@@ -109,14 +103,9 @@ def test_a_two_node_job_stays_queued_without_quota_then_runs_all_its_pods(demo: 
         "Kueue to admit the workload",
     )
     assert admitted["status"]["admission"]["podSetAssignments"][0]["count"] == 2
-    pods = wait_for(lambda: len(p := _pods(demo, job)) == 2 and p, 60, "both pods")
+    pods = wait_for(lambda: len(p := stack.pods(demo, "queued", job)) == 2 and p, 60, "both pods")
     created = sorted(p.metadata.creation_timestamp for p in pods)
     assert (created[1] - created[0]).total_seconds() < 5, created  # created together, not one then the other
-    status: dict[str, Any] = wait_for(
-        lambda: (s := stack.status(demo, "queued")).get("phase") in {"Succeeded", "Failed"} and s,
-        600,
-        "the queued job to finish",
-        describe=lambda: str(stack.status(demo, "queued")),
-    )
+    status = stack.finish(demo, "queued", 600)
     assert status["phase"] == "Succeeded", status
     assert status["worldSize"] == 2 and status["adapter"]["uri"].endswith("/attempt-1/adapter/")

@@ -10,7 +10,6 @@ tokens). Does not prove: anything about a GPU node, or the quality of the tiny m
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ from kubernetes import client
 
 from devcluster import NODE_NAME, wait_for
 from devcluster.quickstart import Quickstart
-from finetune_operator.api import FINETUNEJOB, TERMINAL_PHASES
+from finetune_operator.api import FINETUNEJOB
 from finetune_operator.api.contract import TrainerResult
 from tests.kube import RESTRICTED_NAMESPACE
 from tests.reliability import stack
@@ -60,20 +59,6 @@ def _clean_slate(node: Quickstart) -> Iterator[None]:
 def _core(node: Quickstart) -> client.CoreV1Api:
     assert node.cluster
     return client.CoreV1Api(node.cluster.api())
-
-
-def _pods(node: Quickstart, job: str) -> list[client.V1Pod]:
-    pods = _core(node).list_namespaced_pod("default", label_selector=f"finetune.dev/finetunejob={job}").items
-    return sorted(pods, key=lambda p: p.metadata.creation_timestamp)
-
-
-def _finish(node: Quickstart, name: str, timeout: float = 420) -> dict[str, Any]:
-    return wait_for(
-        lambda: (s := stack.status(node, name)).get("phase") in TERMINAL_PHASES and s,
-        timeout,
-        f"{name} to finish",
-        describe=lambda: json.dumps(stack.status(node, name))[-1500:],
-    )
 
 
 def _submit(node: Quickstart, name: str, *, backoff_limit: int = 0, **spec: Any) -> None:
@@ -122,9 +107,9 @@ def test_the_node_is_a_kubelet_with_containerd_running_our_trainer_image(node: Q
     assert info.container_runtime_version.startswith("containerd://"), info
     assert info.kubelet_version.startswith("v1.35"), info
     apply(node, example_finetunejob("on-node"))
-    status = _finish(node, "on-node")
+    status = stack.finish(node, "on-node")
     assert status["phase"] == "Succeeded", status
-    (pod,) = _pods(node, "on-node")
+    (pod,) = stack.pods(node, "on-node")
     container = pod.status.container_statuses[0]
     # The image this run built from Dockerfile.trainer (or took from the cache by content hash).
     assert container.image == node.images.trainer
@@ -168,11 +153,11 @@ def test_the_trainer_image_runs_read_only_as_uid_1000_with_writes_only_to_its_vo
 def test_a_memory_limit_too_small_ends_out_of_memory_by_the_kernel(node: Quickstart) -> None:
     # 4-bit loading of even the tiny model needs torch and transformers in memory: far above 200Mi.
     _submit(node, "small-memory", resources={"gpus": 0, "cpu": "1500m", "memory": "200Mi"})
-    status = _finish(node, "small-memory")
+    status = stack.finish(node, "small-memory")
     assert status["phase"] == "Failed", status
     failed = condition(status)
     assert failed["reason"] == "OutOfMemory", failed
-    (pod,) = _pods(node, "small-memory")
+    (pod,) = stack.pods(node, "small-memory")
     terminated = pod.status.container_statuses[0].state.terminated
     # The kernel's OOM killer, through the cgroup limit: the kubelet reports OOMKilled, exit 137.
     assert terminated.reason == "OOMKilled" and terminated.exit_code == 137, terminated
@@ -184,14 +169,14 @@ def test_a_deleted_pod_gets_sigterm_checkpoints_and_the_next_pod_resumes_losing_
     _submit(node, name, backoff_limit=1, training={"maxSteps": 300, "saveSteps": SAVE_STEPS, "loggingSteps": 5})
     final = stack.FinalStates(node, name).start()
     wait_for(lambda: int((stack.status(node, name).get("checkpoint") or {}).get("step") or 0) > 0, 300, "a checkpoint")
-    (first,) = _pods(node, name)
+    (first,) = stack.pods(node, name)
     deleted_at = time.monotonic()
     _core(node).delete_namespaced_pod(first.metadata.name, "default")  # the kubelet: SIGTERM, grace 60 s
     wait_for(lambda: first.metadata.name in final.states, 90, f"{first.metadata.name} to stop")
     stopped_after = time.monotonic() - deleted_at
     reached = stack.interrupted_at(final.states[first.metadata.name])
     following = wait_for(
-        lambda: next((p for p in _pods(node, name) if p.metadata.name != first.metadata.name), None),
+        lambda: next((p for p in stack.pods(node, name) if p.metadata.name != first.metadata.name), None),
         420,
         "the replacement pod",
     )
@@ -199,7 +184,7 @@ def test_a_deleted_pod_gets_sigterm_checkpoints_and_the_next_pod_resumes_losing_
     resumed = wait_for(
         lambda: stack.resumed_from(node, following.metadata.name), 300, f"{following.metadata.name} to resume"
     )
-    status = _finish(node, name)
+    status = stack.finish(node, name)
     final.stop()
     assert status["phase"] == "Succeeded", status
     assert status["podFailures"] == 1 and status["metrics"]["steps"] == 300, status
@@ -213,7 +198,7 @@ def test_a_deleted_pod_gets_sigterm_checkpoints_and_the_next_pod_resumes_losing_
 
 def test_an_image_that_does_not_exist_fails_the_attempt_on_the_kubelets_pull_error(node: Quickstart) -> None:
     _submit(node, "no-image", image="finetune.invalid/trainer:missing")
-    status = _finish(node, "no-image", timeout=180)
+    status = stack.finish(node, "no-image", timeout=180)
     assert status["phase"] == "Failed", status
     failed = condition(status)
     assert failed["reason"] == "ImagePullError", failed
@@ -229,7 +214,7 @@ def test_a_missing_secret_is_the_kubelets_create_container_config_error(node: Qu
     def config_error() -> dict[str, Any] | None:
         waiting = [
             s.state.waiting
-            for p in _pods(node, "no-secret")
+            for p in stack.pods(node, "no-secret")
             for s in p.status.container_statuses or []
             if s.state.waiting and s.state.waiting.reason == "CreateContainerConfigError"
         ]
@@ -251,8 +236,10 @@ def test_a_missing_secret_is_the_kubelets_create_container_config_error(node: Qu
 def test_the_trainers_projected_token_may_patch_only_its_own_status(node: Quickstart) -> None:
     _submit(node, "mine", training={"maxSteps": 2000})
     _submit(node, "theirs", suspend=True)
-    wait_for(lambda: _pods(node, "mine") and _pods(node, "mine")[0].status.phase == "Running", 180, "mine to run")
-    account = _pods(node, "mine")[0].spec.service_account_name
+    wait_for(
+        lambda: stack.pods(node, "mine") and stack.pods(node, "mine")[0].status.phase == "Running", 180, "mine to run"
+    )
+    account = stack.pods(node, "mine")[0].spec.service_account_name
     script = (
         "from kubernetes import client, config\n"
         "from kubernetes.client.exceptions import ApiException\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import threading
 from typing import Any
@@ -11,9 +12,9 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from devcluster import apply_objects
+from devcluster import apply_objects, wait_for
 from devcluster.quickstart import BUCKET, EXAMPLE, Quickstart
-from finetune_operator.api import FINETUNEJOB
+from finetune_operator.api import FINETUNEJOB, TERMINAL_PHASES
 from finetune_operator.api.contract import TrainerResult
 
 GROUP, VERSION = "finetune.dev", "v1alpha1"
@@ -47,6 +48,25 @@ def get(demo: Quickstart, name: str, plural: str = FINETUNEJOB.plural) -> dict[s
 
 def status(demo: Quickstart, name: str, plural: str = FINETUNEJOB.plural) -> dict[str, Any]:
     return (get(demo, name, plural) or {}).get("status") or {}
+
+
+def finish(demo: Quickstart, name: str, timeout: float = 420) -> dict[str, Any]:
+    """The FineTuneJob's status once its phase is terminal."""
+    done: dict[str, Any] = wait_for(
+        lambda: (s := status(demo, name)).get("phase") in TERMINAL_PHASES and s,
+        timeout,
+        f"{name} to finish",
+        describe=lambda: json.dumps(status(demo, name))[-1500:],
+    )
+    return done
+
+
+def pods(demo: Quickstart, name: str, job: str | None = None) -> list[client.V1Pod]:
+    """The FineTuneJob's pods, oldest first; with `job`, only that Job's."""
+    assert demo.cluster
+    selector = f"finetune.dev/finetunejob={name}" + (f",batch.kubernetes.io/job-name={job}" if job else "")
+    found = client.CoreV1Api(demo.cluster.api()).list_namespaced_pod("default", label_selector=selector).items
+    return sorted(found, key=lambda p: p.metadata.creation_timestamp)
 
 
 def condition(status: dict[str, Any], ctype: str | None = None) -> dict[str, Any]:

@@ -54,20 +54,12 @@ def _follow(demo: Quickstart, name: str, timeout: float = 420) -> tuple[dict[str
     raise AssertionError(f"{name} did not finish in {timeout}s: {stack.status(demo, name)}")
 
 
-def _pods(demo: Quickstart, name: str) -> list[client.V1Pod]:
-    assert demo.cluster
-    pods = client.CoreV1Api(demo.cluster.api()).list_namespaced_pod(
-        "default", label_selector=f"finetune.dev/finetunejob={name}"
-    )
-    return sorted(pods.items, key=lambda p: p.metadata.creation_timestamp)
-
-
 def _running_pod(demo: Quickstart, name: str, not_in: set[str]) -> str:
     def fresh() -> str | None:
         return next(
             (
                 p.metadata.name
-                for p in _pods(demo, name)
+                for p in stack.pods(demo, name)
                 if p.status.phase == "Running" and p.metadata.name not in not_in
             ),
             None,
@@ -240,7 +232,7 @@ def test_deleting_a_running_job_stops_its_pod_and_deletes_its_objects(demo: Quic
     batch = client.BatchV1Api(demo.cluster.api())
     wait_for(
         lambda: (
-            not _pods(demo, "tidy")
+            not stack.pods(demo, "tidy")
             and not batch.list_namespaced_job("default", label_selector="finetune.dev/finetunejob=tidy").items
         ),
         60,
