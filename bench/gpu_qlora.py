@@ -535,20 +535,21 @@ def main() -> int:
 def scaling_worker(args: argparse.Namespace, config: Any) -> int:
     """One rank of a --nproc run: every rank builds the same random model (seed 0) and trains "ours";
     rank 0 writes the result (tokens counted over all ranks by the Trainer)."""
+    import torch
     import torch.distributed as dist
 
-    rank = int(os.environ.get("RANK", "0"))
-    model_dir = args.worker_json.parent / "model"
-    if rank == 0 and not model_dir.exists():
-        save_random_model(config, model_dir, "cpu")
-    if dist.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
+    from finetune_trainer import distributed
 
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        dist.barrier()
+    ranks = distributed.Ranks.from_env(os.environ)
+    model_dir = args.worker_json.parent / "model"
+    if ranks.main and not model_dir.exists():
+        save_random_model(config, model_dir, "cpu")
+    if ranks.distributed:
+        distributed.init(ranks, "cuda" if torch.cuda.is_available() else "cpu", timeout_seconds=300)
+        dist.barrier()  # the others wait for rank 0's model
     data = examples((args.warmup + args.steps) * args.batch_size * 8, args.seq_len, config.vocab_size, seed=0)
     result = run_variant("ours", model_dir, data, args, 0, config)  # no MFU: scaling is the figure here
-    if rank == 0:
+    if ranks.main:
         args.worker_json.write_text(json.dumps(asdict(result)))
     return 0
 

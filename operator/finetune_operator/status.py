@@ -106,7 +106,6 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
     containers = (pod.get("spec") or {}).get("containers") or [{}]
     meta = pod["metadata"]
     labels = meta.get("labels") or {}
-    index = (meta.get("annotations") or {}).get(ANNOTATION_COMPLETION_INDEX)
     conditions = status.get("conditions") or []
     return PodView(
         name=pod["metadata"]["name"],
@@ -120,9 +119,9 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),
         unschedulable=unschedulable,
-        attempt=_count(labels.get(LABEL_ATTEMPT)) or None,
+        attempt=_number(labels.get(LABEL_ATTEMPT)),
         job=labels.get(LABEL_JOB_NAME),
-        index=int(index) if index and index.isdigit() else None,
+        index=_number((meta.get("annotations") or {}).get(ANNOTATION_COMPLETION_INDEX)),
         disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions),
     )
 
@@ -164,12 +163,11 @@ def view_job(job: Mapping[str, Any]) -> JobView:
     # SuccessCriteriaMet comes before Complete (and before completionTime is set).
     ended = failed or conditions.get("SuccessCriteriaMet") or conditions.get("Complete") or {}
     labels = meta.get("labels") or {}
-    attempt = labels.get(LABEL_ATTEMPT)
     annotations = meta.get("annotations") or {}
     spec = job.get("spec") or {}
     return JobView(
         name=meta["name"],
-        attempt=int(attempt) if attempt and attempt.isdigit() else None,
+        attempt=_number(labels.get(LABEL_ATTEMPT)),
         spec_hash=annotations.get(ANNOTATION_SPEC_HASH),
         suspended=bool(spec.get("suspend")),
         active=status.get("active", 0) or 0,
@@ -182,13 +180,14 @@ def view_job(job: Mapping[str, Any]) -> JobView:
         completion_time=status.get("completionTime"),
         finished_at=ended.get("lastTransitionTime") or status.get("completionTime"),
         group=spec.get("completionMode") == "Indexed" and (spec.get("completions") or 1) > 1,
-        restart=_count(labels.get(LABEL_RESTART)),
-        counted_restarts=_count(annotations.get(ANNOTATION_COUNTED_RESTARTS)),
+        restart=_number(labels.get(LABEL_RESTART)) or 0,
+        counted_restarts=_number(annotations.get(ANNOTATION_COUNTED_RESTARTS)) or 0,
     )
 
 
-def _count(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0
+def _number(value: str | None) -> int | None:
+    """A label's or annotation's number; None when absent or not a number."""
+    return int(value) if value and value.isdigit() else None
 
 
 def pod_failures(job: JobView | None, pods: Sequence[PodView]) -> int:

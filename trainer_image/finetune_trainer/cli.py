@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from finetune_operator.api.contract import CleanupRunSpec, EvaluationRunSpec, TrainerResult
@@ -25,15 +26,16 @@ log = logging.getLogger("finetune_trainer")
 def _workdir(value: str | None) -> Path:
     path = Path(value or os.environ.get("FINETUNE_WORKDIR") or tempfile.mkdtemp(prefix="finetune-"))
     if is_worker(os.environ):
-        path = path / f"rank-{os.environ.get('RANK', '0')}"  # ranks in one pod never share a folder
+        path = path / f"rank-{Ranks.from_env(os.environ).rank}"  # ranks in one pod never share a folder
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _result_target(environ: dict[str, str], workdir: Path, requested: Path | None) -> Path:
+def _rank_results(environ: Mapping[str, str]) -> tuple[Path, Path] | None:
+    """Where a torchrun worker of launcher.run_ranks writes its result and exit code; None otherwise."""
     if is_worker(environ) and RANK_RESULTS_ENV in environ:
-        return rank_result_paths(Path(environ[RANK_RESULTS_ENV]), int(environ.get("RANK", "0")))[0]
-    return result_path(environ, workdir, requested)
+        return rank_result_paths(Path(environ[RANK_RESULTS_ENV]), Ranks.from_env(environ).rank)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     workdir = _workdir(args.workdir)
-    target = _result_target(dict(os.environ), workdir, args.result)
+    rank_results = _rank_results(os.environ)
+    target = rank_results[0] if rank_results else result_path(os.environ, workdir, args.result)
     code = _main(args, arguments, workdir, target)
-    if is_worker(os.environ) and RANK_RESULTS_ENV in os.environ:
-        rank_result_paths(target.parent, int(os.environ.get("RANK", "0")))[1].write_text(str(code))
+    if rank_results:
+        rank_results[1].write_text(str(code))
     return code
 
 

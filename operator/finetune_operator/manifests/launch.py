@@ -66,6 +66,8 @@ def torchrun_env(spec: FineTuneJobSpec, master_addr: str, node_rank: dict[str, A
 
 
 def _with_env(job: dict[str, Any], env: list[dict[str, Any]]) -> dict[str, Any]:
+    if not env:
+        return job
     job = copy.deepcopy(job)
     container = job["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [*container["env"], *env]
