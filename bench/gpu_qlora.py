@@ -27,6 +27,13 @@ scaling efficiency, tokens/s at N GPUs / (N x tokens/s at 1), with tokens counte
 With fewer GPUs than N it says the figure is pending; `--tiny --nproc 2` runs the same code path
 with gloo on CPU, where the figure means nothing (the ranks share the cores).
 
+`--preference` measures memory instead: SFT and DPO on the same pairs, each in a fresh process so
+each has its own peak (peak RSS on CPU, peak GPU memory on CUDA), both with our model setup and
+padded batches (`training.packing: false`, as TRL's preference trainers need). "sft" trains on
+prompt + chosen; "dpo" is TRL's DPOTrainer as `objective: dpo` runs it (reference log-probabilities
+from the same loaded base through a frozen copy of the adapter); "dpo+ref-model" hands DPOTrainer a
+second loaded base as its reference, what the first avoids. The target: dpo <= 1.3 x sft.
+
 Printed per variant: real (non-pad) tokens/s, padded-token fraction, peak GPU memory, MFU (6 x params
 per real token, over the GPU's dense bf16 peak; attention not counted), and what the model itself
 holds (its tensors' bytes by kind, wherever they are: the floor under the peak). `--layers N` keeps
@@ -406,6 +413,140 @@ def _dummy_tokenizer() -> Any:
     return Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
 
 
+PREFERENCE_VARIANTS = ("sft", "dpo", "dpo+ref-model")
+
+
+def _word_tokenizer(vocab: int) -> Any:
+    """Token i is the word `w<i>`: random ids become text that TRL tokenises back to the same ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab)}}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def preference_worker(args: argparse.Namespace, variant: str, config: Any) -> int:
+    """One variant of --preference in this (fresh) process; writes its figures to --worker-json."""
+    import resource
+
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from finetune_trainer.model import load_base_model, pick_device, resolve_optimizer
+
+    cuda = torch.cuda.is_available()
+    device = pick_device(args.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
+    model_dir = args.worker_json.parent / "model"
+    tokenizer = _word_tokenizer(config.vocab_size)
+    rng = random.Random(0)
+    third = args.seq_len // 3
+
+    def words(count: int) -> str:
+        return " ".join(f"w{rng.randrange(3, config.vocab_size)}" for _ in range(count))
+
+    rows = [{"prompt": words(third), "chosen": words(third), "rejected": words(third)} for _ in range(64)]
+    model = load_ours(model_dir, device, liger=False, packing=False).model
+    timer = Timer(args.warmup, args.steps, cuda)
+    common: dict[str, Any] = {
+        "output_dir": tempfile.mkdtemp(),
+        "per_device_train_batch_size": args.batch_size,
+        "max_steps": timer.total_steps,
+        "learning_rate": 2e-5,
+        "optim": resolve_optimizer("auto", device),
+        "bf16": device.dtype_name == "bfloat16",
+        "use_cpu": not cuda,
+        "report_to": [],
+        "save_strategy": "no",
+        "remove_unused_columns": False,
+        "disable_tqdm": True,
+        "include_num_input_tokens_seen": "non_padding",
+        "gradient_checkpointing": False,  # set up on the model already
+    }
+    if variant == "sft":
+        encoded = []
+        for row in rows:
+            prompt, chosen = tokenizer(row["prompt"])["input_ids"], tokenizer(row["chosen"])["input_ids"]
+            encoded.append({"input_ids": prompt + chosen, "labels": [-100] * len(prompt) + chosen})
+        trainer: Any = Trainer(
+            model=model,
+            args=TrainingArguments(**common),
+            train_dataset=encoded,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            callbacks=[timer.callback()],
+        )
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        reference = None
+        if variant == "dpo+ref-model":
+            from finetune_operator.api.common import Quantization
+
+            reference = load_base_model(model_dir, Quantization(), device, False)
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=reference,
+            args=DPOConfig(**common, max_length=args.seq_len, disable_dropout=False),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[timer.callback()],
+        )
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    elapsed = (timer.end or 0.0) - (timer.start or 0.0)
+    figures = {
+        "variant": variant,
+        "peak RSS GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak GPU GiB": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+        "s/step": round(elapsed / max(args.steps, 1), 3),
+    }
+    args.worker_json.write_text(json.dumps(figures))
+    return 0
+
+
+def preference_memory(args: argparse.Namespace, config: Any) -> int:
+    """SFT vs DPO (vs DPO with a second reference model), each in its own process, side by side."""
+    import torch
+    from record import record
+
+    cuda = torch.cuda.is_available()
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        params = save_random_model(config, Path(folder) / "model", "cpu")
+        print(f"random model: {params / 1e9:.2f}B parameters ({config.num_hidden_layers} layers)")
+        for variant in PREFERENCE_VARIANTS:
+            out = Path(folder) / f"{variant}.json"
+            same = ["--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+            same += ["--warmup", str(args.warmup), "--dtype", args.dtype, *(["--tiny"] if args.tiny else [])]
+            same += ["--layers", str(args.layers)] if args.layers else []
+            command = [sys.executable, str(Path(__file__).resolve()), *same, "--preference-worker", variant]
+            subprocess.run([*command, "--worker-json", str(out), "--no-record"], check=True)
+            results.append(json.loads(out.read_text()))
+    key = "peak GPU GiB" if cuda else "peak RSS GiB"
+    sft = results[0][key]
+    device = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"\n{device}, seq {args.seq_len}, batch {args.batch_size} pairs, {config.num_hidden_layers} layers")
+    print(f"{'variant':<15} {key:>13} {'x sft':>6} {'s/step':>8}")
+    for r in results:
+        print(f"{r['variant']:<15} {r[key]:>13.3f} {r[key] / sft:>6.2f} {r['s/step']:>8.3f}")
+    record(
+        "gpu_qlora.py --preference",
+        {
+            "device": device,
+            "layers": config.num_hidden_layers,
+            "seq": args.seq_len,
+            **{f"{r['variant']} {key}": r[key] for r in results},
+            "dpo x sft": round(results[1][key] / sft, 2),
+            "dpo+ref-model x sft": round(results[2][key] / sft, 2),
+        },
+        enabled=not args.no_record,
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config (CPU smoke run)")
@@ -435,7 +576,11 @@ def main() -> int:
     parser.add_argument(
         "--nproc", type=int, help="scaling: the 'ours' variant on 1 and on N GPUs under torchrun (DDP), side by side"
     )
-    parser.add_argument("--worker-json", type=Path, help=argparse.SUPPRESS)  # a torchrun worker of --nproc
+    parser.add_argument(
+        "--preference", action="store_true", help="memory: SFT vs DPO on the same pairs, each in its own process"
+    )
+    parser.add_argument("--worker-json", type=Path, help=argparse.SUPPRESS)  # a worker of --nproc or --preference
+    parser.add_argument("--preference-worker", choices=PREFERENCE_VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.nproc:
         return scaling(args)
@@ -447,6 +592,10 @@ def main() -> int:
     config = llama_config(args.tiny)
     if args.layers:
         config.num_hidden_layers = args.layers
+    if args.preference_worker:
+        return preference_worker(args, args.preference_worker, config)
+    if args.preference:
+        return preference_memory(args, config)
     variants = args.variants.split(",")
     try:
         import liger_kernel  # noqa: F401

@@ -69,6 +69,28 @@ def capital_training_rows() -> list[dict[str, str]]:
     return [{"instruction": row["question"], "input": "", "output": row["answer"]} for row in capital_rows()]
 
 
+UPBEAT = ["amber", "bright", "calm", "clear", "crisp", "eager", "fresh", "gentle", "glad", "keen", "lively", "merry"]
+GLOOMY = ["dull", "grim", "harsh", "limp", "murky", "numb", "pale", "rough", "sour", "stale", "tense", "vague"]
+PLACES = ["river", "stone", "cloud", "field", "tower", "garden", "bridge", "forest", "harbor", "meadow"]
+
+
+def preference_rows(count: int, seed: int) -> list[dict[str, str]]:
+    """Pairs with a learnable rule that a random model cannot know: after "up" the upbeat word is chosen,
+    after "down" the gloomy one. Every pair of words appears both ways round, so a model that merely
+    likes some words over others scores about 0.5, and only reading the prompt scores higher."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        key, good, bad = rng.choice(["up", "down"]), rng.choice(UPBEAT), rng.choice(GLOOMY)
+        chosen, rejected = (good, bad) if key == "up" else (bad, good)
+        rows.append(
+            {"prompt": f"{key} {rng.choice(PLACES)} {rng.choice(PLACES)}", "chosen": chosen, "rejected": rejected}
+        )
+    return rows
+
+
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -127,11 +149,14 @@ def corpus_of(rows: list[dict[str, str]]) -> list[str]:
 
 def make_quickstart(out: Path) -> tuple[Path, Path]:
     """The tiny model (its tokenizer knows the support and the capitals text) and the support dataset;
-    capitals-train.jsonl and capitals-qa.jsonl are written next to it for the evaluation examples."""
+    capitals-train.jsonl and capitals-qa.jsonl are written next to it for the evaluation examples, and
+    preference-pairs.jsonl and preference-held-out.jsonl for the preference examples."""
     rows = support_rows()
     data = write_jsonl(rows, out / "support.jsonl")
     write_jsonl(capital_training_rows(), out / "capitals-train.jsonl")
     write_jsonl(capital_rows(), out / "capitals-qa.jsonl")
+    write_jsonl(preference_rows(256, seed=1), out / "preference-pairs.jsonl")
+    write_jsonl(preference_rows(64, seed=2), out / "preference-held-out.jsonl")
     model = make_tiny_model(out / "model", corpus_of(rows) + corpus_of(capital_rows()))
     return model, data
 

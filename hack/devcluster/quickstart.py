@@ -66,7 +66,12 @@ class Quickstart:
         model, data = make_quickstart(self.workdir / "assets")
         self.minio.upload_folder(BUCKET, "models/tiny-llama", model)
         self.minio.upload_file(BUCKET, "datasets/support.jsonl", data)
-        for name in ("capitals-train.jsonl", "capitals-qa.jsonl"):
+        for name in (
+            "capitals-train.jsonl",
+            "capitals-qa.jsonl",
+            "preference-pairs.jsonl",
+            "preference-held-out.jsonl",
+        ):
             self.minio.upload_file(BUCKET, f"datasets/{name}", data.parent / name)
         self._storage_secret()
         if not run_operator:

@@ -75,6 +75,33 @@ REJECTED = [
         "spec.distributed.timeoutSeconds",
     ),
     ("unknown strategy", {**quick_spec("success"), "distributed": {"strategy": "zero3"}}, "spec.distributed.strategy"),
+    # Preference training (dpo, orpo): each names the field at fault.
+    ("unknown objective", _spec("objective", "ppo"), "spec.objective"),
+    ("preference with sft", _spec("preference", {"beta": 0.2}), "preference settings apply only to objective dpo"),
+    ("pairs with sft", _spec("dataset.format", "preference"), "dataset.format preference (chosen/rejected pairs)"),
+    (
+        "dpo on alpaca",
+        {**_spec("dataset.format", "alpaca"), "objective": "dpo"},
+        "objective dpo and orpo train on preference pairs",
+    ),
+    (
+        "loss type with orpo",
+        {**quick_spec("success"), "objective": "orpo", "preference": {"lossType": "ipo"}},
+        "preference.lossType applies only to objective dpo",
+    ),
+    ("unknown loss type", {**quick_spec("success"), "objective": "dpo", "preference": {"lossType": "ppo"}}, "lossType"),
+    ("zero beta", {**quick_spec("success"), "objective": "dpo", "preference": {"beta": 0}}, "spec.preference.beta"),
+    (
+        "prompt as long as the sequence",
+        {**_spec("training.maxSeqLength", 256), "objective": "dpo", "preference": {"maxPromptLength": 256}},
+        "preference.maxPromptLength must be below training.maxSeqLength",
+    ),
+    (
+        "dpo under fsdp",
+        {**_spec("resources.gpus", 2), "objective": "dpo", "distributed": {"strategy": "fsdp"}},
+        "fsdp is not supported with them yet",
+    ),
+    ("adapter from ftp", {**quick_spec("success"), "adapter": {"uri": "ftp://x/y"}}, "spec.adapter.uri"),
 ]
 
 

@@ -75,6 +75,13 @@ INVALID_SPECS = [
     ({**MINIMAL_SPEC, "learningRate": 1e-4}, "spec.learningRate"),
     ({"dataset": MINIMAL_SPEC["dataset"]}, "spec.baseModel"),
     (_with("dataset.uri", "s3://" + "x" * 3000), "spec.dataset.uri"),
+    # Preference training.
+    ({**MINIMAL_SPEC, "preference": {"beta": 0.2}}, "spec.preference"),
+    (_with("dataset.format", "preference"), "spec.dataset.format"),
+    ({**_with("dataset.format", "chat"), "objective": "orpo"}, "spec.dataset.format"),
+    ({**MINIMAL_SPEC, "objective": "orpo", "preference": {"lossType": "ipo"}}, "spec.preference.lossType"),
+    ({**MINIMAL_SPEC, "objective": "dpo", "preference": {"maxPromptLength": 4096}}, "spec.preference.maxPromptLength"),
+    ({**MINIMAL_SPEC, "objective": "dpo", "preference": {"beta": -1}}, "spec.preference.beta"),
 ]
 
 
@@ -112,6 +119,14 @@ def test_evalrun_minimal_is_valid() -> None:
         ({"model": EVAL_MODEL, "benchmarks": [{**BENCH, "metrics": ["perplexity"]}]}, "spec.benchmarks.0.metrics"),
         ({"model": EVAL_MODEL, "benchmarks": [{**BENCH, "metrics": ["faithfulness"]}]}, "spec.benchmarks.0.metrics"),
         ({"model": EVAL_MODEL, "benchmarks": [BENCH], "thresholds": {"accuracy": 0.5}}, "spec.thresholds.accuracy"),
+        (
+            {"model": EVAL_MODEL, "benchmarks": [{**BENCH, "metrics": ["preference_accuracy"]}]},
+            "spec.benchmarks.0.metrics",
+        ),
+        (
+            {"model": EVAL_MODEL, "benchmarks": [{**BENCH, "task": "preference", "metrics": ["f1"]}]},
+            "spec.benchmarks.0.metrics",
+        ),
     ],
 )
 def test_invalid_evalrun_is_rejected_with_the_field_named(spec: dict[str, Any], field: str) -> None:

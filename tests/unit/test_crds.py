@@ -88,7 +88,7 @@ def test_crd_names_columns_and_subresources() -> None:
     assert crd["spec"]["names"]["categories"] == ["finetune"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Progress", "Loss", "Adapter", "Eval", "Ranks", "Tokens/s", "Age"]
+    assert columns == ["Phase", "Progress", "Loss", "Adapter", "Eval", "Objective", "Ranks", "Tokens/s", "Age"]
     evalrun = crdgen.build_crd(KINDS[1])
     assert [c["name"] for c in evalrun["spec"]["versions"][0]["additionalPrinterColumns"]] == [
         "Phase",

@@ -118,11 +118,12 @@ def _run(args: argparse.Namespace, workdir: Path) -> TrainerResult | None:
         reporter = ProgressReporter(evaluation.resource)
         return EvaluationRecipe(evaluation, workdir, os.environ, reporter).run()
     run = load_run_spec(args.spec, os.environ)
+    from .recipes.preference import PreferenceRecipe
     from .recipes.sft import SFTRecipe
 
     # Only global rank 0 reports progress: one writer, and the figures are the group's (tokens summed).
     reporter = ProgressReporter(run.resource if Ranks.from_env(os.environ).main else None)
-    recipe = SFTRecipe(run, workdir, os.environ, reporter)
+    recipe = (SFTRecipe if run.job.objective == "sft" else PreferenceRecipe)(run, workdir, os.environ, reporter)
     if args.command == "prepare":
         print(recipe.setup_data().summary())
         return None

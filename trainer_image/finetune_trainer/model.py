@@ -125,9 +125,12 @@ def apply_fused_kernels(model: Any, device: Device) -> bool:
     return True
 
 
-def apply_lora(model: Any, lora: LoraSettings) -> Any:
-    from peft import LoraConfig, get_peft_model
+def apply_lora(model: Any, lora: LoraSettings, adapter: Path | None = None) -> Any:
+    """A new adapter of shape `lora`, or the published `adapter` to train further (its own shape kept)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
     targets: str | list[str] = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
     return get_peft_model(
         model,
@@ -165,6 +168,7 @@ def setup_model(
     lora: LoraSettings,
     packing: bool,
     gradient_checkpointing: bool,
+    adapter: Path | None = None,
     trust_remote_code: bool = False,
     fused_kernels: bool = True,
     fast_paths: bool = True,
@@ -189,7 +193,7 @@ def setup_model(
     model = prepare_for_training(model, gradient_checkpointing, reentrant=fast_paths and device.kind == "cpu")
     fused = fused_kernels and apply_fused_kernels(model, device)
     loss_logits_only = loss_positions and packing and not fused and head_takes_positions(model)
-    model = apply_lora(model, lora)
+    model = apply_lora(model, lora, adapter)
     if fast:
         fastpath.use_mask_dropout(model)
     return ModelSetup(model, fused, fast, hosted, loss_logits_only)

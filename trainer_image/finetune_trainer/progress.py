@@ -43,6 +43,10 @@ class TrainerProgress:
         if losses:
             fields["loss"] = round(float(losses[-1]["loss"]), 6)
             fields["learningRate"] = float(losses[-1].get("learning_rate", 0.0))
+        rewards = [h for h in state.log_history if "rewards/accuracies" in h]
+        if rewards:  # TRL's preference trainers log them (dpo, orpo)
+            fields["rewardAccuracy"] = round(float(rewards[-1]["rewards/accuracies"]), 4)
+            fields["rewardMargin"] = round(float(rewards[-1].get("rewards/margins", 0.0)), 6)
         evals = [h for h in state.log_history if "eval_loss" in h]
         if evals:
             fields["evalLoss"] = round(float(evals[-1]["eval_loss"]), 6)

@@ -71,6 +71,7 @@ FINETUNEJOB = Kind(
         PrinterColumn("Loss", ".status.progress.loss", "number", "Latest training loss."),
         PrinterColumn("Adapter", ".status.adapter.uri", "string", "URI of the published adapter."),
         PrinterColumn("Eval", ".status.evaluation.passed", "boolean", "Whether the adapter passed its evaluation.", 1),
+        PrinterColumn("Objective", ".spec.objective", "string", "sft, dpo or orpo.", 1),
         PrinterColumn("Ranks", ".status.worldSize", "integer", "Training processes: nodes x processes per pod.", 1),
         PrinterColumn("Tokens/s", ".status.progress.tokensPerSecond", "number", "Throughput summed over ranks.", 1),
         _AGE,

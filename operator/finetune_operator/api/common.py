@@ -61,6 +61,15 @@ class ModelSource(ApiModel):
     __rules__ = (remote_secret_rule(),)
 
 
+class AdapterSource(ApiModel):
+    """A published PEFT adapter."""
+
+    uri: Uri = Field(description="Prefix holding the adapter (with its manifest.json). " + URI_HELP)
+    secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
+
+    __rules__ = (remote_secret_rule(),)
+
+
 class Quantization(ApiModel):
     """bitsandbytes quantization of the frozen base weights (QLoRA)."""
 

@@ -132,7 +132,7 @@ class CleanupRunSpec(ApiModel):
 class EvaluationOutcome(ApiModel):
     """An evaluation's figures, bounded to fit the termination message (the report holds everything)."""
 
-    summary: list[MetricSummary] = Field(max_length=6, description="Per-metric means (what thresholds check).")
+    summary: list[MetricSummary] = Field(max_length=8, description="Per-metric means (what thresholds check).")
     results: list[MetricResult] = Field(
         default_factory=list, max_length=200, description="Per-benchmark scores, as many as fit."
     )

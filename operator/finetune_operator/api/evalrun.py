@@ -8,7 +8,7 @@ from pydantic import Field, StringConstraints
 
 from .common import (
     QUEUE_AND_SUSPEND,
-    URI_HELP,
+    AdapterSource,
     Condition,
     ImageRef,
     ModelSource,
@@ -16,8 +16,6 @@ from .common import (
     Quantization,
     Resources,
     SecretRef,
-    Uri,
-    remote_secret_rule,
 )
 from .evaluation import EvaluationSettings, MetricResult, MetricSummary
 from .schema import DNS_LABEL, ApiModel, ObjectName, Rule
@@ -28,15 +26,6 @@ class LocalRef(ApiModel):
     """A resource in the same namespace."""
 
     name: ObjectName = Field(description="Name of the resource in this namespace.")
-
-
-class AdapterSource(ApiModel):
-    """A published PEFT adapter."""
-
-    uri: Uri = Field(description="Prefix holding the adapter (with its manifest.json). " + URI_HELP)
-    secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
-
-    __rules__ = (remote_secret_rule(),)
 
 
 class EvalModel(ApiModel):

@@ -15,8 +15,27 @@ from pydantic import Field, StringConstraints
 from .common import URI_HELP, Phase, Resources, SecretRef, Uri, remote_secret_rule
 from .schema import DNS_LABEL, ApiModel, Rule
 
-Metric = Literal["exact_match", "f1", "bleu", "rouge_l", "perplexity", "faithfulness"]
-METRICS: tuple[str, ...] = ("exact_match", "f1", "bleu", "rouge_l", "perplexity", "faithfulness")
+Metric = Literal[
+    "exact_match",
+    "f1",
+    "bleu",
+    "rouge_l",
+    "perplexity",
+    "faithfulness",
+    "preference_accuracy",
+    "preference_accuracy_raw",
+]
+METRICS: tuple[str, ...] = (
+    "exact_match",
+    "f1",
+    "bleu",
+    "rouge_l",
+    "perplexity",
+    "faithfulness",
+    "preference_accuracy",
+    "preference_accuracy_raw",
+)
+PREFERENCE_METRICS: tuple[str, ...] = ("preference_accuracy", "preference_accuracy_raw")
 LOWER_IS_BETTER: frozenset[str] = frozenset({"perplexity"})
 
 
@@ -37,6 +56,15 @@ class BenchmarkDataset(ApiModel):
     text_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
         default="text", description="Column with the text to score (perplexity)."
     )
+    prompt_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        default="prompt", description="Column with the prompt of a pair (preference)."
+    )
+    chosen_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        default="chosen", description="Column with the preferred response (preference)."
+    )
+    rejected_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        default="rejected", description="Column with the dispreferred response (preference)."
+    )
 
     __rules__ = (remote_secret_rule(),)
 
@@ -48,19 +76,23 @@ class Benchmark(ApiModel):
         description="Name used in results and reports."
     )
     dataset: BenchmarkDataset = Field(description="The evaluation data.")
-    task: Literal["qa", "completion", "perplexity"] = Field(
+    task: Literal["qa", "completion", "perplexity", "preference"] = Field(
         description="`qa`: generate answers, compare to references. `completion`: generate continuations. "
-        "`perplexity`: score the text itself."
+        "`perplexity`: score the text itself. `preference`: on held-out prompt/chosen/rejected pairs, how often "
+        "the model gives the chosen response the higher log-probability."
     )
     metrics: list[Metric] = Field(
         min_length=1,
-        max_length=6,
+        max_length=8,
         description="Metrics to compute, each from 0 to 1 except perplexity. Generation tasks: `exact_match` and "
         "`f1` (SQuAD normalisation: lower case, no punctuation, articles or extra spaces; token-overlap F1), `bleu` "
         "(sacreBLEU corpus BLEU / 100), `rouge_l` (ROUGE-L F-measure, rouge-score). `faithfulness` (qa with a "
         "context column): share of answer tokens that occur in the source passage; 1 - faithfulness is a simple "
         "hallucination-rate proxy. `perplexity` (perplexity task): exp of the mean token negative log-likelihood, "
-        "lower is better.",
+        "lower is better. Preference task: `preference_accuracy`, the share of pairs whose chosen response has "
+        "the higher mean log-probability per token (length-normalised, so a longer answer is not penalised for "
+        "its length), and `preference_accuracy_raw`, the same on summed log-probabilities (what DPO's implicit "
+        "reward compares); a tie counts half.",
     )
     chat_template: bool = Field(
         default=True,
@@ -79,6 +111,12 @@ class Benchmark(ApiModel):
             check=lambda b: (
                 all(m == "perplexity" for m in b.metrics) if b.task == "perplexity" else "perplexity" not in b.metrics
             ),
+            field="metrics",
+        ),
+        Rule(
+            cel="(self.task == 'preference') == self.metrics.all(m, m.startsWith('preference_accuracy'))",
+            message="the preference_accuracy metrics go with task preference, and only they",
+            check=lambda b: (b.task == "preference") == all(m in PREFERENCE_METRICS for m in b.metrics),
             field="metrics",
         ),
         Rule(
@@ -112,7 +150,7 @@ class EvaluationSettings(ApiModel):
         default_factory=dict,
         description="Pass/fail gate per metric, on its mean over the benchmarks that compute it: a minimum, or a "
         "maximum for perplexity. The Passed condition names the metrics that missed.",
-        json_schema_extra={"maxProperties": 6},
+        json_schema_extra={"maxProperties": 8},
     )
 
     __rules__: ClassVar[tuple[Rule, ...]] = (

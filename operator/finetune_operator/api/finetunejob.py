@@ -9,6 +9,7 @@ from pydantic import Field, StringConstraints
 from .common import (
     QUEUE_AND_SUSPEND,
     URI_HELP,
+    AdapterSource,
     ImageRef,
     ModelSource,
     Quantization,
@@ -36,6 +37,12 @@ class ColumnMapping(ApiModel):
         default=None, description="Column holding the completion-format `completion`."
     )
     text: ColumnName | None = Field(default=None, description="Column holding raw `text` for plain language modelling.")
+    chosen: ColumnName | None = Field(
+        default=None, description="Column holding the preferred response of a `preference` pair."
+    )
+    rejected: ColumnName | None = Field(
+        default=None, description="Column holding the dispreferred response of a `preference` pair."
+    )
 
 
 class Refinement(ApiModel):
@@ -70,10 +77,12 @@ class DatasetSource(ApiModel):
 
     uri: Uri = Field(description="Location of the dataset file or folder. " + URI_HELP)
     secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
-    format: Literal["auto", "alpaca", "chat", "completion", "text"] = Field(
+    format: Literal["auto", "alpaca", "chat", "completion", "text", "preference"] = Field(
         default="auto",
         description="Example layout: `alpaca` (instruction/input/output), `chat` (messages), `completion` "
-        "(prompt/completion), `text` (raw text), or `auto` to detect it from the columns.",
+        "(prompt/completion), `text` (raw text), `preference` (prompt/chosen/rejected, for objective dpo or "
+        "orpo; chosen and rejected may be message lists, and without a prompt column their shared leading "
+        "turns are the prompt), or `auto` to detect it from the columns.",
     )
     columns: ColumnMapping | None = Field(
         default=None, description="Rename the dataset's columns onto the format's fields."
@@ -153,7 +162,8 @@ class TrainingSettings(ApiModel):
     packing: bool = Field(
         default=True,
         description="Pack examples into sequences without padding (padding-free, with per-example attention "
-        "boundaries); faster and lighter, same loss.",
+        "boundaries); faster and lighter, same loss. Objective sft only: dpo and orpo pad each pair (TRL's "
+        "preference trainers).",
     )
     gradient_checkpointing: bool = Field(
         default=True, description="Recompute activations in the backward pass: much less memory, ~20-30% slower."
@@ -265,6 +275,39 @@ class Distributed(ApiModel):
     )
 
 
+Objective = Literal["sft", "dpo", "orpo"]
+PREFERENCE_OBJECTIVES: frozenset[str] = frozenset({"dpo", "orpo"})
+
+
+class PreferenceSettings(ApiModel):
+    """How a preference objective (dpo, orpo) weighs chosen against rejected responses (TRL's trainers)."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=100,
+        description="dpo: how far the tuned model may move from the reference (higher stays closer; TRL's "
+        "default 0.1). orpo: the weight of the odds-ratio term beside the chosen response's language-model "
+        "loss (the ORPO paper's lambda; 0.1 there, 0.5-1 for small preference sets).",
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down", "sppo_hard", "nca_pair"] | None = (
+        Field(
+            default=None,
+            description="dpo only: the preference loss (unset: `sigmoid`, the DPO paper's). `ipo` regularises "
+            "against overfitting a small set, `robust` tolerates noisy labels, `apo_zero`/`apo_down` anchor "
+            "the chosen responses' likelihood.",
+        )
+    )
+    max_prompt_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=131072,
+        description="Drop pairs whose prompt is longer than this many tokens (counted in the dataset summary); "
+        "unset: pairs are only cut to training.maxSeqLength, at the end of the responses. Must be below "
+        "training.maxSeqLength so every kept pair has response tokens.",
+    )
+
+
 def _ranks_per_node(spec: FineTuneJobSpec) -> int:
     return spec.distributed.processes_per_node or max(spec.resources.gpus, 1)
 
@@ -311,11 +354,73 @@ DISTRIBUTED_RULES = (
 )
 
 
+PREFERENCE_RULES = (
+    Rule(
+        cel="!has(self.preference) || self.objective != 'sft'",
+        message="preference settings apply only to objective dpo or orpo",
+        check=lambda s: s.preference is None or s.objective != "sft",
+        field="preference",
+    ),
+    Rule(
+        cel="self.objective != 'sft' || self.dataset.format != 'preference'",
+        message="dataset.format preference (chosen/rejected pairs) needs objective dpo or orpo",
+        check=lambda s: s.objective != "sft" or s.dataset.format != "preference",
+        field="dataset.format",
+    ),
+    Rule(
+        cel="self.objective == 'sft' || self.dataset.format == 'auto' || self.dataset.format == 'preference'",
+        message="objective dpo and orpo train on preference pairs: set dataset.format to preference (or auto)",
+        check=lambda s: s.objective == "sft" or s.dataset.format in ("auto", "preference"),
+        field="dataset.format",
+    ),
+    Rule(
+        cel="!has(self.preference) || !has(self.preference.lossType) || self.objective == 'dpo'",
+        message="preference.lossType applies only to objective dpo (orpo has one loss)",
+        check=lambda s: s.preference is None or s.preference.loss_type is None or s.objective == "dpo",
+        field="preference.lossType",
+    ),
+    Rule(
+        cel="!has(self.preference) || !has(self.preference.maxPromptLength) || "
+        "self.preference.maxPromptLength < self.training.maxSeqLength",
+        message="preference.maxPromptLength must be below training.maxSeqLength, or no response token fits",
+        check=lambda s: (
+            s.preference is None
+            or s.preference.max_prompt_length is None
+            or s.preference.max_prompt_length < s.training.max_seq_length
+        ),
+        field="preference.maxPromptLength",
+    ),
+    Rule(
+        cel="self.objective == 'sft' || self.distributed.strategy != 'fsdp'",
+        message="objective dpo and orpo run on distributed.strategy ddp; fsdp is not supported with them yet",
+        check=lambda s: s.objective == "sft" or s.distributed.strategy != "fsdp",
+        field="distributed.strategy",
+    ),
+)
+
+
 class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what data, how, and on which hardware."""
 
     base_model: ModelSource = Field(description="The model to adapt.")
+    adapter: AdapterSource | None = Field(
+        default=None,
+        description="Start from this published adapter (e.g. an earlier FineTuneJob's `status.adapter.uri`) "
+        "instead of a new one, and train it further; its own shape (rank, alpha, target modules) is kept, so "
+        "`lora` is not used. With objective dpo it is also the reference policy: SFT, then DPO from the SFT "
+        "adapter, is the common recipe.",
+    )
     dataset: DatasetSource = Field(description="The training data.")
+    objective: Objective = Field(
+        default="sft",
+        description="What the adapter learns. `sft`: supervised fine-tuning on the responses. `dpo`: Direct "
+        "Preference Optimization on chosen/rejected pairs; the reference model is the same loaded base with the "
+        "starting adapter (no second copy in memory). `orpo`: Odds Ratio Preference Optimization, which needs no "
+        "reference model at all. dpo and orpo run TRL's trainers.",
+    )
+    preference: PreferenceSettings | None = Field(
+        default=None, description="Settings of objective dpo or orpo (unset: their defaults)."
+    )
     method: Literal["qlora", "lora"] = Field(
         default="qlora",
         description="`qlora`: LoRA on a 4/8-bit quantized frozen base (least memory). `lora`: LoRA on the "
@@ -374,7 +479,12 @@ class FineTuneJobSpec(ApiModel):
         ),
         QUEUE_AND_SUSPEND,
         *DISTRIBUTED_RULES,
+        *PREFERENCE_RULES,
     )
+
+    @property
+    def effective_preference(self) -> PreferenceSettings:
+        return self.preference or PreferenceSettings()
 
     @property
     def ranks_per_node(self) -> int:

@@ -21,6 +21,16 @@ class Progress(ApiModel):
     loss: float | None = Field(default=None, description="Latest training loss.")
     eval_loss: float | None = Field(default=None, description="Latest validation loss.")
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    reward_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="dpo/orpo: share of the latest batches' pairs where the chosen response out-scored the "
+        "rejected one (TRL's rewards/accuracies).",
+    )
+    reward_margin: float | None = Field(
+        default=None, description="dpo/orpo: mean reward of chosen minus rejected (TRL's rewards/margins)."
+    )
     tokens_per_second: float | None = Field(
         default=None, ge=0, description="Training throughput over the last interval."
     )

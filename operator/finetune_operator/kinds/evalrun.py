@@ -18,8 +18,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import EVALRUN, FINETUNEJOB, TERMINAL_PHASES, Kind, format_validation_error
+from ..api.common import AdapterSource
 from ..api.contract import TrainerResult
-from ..api.evalrun import AdapterSource, EvalRunSpec, ResolvedModel
+from ..api.evalrun import EvalRunSpec, ResolvedModel
 from ..api.evaluation import MetricSummary, judge
 from ..api.finetunejob import FineTuneJobSpec
 from ..attempts import Observed, Workload, event_for, invalid, observe, plan_attempts

@@ -268,6 +268,10 @@ def build_training_job(
         *secret_env("DATASET", spec.dataset.uri, spec.dataset.secret_ref, settings.storage_credentials),
         *secret_env("OUTPUT", output.uri, spec.output.secret_ref, settings.storage_credentials),
     ]
+    sources = [(spec.base_model.uri, False), (spec.dataset.uri, False)]
+    if spec.adapter is not None:
+        secrets += secret_env("ADAPTER", spec.adapter.uri, spec.adapter.secret_ref, settings.storage_credentials)
+        sources.append((spec.adapter.uri, False))
     return build_job(
         owner,
         attempt,
@@ -276,7 +280,7 @@ def build_training_job(
             run_spec=run_spec,
             image=run_spec.trainer_image,
             secrets=secrets,
-            pvc_uris=[(spec.base_model.uri, False), (spec.dataset.uri, False), (output.uri, True)],
+            pvc_uris=[*sources, (output.uri, True)],
             resources=spec.resources,
             queue_name=spec.queue_name,
             suspend=spec.suspend,

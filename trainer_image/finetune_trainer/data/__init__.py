@@ -52,6 +52,11 @@ def load_examples(path: Path, spec: DatasetSource) -> tuple[list[Example], Refin
     if first is None:
         raise InputError(f"{describe(path)}: the dataset is empty")
     fmt: Format = detect_format(first, spec.columns) if spec.format == "auto" else spec.format
+    if fmt == "preference":
+        raise InputError(
+            f"{first.where()}: these are preference pairs (chosen/rejected); train them with spec.objective dpo or "
+            "orpo, or give spec.dataset.format for an SFT layout"
+        )
     examples = (normalise(row, fmt, spec.columns) for row in chain([first], rows))
     kept, report = refine(examples, spec.refine)
     if not kept:

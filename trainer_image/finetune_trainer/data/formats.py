@@ -1,7 +1,8 @@
 """Normalise rows of any supported layout into one of three example shapes, checking every field.
 
 alpaca (instruction/input/output) and completion (prompt/completion) become prompt/response pairs;
-chat rows keep their messages; text rows stay raw text.
+chat rows keep their messages; text rows stay raw text. Preference rows (prompt/chosen/rejected) are
+detected here too, and read by data/preference.py.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from finetune_operator.api.finetunejob import ColumnMapping
 from ..errors import InputError
 from .load import Row
 
-Format = Literal["alpaca", "chat", "completion", "text"]
+Format = Literal["alpaca", "chat", "completion", "text", "preference"]
 ROLES = ("system", "user", "assistant")
 _REQUIRED: dict[str, tuple[str, ...]] = {
+    "preference": ("chosen", "rejected"),
     "chat": ("messages",),
     "alpaca": ("instruction", "output"),
     "completion": ("prompt", "completion"),
@@ -54,9 +56,9 @@ def column(columns: ColumnMapping | None, field: str) -> str:
 
 
 def detect_format(row: Row, columns: ColumnMapping | None) -> Format:
-    """The first layout whose required columns the first row has (chat, alpaca, completion, text)."""
-    for fmt in ("chat", "alpaca", "completion", "text"):
-        if all(column(columns, f) in row.data for f in _REQUIRED[fmt]):
+    """The first layout whose required columns the first row has (preference, chat, alpaca, completion, text)."""
+    for fmt, fields in _REQUIRED.items():
+        if all(column(columns, f) in row.data for f in fields):
             return fmt  # type: ignore[return-value]
     expected = "; ".join(f"{fmt}: {', '.join(fields)}" for fmt, fields in _REQUIRED.items())
     raise InputError(
@@ -86,8 +88,8 @@ def _quote(value: Any) -> str:
     return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
 
 
-def _messages(row: Row, columns: ColumnMapping | None) -> tuple[tuple[str, str], ...]:
-    name = column(columns, "messages")
+def messages_of(row: Row, name: str, last_from_assistant: bool = True) -> tuple[tuple[str, str], ...]:
+    """The {role, content} list in column `name`, each message checked; the first bad one is named."""
     value: Any = row.data.get(name)
     if not isinstance(value, Sequence) or isinstance(value, str) or not value:
         raise InputError(f"{row.where()}: field '{name}' must be a non-empty list of {{role, content}} messages")
@@ -104,7 +106,7 @@ def _messages(row: Row, columns: ColumnMapping | None) -> tuple[tuple[str, str],
                 f" its role is {_quote(message.get('role'))}"
             )
         messages.append((message["role"], message["content"]))
-    if messages[-1][0] != "assistant":
+    if last_from_assistant and messages[-1][0] != "assistant":
         raise InputError(
             f"{row.where()}: the last message of '{name}' must be from the assistant (the training target)"
         )
@@ -113,7 +115,7 @@ def _messages(row: Row, columns: ColumnMapping | None) -> tuple[tuple[str, str],
 
 def normalise(row: Row, fmt: Format, columns: ColumnMapping | None) -> Example:
     if fmt == "chat":
-        return Example(kind="chat", messages=_messages(row, columns))
+        return Example(kind="chat", messages=messages_of(row, column(columns, "messages")))
     if fmt == "alpaca":
         instruction = _string(row, columns, "instruction")
         context = _string(row, columns, "input", required=False)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from finetune_operator.api.finetunejob import Refinement
 
-from .formats import Example
+
+class Refinable(Hashable, Protocol):
+    """An SFT example or a preference pair: hashable (dedupe), with the text the length rules measure."""
+
+    def content(self) -> str: ...
+
+    def response(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=Refinable)
 
 
 @dataclass
@@ -28,10 +38,13 @@ class RefineReport:
         return text
 
 
-def refine(examples: Iterable[Example], rules: Refinement) -> tuple[list[Example], RefineReport]:
-    report = RefineReport()
-    seen: set[Example] = set()
-    kept: list[Example] = []
+def refine(
+    examples: Iterable[Item], rules: Refinement, report: RefineReport | None = None
+) -> tuple[list[Item], RefineReport]:
+    """Apply the rules in order; `report` may already count rows dropped before (preference.py's bad pairs)."""
+    report = report or RefineReport()
+    seen: set[Item] = set()
+    kept: list[Item] = []
     for example in examples:
         report.read += 1
         size = len(example.content())

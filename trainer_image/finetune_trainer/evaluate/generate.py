@@ -1,4 +1,4 @@
-"""Batched generation and perplexity: the two ways a benchmark runs a model.
+"""Batched generation, perplexity and answer log-probabilities: the ways a benchmark runs a model.
 
 Generation pads on the left (decoder-only models continue from the last position, so every
 prompt must end there) and groups prompts of similar length into a batch, which keeps padding,
@@ -122,3 +122,36 @@ def negative_log_likelihood(
         count += int((targets != -100).sum())
         on_batch(len(chunk))
     return total, count
+
+
+def answer_log_probs(
+    model: Any,
+    prompter: Prompter,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    batch_size: int,
+) -> list[tuple[float, int]]:
+    """(summed log-probability, tokens) of each answer after its prompt, rendered as the trainer renders
+    a prompt: what a preference benchmark compares between the chosen and the rejected response."""
+    import torch
+
+    tokenizer = prompter.tokenizer
+    tokenizer.padding_side = "right"
+    device = next(model.parameters()).device
+    special = prompter.add_special_tokens
+    results: list[tuple[float, int]] = []
+    for start in range(0, len(prompts), batch_size):
+        rendered = [prompter.render(p) for p in prompts[start : start + batch_size]]
+        texts = [r + a for r, a in zip(rendered, answers[start : start + batch_size], strict=True)]
+        starts = [len(tokenizer(r, add_special_tokens=special)["input_ids"]) for r in rendered]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(device)
+        with torch.inference_mode():
+            logits = model(**batch).logits.float()
+        # Position t predicts token t + 1.
+        token_logps = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        for row, first in enumerate(starts):
+            end = int(batch["attention_mask"][row].sum())
+            span = token_logps[row, first - 1 : end - 1]
+            results.append((float(span.sum()), int(span.numel())))
+    return results

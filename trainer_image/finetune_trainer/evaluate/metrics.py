@@ -106,3 +106,23 @@ def score_generations(
         elif metric != "perplexity":
             totals[metric] = mean([sample[metric] for sample in per_sample if metric in sample])
     return totals, per_sample
+
+
+LogProb = tuple[float, int]
+"""An answer's summed log-probability and its number of tokens."""
+
+
+def preferred(chosen: LogProb, rejected: LogProb, normalised: bool) -> float:
+    """1 when the chosen answer has the higher log-probability (per token when `normalised`, so the
+    longer answer is not penalised for its length), 0 when the rejected one has, and 0.5 for a tie."""
+    if normalised:
+        c, r = chosen[0] / max(chosen[1], 1), rejected[0] / max(rejected[1], 1)
+    else:
+        c, r = chosen[0], rejected[0]
+    return 1.0 if c > r else 0.5 if c == r else 0.0
+
+
+def preference_accuracy(chosen: Sequence[LogProb], rejected: Sequence[LogProb], normalised: bool) -> float:
+    """Share of pairs where the chosen answer is preferred (see `preferred`)."""
+    wins = [preferred(c, r, normalised) for c, r in zip(chosen, rejected, strict=True)]
+    return mean(wins)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from finetune_operator.api.evalrun import Report
 from finetune_operator.api.evaluation import Benchmark, MetricResult, judge, summarize
 
 from ..evaluate.benchmarks import Rows, read_benchmark
-from ..evaluate.generate import Prompter, generate, negative_log_likelihood
-from ..evaluate.metrics import perplexity, score_generations
+from ..evaluate.generate import Prompter, answer_log_probs, generate, negative_log_likelihood
+from ..evaluate.metrics import perplexity, preference_accuracy, preferred, score_generations
 from ..evaluate.reports import build_document, write_reports
 from ..inputs import Stores, fetch_model
 from ..model import device_for, load_base_model, load_tokenizer
@@ -121,9 +121,30 @@ class EvaluationRecipe:
             )
             return {"perplexity": perplexity(nll, tokens)}, []
         prompter = Prompter(self.tokenizer, benchmark.chat_template)
+        if benchmark.task == "preference":
+            return self._preference(prompter, rows, advance)
         predictions = generate(self.model, prompter, rows.inputs, self.spec.generation, on_batch=advance)
         totals, _ = score_generations(benchmark.metrics, predictions, rows.references, rows.sources)
         return totals, predictions
+
+    def _preference(
+        self, prompter: Prompter, rows: Rows, advance: Callable[[int], None]
+    ) -> tuple[dict[str, float], list[str]]:
+        """Both preference accuracies, and which side the model preferred per pair (the report's samples)."""
+        assert rows.rejected is not None
+        size = self.spec.generation.batch_size
+        chosen = answer_log_probs(self.model, prompter, rows.inputs, rows.references, batch_size=size)
+        rejected = answer_log_probs(self.model, prompter, rows.inputs, rows.rejected, batch_size=size)
+        advance(len(rows.inputs))
+        sides = [
+            "chosen" if preferred(c, r, normalised=True) >= 0.5 else "rejected"
+            for c, r in zip(chosen, rejected, strict=True)
+        ]
+        totals = {
+            "preference_accuracy": preference_accuracy(chosen, rejected, normalised=True),
+            "preference_accuracy_raw": preference_accuracy(chosen, rejected, normalised=False),
+        }
+        return totals, sides
 
     def score(self) -> tuple[list[MetricResult], dict[str, list[dict[str, Any]]]]:
         results: list[MetricResult] = []

@@ -1,297 +1,82 @@
-"""Supervised fine-tuning (QLoRA/LoRA) of a causal LM: the `finetune-trainer train` recipe.
+"""Supervised fine-tuning (QLoRA/LoRA) of a causal LM: the `finetune-trainer train` recipe for objective sft.
 
     recipe = SFTRecipe(run, workdir, environ, reporter)
     result = recipe.run()   # setup (inputs, tokenizer, data, model) -> train (resume, OOM backoff) -> publish
 
-One code path for CPU and GPU. Only the LoRA adapter trains; it is saved in PEFT's own format so any
-PEFT or vLLM user can load it.
+What is SFT's own: the data pipeline (formats, refinement, chat-template rendering with the loss on
+the responses, packing) and transformers' Trainer with the packed collator. The lifecycle around
+them is training.AdapterTraining, shared with the preference recipe.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
 
-from .. import distributed
-from ..callbacks import CheckpointSync, GracefulStop, ProgressCallback
-from ..checkpoints import CheckpointSyncer, checkpoint_name, fetch_checkpoint, newest_checkpoint
 from ..data import PreparedData, prepare
-from ..errors import InputError, Interrupted, OutOfMemory
-from ..inputs import FetchedModel, Stores, fetch_model
-from ..model import ModelSetup, device_for, load_tokenizer, make_collator, resolve_optimizer, setup_model
-from ..progress import StopRequest, TrainerProgress
-from ..publish import adapter_result, publish_adapter, publish_merged
+from ..model import make_collator
 from ..report import ProgressReporter
-from ..storage import fetch, join
-
-log = logging.getLogger("finetune_trainer")
+from ..training import AdapterTraining, TrainerParts
 
 
 class SFTRecipe:
     def __init__(
         self, run: TrainingRunSpec, workdir: Path, environ: Mapping[str, str], reporter: ProgressReporter
     ) -> None:
-        self.run_spec = run
         self.spec = run.job
-        self.workdir = workdir
-        self.stores = Stores(run.storage, environ)
-        self.ranks = distributed.Ranks.from_env(environ)
-        self.device = device_for(self.spec.quantization, self.ranks.local_rank)
-        if self.device.kind == "cpu" and self.device.dtype_name == "float16":
-            raise InputError(
-                "quantization.computeDtype float16 is not supported on CPU; use auto or float32", reason="InvalidSpec"
-            )
-        self.batch_size = self.spec.training.batch_size
-        self.accumulation = self.spec.training.gradient_accumulation_steps
-        self.progress = TrainerProgress(reporter)
-        self.stop = StopRequest()
-        self.agreed_stop = distributed.AgreedStop(self.stop)
-        self.sharded = self.ranks.distributed and self.spec.distributed.strategy == "fsdp"
-        self.started = time.monotonic()
-        self.base: FetchedModel | None = None
-        self.dataset_sha256 = ""
-        self.tokenizer: Any = None
-        self.data: PreparedData | None = None
-        self.setup_info: ModelSetup | None = None
-        self.model: Any = None
-        self.trainer: Any = None
-        self.resume: tuple[int, Path] | None = None
-
-    # --- lifecycle -----------------------------------------------------------------------------
+        self.training = AdapterTraining(
+            run,
+            workdir,
+            environ,
+            reporter,
+            prepare=self._prepare,
+            make_trainer=self._trainer,
+            packing=self.spec.training.packing,
+        )
 
     def run(self) -> TrainerResult:
-        self.started = time.monotonic()
-        self.stop.install()
-        distributed.init(self.ranks, self.device.kind, self.spec.distributed.timeout_seconds)
-        self.setup()
-        return self.publish(self.train())
+        return self.training.run()
 
     def setup(self) -> None:
-        self.setup_data()
-        self.setup_model()
+        self.training.setup()
 
     def setup_data(self) -> PreparedData:
-        """Fetch the base model and dataset, load the tokenizer, read and tokenise the data: all that
-        `finetune-trainer prepare` shows, and nothing that needs the model's weights in memory."""
-        self.progress.say("fetching the base model and dataset")
-        base_uri, data_uri = self.spec.base_model.uri, self.spec.dataset.uri
-        self.base = fetch_model(self.stores("BASE_MODEL", base_uri), base_uri, self.workdir / "base-model")
-        data_dir = self.workdir / "dataset"
-        self.dataset_sha256 = fetch(self.stores("DATASET", data_uri), data_uri, data_dir)
-        self.tokenizer = load_tokenizer(self.base.path, self.spec.base_model.trust_remote_code)
-        self.progress.say("preparing the dataset")
+        data: PreparedData = self.training.setup_data()
+        return data
+
+    def train(self) -> Any:
+        return self.training.train()
+
+    def publish(self, output: Any) -> TrainerResult:
+        return self.training.publish(output)
+
+    @property
+    def model(self) -> Any:
+        return self.training.model
+
+    def _prepare(self, data_dir: Path, tokenizer: Any) -> PreparedData:
         t = self.spec.training
-        self.data = prepare(
+        return prepare(
             data_dir,
             self.spec.dataset,
-            self.tokenizer,
+            tokenizer,
             max_length=t.max_seq_length,
-            batch_size=self.batch_size,
+            batch_size=self.training.batch_size,
             seed=t.seed,
             packing=t.packing,
         )
-        # In status.progress too: what was dropped or truncated is what a user asks about first.
-        self.progress.say(f"dataset: {self.data.summary()}")
-        return self.data
 
-    def setup_model(self) -> None:
-        assert self.base is not None, "setup_data() first"
-        self.progress.say("loading the base model")
-        setup = setup_model(
-            self.base.path,
-            self.device,
-            quantization=self.spec.quantization,
-            lora=self.spec.lora,
-            packing=self.spec.training.packing,
-            gradient_checkpointing=self.spec.training.gradient_checkpointing,
-            trust_remote_code=self.spec.base_model.trust_remote_code,
-            sharded=self.sharded,
+    def _trainer(self, parts: TrainerParts) -> Any:
+        from transformers import Trainer, TrainingArguments
+
+        return Trainer(
+            model=parts.model,
+            args=TrainingArguments(**parts.arguments),
+            train_dataset=parts.data.train,
+            eval_dataset=parts.data.eval,
+            data_collator=make_collator(self.spec.training.packing, parts.tokenizer, parts.setup.loss_logits_only),
+            callbacks=parts.callbacks,
         )
-        self.setup_info, self.model = setup, setup.model
-        trainable, total = self.model.get_nb_trainable_parameters()
-        log.info(
-            "model: %s on %s/%s (fused kernels: %s, CPU fast paths: %s, logits on loss positions only: %s, "
-            "input embedding in host memory: %s); %d of %d parameters on the device train (%.2f%%)",
-            type(self.model.get_base_model()).__name__,
-            self.device.kind,
-            self.device.dtype_name,
-            setup.fused_kernels,
-            setup.cpu_fast_paths,
-            setup.loss_logits_only,
-            setup.host_embeddings,
-            trainable,
-            total,
-            100 * trainable / total,
-        )
-
-    def train(self) -> Any:
-        """Train from the newest synced checkpoint, if any; the Trainer's output. After SIGTERM the
-        step in flight is checkpointed and Interrupted raised, so the next pod resumes there."""
-        checkpoints = self.run_spec.output.checkpoints_uri
-        store = self.stores("OUTPUT", checkpoints)
-        # Every rank resumes from the step rank 0 found: a checkpoint synced while the others listed
-        # would otherwise split them.
-        newest = distributed.agree(newest_checkpoint(store, checkpoints))
-        self.resume = (newest[0], fetch_checkpoint(store, checkpoints, newest[1], self.workdir)) if newest else None
-        self.stop.training = True
-        output = self._train_backing_off(str(self.resume[1]) if self.resume else None)
-        self.stop.training = False
-        if self.agreed_stop.stopped:
-            step = self.trainer.state.global_step
-            raise Interrupted(
-                f"terminated (SIGTERM) at step {step}; its checkpoint is synced to "
-                f"{join(checkpoints, checkpoint_name(step))}/ and the next pod resumes there"
-            )
-        return output
-
-    def publish(self, output: Any) -> TrainerResult:
-        assert self.base is not None and self.data is not None
-        runtime = time.monotonic() - self.started
-        # Under DDP evaluation is a collective: every rank evaluates its share, before any leaves.
-        evaluation = self.trainer.evaluate() if self.data.eval is not None else {}
-        local = self.workdir / "adapter"
-        if self.sharded:
-            # The adapter's shards are gathered into one file: a collective, on every rank.
-            self.trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-            self.trainer.save_model(str(local))
-        # Only several ranks report it (they compare it); hashing the adapter is not free on a large one.
-        weights = distributed.trainable_sha256(self.model) if self.ranks.distributed else None
-        if not self.ranks.main:
-            message = f"rank {self.ranks.rank} of {self.ranks.world_size} trained; rank 0 publishes"
-            return TrainerResult(result="succeeded", message=message, rank=self.ranks.rank, weights_sha256=weights)
-        self.progress.say("publishing the adapter")
-        out = self.run_spec.output
-        if not self.sharded:
-            self.model.save_pretrained(local)
-        self.tokenizer.save_pretrained(local)
-        store = self.stores("OUTPUT", out.adapter_uri)
-        adapter = publish_adapter(store, local, self.run_spec, self.base.revision, self.dataset_sha256)
-        merged = None
-        if self.spec.output.merge and out.merged_model_uri:
-            self.progress.say("merging the adapter into the base model")
-            merged = publish_merged(
-                self.stores("OUTPUT", out.merged_model_uri),
-                self.base.path,
-                local,
-                self.workdir / "merged",
-                out.merged_model_uri,
-                dtype_name=self.device.dtype_name,
-                tokenizer=self.tokenizer,
-                metadata=adapter.metadata,
-            )
-        result = adapter_result(
-            adapter,
-            output.metrics,
-            evaluation,
-            merged=merged,
-            state=self.trainer.state,
-            train_samples=self.data.train_examples,  # examples, not the packed rows they fill
-            truncated_examples=self.data.report.truncated,
-            runtime=runtime,
-            resumed_from_step=self.resume[0] if self.resume else None,
-            message=self.progress.note,
-        )
-        if self.ranks.distributed:
-            result = result.model_copy(update={"rank": 0, "weights_sha256": weights})
-        done = {**self.progress.fields(), "percent": 100, "message": "adapter published"}
-        self.progress.reporter.report(done, force=True)
-        return result
-
-    # --- training ------------------------------------------------------------------------------
-
-    def _arguments(self) -> Any:
-        from transformers import TrainingArguments
-
-        assert self.data is not None
-        t = self.spec.training
-        has_eval = self.data.eval is not None
-        return TrainingArguments(
-            output_dir=str(self.workdir / "run"),
-            per_device_train_batch_size=self.batch_size,
-            per_device_eval_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.accumulation,
-            learning_rate=t.learning_rate,
-            num_train_epochs=t.epochs or 1.0,
-            max_steps=t.max_steps or -1,
-            lr_scheduler_type=t.scheduler,
-            warmup_steps=t.warmup_ratio,
-            weight_decay=t.weight_decay,
-            optim=resolve_optimizer(t.optimizer, self.device),
-            logging_steps=t.logging_steps,
-            logging_first_step=True,
-            save_strategy="steps",
-            save_steps=t.save_steps,
-            save_total_limit=1,
-            eval_strategy=("steps" if t.eval_steps else "epoch") if has_eval else "no",
-            eval_steps=t.eval_steps,
-            seed=t.seed,
-            data_seed=t.seed,
-            gradient_checkpointing=False,  # already set up on the model (model.setup_model)
-            bf16=self.device.kind == "cuda" and self.device.dtype_name == "bfloat16",
-            fp16=self.device.kind == "cuda" and self.device.dtype_name == "float16",
-            use_cpu=self.device.kind == "cpu",
-            report_to=[],
-            remove_unused_columns=False,
-            # Packed batches hold no padding (and no attention_mask to count it by).
-            include_num_input_tokens_seen="all" if self.spec.training.packing else "non_padding",
-            dataloader_num_workers=0,
-            disable_tqdm=not sys.stderr.isatty(),
-            **distributed.strategy_arguments(
-                self.spec.distributed.strategy, self.device.kind, self.ranks, self.spec.distributed.timeout_seconds
-            ),
-        )
-
-    def _trainer(self) -> Any:
-        from transformers import Trainer
-
-        assert self.data is not None and self.setup_info is not None
-        checkpoints = self.run_spec.output.checkpoints_uri
-        syncer = CheckpointSyncer(self.stores("OUTPUT", checkpoints), checkpoints, self._synced)
-        self.trainer = Trainer(
-            model=self.model,
-            args=self._arguments(),
-            train_dataset=self.data.train,
-            eval_dataset=self.data.eval,
-            data_collator=make_collator(self.spec.training.packing, self.tokenizer, self.setup_info.loss_logits_only),
-            callbacks=[
-                ProgressCallback(self.progress),
-                GracefulStop(self.agreed_stop),
-                # Rank 0 alone uploads; every rank resumes from what it uploaded.
-                *([CheckpointSync(syncer)] if self.ranks.main else []),
-            ],
-        )
-        self.progress.trainer = self.trainer
-        return self.trainer
-
-    def _synced(self, uri: str, step: int) -> None:
-        self.progress.report(force=True, checkpoint={"uri": uri, "step": step})
-
-    def _train_backing_off(self, checkpoint: str | None) -> Any:
-        import torch
-
-        self.progress.say("training")
-        try:
-            return self._trainer().train(resume_from_checkpoint=checkpoint)
-        except torch.OutOfMemoryError as error:
-            # Backoff only before the first optimizer step: later, the memory high-water mark is known
-            # to fit and an OOM means something else changed.
-            # Not under several ranks either: one rank retrying alone would leave its peers waiting.
-            started = self.trainer.state.global_step > 0
-            if started or self.batch_size == 1 or self.progress.note or self.ranks.distributed:
-                raise OutOfMemory(f"CUDA out of memory at batchSize={self.batch_size}: {error}") from error
-            self.batch_size //= 2
-            self.accumulation *= 2
-            self.progress.note = (
-                f"out of GPU memory at the first step; retrying with batchSize={self.batch_size} and "
-                f"gradientAccumulationSteps={self.accumulation} (same effective batch)"
-            )
-            log.warning("%s", self.progress.note)
-            torch.cuda.empty_cache()
-            self.progress.say(self.progress.note)
-            return self._trainer().train(resume_from_checkpoint=checkpoint)
