@@ -15,7 +15,7 @@ from typing import Any
 
 from .api import TERMINAL_PHASES
 from .api.training_status import AttemptRecord
-from .conditions import build_conditions, condition_of
+from .conditions import build_conditions, condition_of, make_condition
 from .config import OperatorSettings
 from .manifests.launch import Run
 from .manifests.names import Owner
@@ -170,6 +170,22 @@ def invalid(message: str, obs: Observed, now: datetime) -> Plan:
     running = current is not None and not current.finished
     actions: list[Action] = [Delete("Job", current.name)] if running and current else []
     return Plan(actions=actions, status=fields, events=events)
+
+
+def waiting(obs: Observed, outcome: Outcome, now: datetime, passed_too: bool = False) -> Plan:
+    """A resource whose input cannot be resolved yet (Pending) or ever (Failed), such as the adapter of a
+    FineTuneJob it references: no Job, conditions saying why. `passed_too`: an EvalRun's Passed as well."""
+    extra = [make_condition("Passed", False if outcome.terminal else None, outcome.reason, outcome.message)]
+    fields: dict[str, Any] = {
+        "phase": outcome.phase,
+        "observedGeneration": obs.generation,
+        "conditions": build_conditions(
+            outcome, obs.status.get("conditions") or [], obs.generation, now, extra=extra if passed_too else ()
+        ),
+    }
+    if outcome.terminal:
+        fields["completionTime"] = obs.status.get("completionTime") or format_time(now)
+    return Plan(status=fields, events=event_for(obs.status, outcome), finished=outcome if outcome.terminal else None)
 
 
 def plan_attempts(

@@ -102,6 +102,16 @@ REJECTED = [
         "fsdp is not supported with them yet",
     ),
     ("adapter from ftp", {**quick_spec("success"), "adapter": {"uri": "ftp://x/y"}}, "spec.adapter.uri"),
+    (
+        "adapter by uri and by job",
+        {**quick_spec("success"), "adapter": {"uri": "s3://a/b/", "fineTuneJobRef": {"name": "sft"}}},
+        "set exactly one of uri and fineTuneJobRef",
+    ),
+    (
+        "secret for a referenced adapter",
+        {**quick_spec("success"), "adapter": {"fineTuneJobRef": {"name": "sft"}, "secretRef": {"name": "s3"}}},
+        "a fineTuneJobRef brings its job's own",
+    ),
 ]
 
 

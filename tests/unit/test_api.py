@@ -82,6 +82,11 @@ INVALID_SPECS = [
     ({**MINIMAL_SPEC, "objective": "orpo", "preference": {"lossType": "ipo"}}, "spec.preference.lossType"),
     ({**MINIMAL_SPEC, "objective": "dpo", "preference": {"maxPromptLength": 4096}}, "spec.preference.maxPromptLength"),
     ({**MINIMAL_SPEC, "objective": "dpo", "preference": {"beta": -1}}, "spec.preference.beta"),
+    ({**MINIMAL_SPEC, "adapter": {}}, "spec.adapter.uri"),
+    (
+        {**MINIMAL_SPEC, "adapter": {"fineTuneJobRef": {"name": "sft"}, "secretRef": {"name": "s"}}},
+        "spec.adapter.secretRef",
+    ),
 ]
 
 

@@ -284,3 +284,81 @@ def test_a_held_job_is_recorded_held_at_once_so_its_job_costs_no_second_write(
     del suspended_job["status"]["startTime"]  # a suspended Job has not started
     observed = _plan(body, jobs=[suspended_job])
     assert observed.status == {} and observed.events == []
+
+
+# --- spec.adapter.fineTuneJobRef: start from the adapter another FineTuneJob published -----------------
+
+DPO_SPEC = {
+    **MINIMAL_SPEC,
+    "objective": "dpo",
+    "dataset": {"uri": "s3://data/pairs.jsonl", "format": "preference"},
+    "adapter": {"fineTuneJobRef": {"name": "support-sft"}},
+}
+SFT_ADAPTER = "s3://finetune/team-a/support-sft/u1/attempt-2/adapter/"
+
+
+def _sft(phase: str, adapter: str | None = SFT_ADAPTER) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase, "attempt": 2}
+    if adapter:
+        status["adapter"] = {"uri": adapter}
+    if phase == "Failed":
+        status["conditions"] = [{"type": "Failed", "status": "True", "message": "OutOfMemory at step 3"}]
+    return finetunejob(name="support-sft", status=status)
+
+
+def _plan_dpo(body: dict[str, Any], sft: dict[str, Any] | None, jobs: list[dict[str, Any]] | None = None) -> Plan:
+    inputs = FineTuneJobInputs(body, jobs or [], [], SETTINGS, None, sft)
+    return plan_finetunejob(inputs, NOW)
+
+
+@pytest.mark.parametrize(
+    ("sft", "message"),
+    [
+        (None, "FineTuneJob support-sft does not exist (yet)"),
+        (_sft("Running", adapter=None), "waiting for FineTuneJob support-sft to succeed (it is Running)"),
+    ],
+)
+def test_a_job_waits_for_the_adapter_it_starts_from(sft: dict[str, Any] | None, message: str) -> None:
+    plan = _plan_dpo(finetunejob(DPO_SPEC, name="support-dpo"), sft)
+    assert plan.created() == []
+    assert plan.status["phase"] == "Pending"
+    running = next(c for c in plan.status["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"], running["message"]) == ("False", "WaitingForFineTuneJob", message)
+
+
+def test_a_failed_referenced_job_fails_the_dependent_with_its_reason() -> None:
+    plan = _plan_dpo(finetunejob(DPO_SPEC, name="support-dpo"), _sft("Failed"))
+    assert plan.created() == [] and plan.status["phase"] == "Failed"
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "FineTuneJobFailed" and "OutOfMemory at step 3" in failed["message"]
+
+
+def test_the_published_adapter_goes_into_the_run_spec_and_the_status() -> None:
+    import json
+
+    plan = _plan_dpo(finetunejob(DPO_SPEC, name="support-dpo"), _sft("Succeeded"))
+    trainer_job = plan.created()[-1]
+    container = trainer_job["spec"]["template"]["spec"]["containers"][0]
+    run_spec = json.loads(next(e["value"] for e in container["env"] if e["name"] == "FINETUNE_RUN_SPEC"))
+    assert run_spec["job"]["adapter"] == {"uri": SFT_ADAPTER}
+    assert plan.status["startAdapter"] == {"uri": SFT_ADAPTER, "fineTuneJob": "support-sft", "fineTuneJobAttempt": 2}
+
+
+def test_a_running_attempt_keeps_its_start_while_the_referenced_job_retrains() -> None:
+    started = _plan_dpo(finetunejob(DPO_SPEC, name="support-dpo"), _sft("Succeeded"))
+    body = _apply(finetunejob(DPO_SPEC, name="support-dpo"), started)
+    running = [job(spec_hash=body["status"]["specHash"])]
+    plan = _plan_dpo(body, _sft("Running", adapter=None), jobs=running)
+    assert plan.created() == [] and plan.status.get("phase") != "Pending"
+    assert "startAdapter" not in plan.status  # unchanged: the start it recorded
+
+
+def test_the_referenced_job_finishing_wakes_the_jobs_that_start_from_it() -> None:
+    from finetune_operator.api import EVALRUN, FINETUNEJOB
+    from finetune_operator.kinds.base import EVALRUNS_BY_JOB, FINETUNEJOBS_BY_ADAPTER_JOB
+    from finetune_operator.kinds.finetunejob import dependents
+
+    key = ("team-a", "support-sft")
+    indices = {EVALRUNS_BY_JOB: {key: ["sft-eval"]}, FINETUNEJOBS_BY_ADAPTER_JOB: {key: ["support-dpo"]}}
+    assert dependents("MODIFIED", _sft("Succeeded"), indices) == [(EVALRUN, "sft-eval"), (FINETUNEJOB, "support-dpo")]
+    assert dependents("MODIFIED", _sft("Running", adapter=None), indices) == []

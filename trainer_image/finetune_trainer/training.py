@@ -124,8 +124,9 @@ class AdapterTraining:
         base_uri, data_uri = self.spec.base_model.uri, self.spec.dataset.uri
         self.base = fetch_model(self.stores("BASE_MODEL", base_uri), base_uri, self.workdir / "base-model")
         if self.spec.adapter is not None:
+            start = self.spec.adapter.source().uri  # the operator resolved a fineTuneJobRef into it
             self.adapter_dir = self.workdir / "start-adapter"
-            fetch_verified(self.stores("ADAPTER", self.spec.adapter.uri), self.spec.adapter.uri, self.adapter_dir)
+            fetch_verified(self.stores("ADAPTER", start), start, self.adapter_dir)
         data_dir = self.workdir / "dataset"
         self.dataset_sha256 = fetch(self.stores("DATASET", data_uri), data_uri, data_dir)
         # A starting adapter carries the tokenizer (and chat template) it was trained with.
@@ -162,7 +163,7 @@ class AdapterTraining:
             self.device.kind,
             self.device.dtype_name,
             self.spec.objective,
-            self.spec.adapter.uri if self.spec.adapter else "none",
+            self.spec.adapter.source().uri if self.spec.adapter else "none",
             setup.fused_kernels,
             setup.cpu_fast_paths,
             setup.loss_logits_only,

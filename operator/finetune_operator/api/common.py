@@ -61,6 +61,12 @@ class ModelSource(ApiModel):
     __rules__ = (remote_secret_rule(),)
 
 
+class LocalRef(ApiModel):
+    """A resource in the same namespace."""
+
+    name: ObjectName = Field(description="Name of the resource in this namespace.")
+
+
 class AdapterSource(ApiModel):
     """A published PEFT adapter."""
 

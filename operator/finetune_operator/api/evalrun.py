@@ -11,6 +11,7 @@ from .common import (
     AdapterSource,
     Condition,
     ImageRef,
+    LocalRef,
     ModelSource,
     Phase,
     Quantization,
@@ -18,14 +19,8 @@ from .common import (
     SecretRef,
 )
 from .evaluation import EvaluationSettings, MetricResult, MetricSummary
-from .schema import DNS_LABEL, ApiModel, ObjectName, Rule
+from .schema import DNS_LABEL, ApiModel, Rule
 from .training_status import AttemptRecord
-
-
-class LocalRef(ApiModel):
-    """A resource in the same namespace."""
-
-    name: ObjectName = Field(description="Name of the resource in this namespace.")
 
 
 class EvalModel(ApiModel):

@@ -11,6 +11,7 @@ from .common import (
     URI_HELP,
     AdapterSource,
     ImageRef,
+    LocalRef,
     ModelSource,
     Quantization,
     Resources,
@@ -275,6 +276,42 @@ class Distributed(ApiModel):
     )
 
 
+class StartAdapter(ApiModel):
+    """A published adapter to train further: by its URI, or as the adapter another FineTuneJob published."""
+
+    uri: Uri | None = Field(
+        default=None, description="Prefix holding the adapter (with its manifest.json). " + URI_HELP
+    )
+    fine_tune_job_ref: LocalRef | None = Field(
+        default=None,
+        description="The adapter this FineTuneJob (same namespace) published: this job waits (Pending, "
+        "WaitingForFineTuneJob) until that one succeeded, fails if it failed, and trains again when it publishes "
+        "a new adapter. Its output.secretRef reads the adapter. What GitOps needs, where the URI is not known "
+        "in advance.",
+    )
+    secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
+
+    __rules__ = (
+        Rule(
+            cel="has(self.uri) != has(self.fineTuneJobRef)",
+            message="set exactly one of uri and fineTuneJobRef",
+            check=lambda a: (a.uri is None) != (a.fine_tune_job_ref is None),
+            field="uri",
+        ),
+        Rule(
+            cel="!has(self.secretRef) || (has(self.uri) && self.uri.startsWith('s3://'))",
+            message="secretRef is only used with an s3:// uri (a fineTuneJobRef brings its job's own)",
+            check=lambda a: a.secret_ref is None or (a.uri or "").startswith("s3://"),
+            field="secretRef",
+        ),
+    )
+
+    def source(self) -> AdapterSource:
+        """As a resolved source; only once `uri` is set (a fineTuneJobRef is resolved by the operator)."""
+        assert self.uri is not None, "resolve fineTuneJobRef first"
+        return AdapterSource(uri=self.uri, secret_ref=self.secret_ref)
+
+
 Objective = Literal["sft", "dpo", "orpo"]
 PREFERENCE_OBJECTIVES: frozenset[str] = frozenset({"dpo", "orpo"})
 
@@ -403,9 +440,9 @@ class FineTuneJobSpec(ApiModel):
     """What to fine-tune, on what data, how, and on which hardware."""
 
     base_model: ModelSource = Field(description="The model to adapt.")
-    adapter: AdapterSource | None = Field(
+    adapter: StartAdapter | None = Field(
         default=None,
-        description="Start from this published adapter (e.g. an earlier FineTuneJob's `status.adapter.uri`) "
+        description="Start from a published adapter (an earlier FineTuneJob's, by `fineTuneJobRef` or `uri`) "
         "instead of a new one, and train it further; its own shape (rank, alpha, target modules) is kept, so "
         "`lora` is not used. With objective dpo it is also the reference policy: SFT, then DPO from the SFT "
         "adapter, is the common recipe.",

@@ -119,6 +119,16 @@ class AttemptRecord(ApiModel):
     )
 
 
+class StartAdapterStatus(ApiModel):
+    """The adapter the current attempt started from, resolved from spec.adapter."""
+
+    uri: Annotated[str, StringConstraints(max_length=2048)] = Field(description="Where the adapter was read from.")
+    fine_tune_job: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        default=None, description="FineTuneJob that published it (spec.adapter.fineTuneJobRef)."
+    )
+    fine_tune_job_attempt: int | None = Field(default=None, ge=1, description="Its attempt that published it.")
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state, written by the operator (and `progress` by the trainer)."""
 
@@ -138,6 +148,9 @@ class FineTuneJobStatus(ApiModel):
     provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
     evaluation: EvaluationStatus | None = Field(
         default=None, description="Verdict of the job's own EvalRun (with spec.evaluation)."
+    )
+    start_adapter: StartAdapterStatus | None = Field(
+        default=None, description="The adapter the current attempt started from (spec.adapter)."
     )
     job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
         default=None, description="Job of the current attempt."

@@ -8,9 +8,16 @@ from typing import Any
 
 import kopf
 
-from ..api import EVALRUN, GROUP, KINDS, VERSION, Kind
+from ..api import EVALRUN, FINETUNEJOB, GROUP, KINDS, VERSION, Kind
 from ..kinds import CONTROLLERS
-from ..kinds.base import EVALRUNS_BY_JOB, Packed, indices_in, needs_reconcile, watched_index
+from ..kinds.base import (
+    EVALRUNS_BY_JOB,
+    FINETUNEJOBS_BY_ADAPTER_JOB,
+    Packed,
+    indices_in,
+    needs_reconcile,
+    watched_index,
+)
 from ..reconciler import forget, wake, wake_dependents
 from ..runtime import MEMO_KEY, Runtime
 
@@ -36,6 +43,14 @@ async def evalruns_by_job(
     namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], str] | None:
     ref = ((spec.get("model") or {}).get("fineTuneJobRef") or {}).get("name")
+    return {(namespace or "", ref): name} if ref else None
+
+
+@kopf.index(GROUP, VERSION, FINETUNEJOB.plural, id=FINETUNEJOBS_BY_ADAPTER_JOB)
+async def finetunejobs_by_adapter_job(
+    namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], str] | None:
+    ref = ((spec.get("adapter") or {}).get("fineTuneJobRef") or {}).get("name")
     return {(namespace or "", ref): name} if ref else None
 
 

@@ -6,7 +6,8 @@ both, executes the plan and schedules a recheck.
 
 The indices (kopf keeps them up to date from its watches, handlers/indices.py registers them):
 trainer Jobs and Pods by their owner's uid, every resource of our kinds by (namespace, name) as
-watched, and EvalRuns by the FineTuneJob their fineTuneJobRef names.
+watched, EvalRuns by the FineTuneJob their fineTuneJobRef names, and FineTuneJobs by the one whose
+adapter they start from (spec.adapter.fineTuneJobRef).
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
+from pydantic import ValidationError
+
 from ..api import KINDS, Kind
+from ..api.common import AdapterSource
+from ..api.finetunejob import FineTuneJobSpec
 from ..config import OperatorSettings
 from ..plan import Plan
+from ..status import Outcome
 
 TRAINER_JOBS = "trainer_jobs"
 TRAINER_PODS = "trainer_pods"
 EVALRUNS_BY_JOB = "evalruns_by_job"
+FINETUNEJOBS_BY_ADAPTER_JOB = "finetunejobs_by_adapter_job"
 
 
 def watched_index(kind: Kind) -> str:
@@ -119,7 +126,13 @@ def needs_reconcile(event_type: str | None, body: Mapping[str, Any], finalizer: 
     return observed is None or observed != meta.get("generation")
 
 
-INDEX_NAMES: tuple[str, ...] = (TRAINER_JOBS, TRAINER_PODS, EVALRUNS_BY_JOB, *(watched_index(k) for k in KINDS))
+INDEX_NAMES: tuple[str, ...] = (
+    TRAINER_JOBS,
+    TRAINER_PODS,
+    EVALRUNS_BY_JOB,
+    FINETUNEJOBS_BY_ADAPTER_JOB,
+    *(watched_index(k) for k in KINDS),
+)
 """Every index a reconcile reads (handlers/ registers each under this name)."""
 
 
@@ -127,3 +140,34 @@ def indices_in(handler_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """kopf's indices out of a handler's arguments. They are live views, read by the queued
     reconcile when it runs; the rest of the arguments (the event's body) must not be kept for it."""
     return {index: handler_kwargs[index] for index in INDEX_NAMES}
+
+
+@dataclass(frozen=True)
+class PublishedAdapter:
+    """A referenced FineTuneJob's current adapter, as the resources that read it use it."""
+
+    source: AdapterSource
+    job: FineTuneJobSpec
+    attempt: int | None
+
+
+def published_adapter(name: str, ftj: Mapping[str, Any] | None) -> PublishedAdapter | Outcome:
+    """The adapter FineTuneJob `name` published, or why there is none yet (Pending) or will be none (Failed);
+    what an EvalRun's fineTuneJobRef and a FineTuneJob's spec.adapter.fineTuneJobRef wait for."""
+    if ftj is None:
+        return Outcome("Pending", "WaitingForFineTuneJob", f"FineTuneJob {name} does not exist (yet)")
+    status = ftj.get("status") or {}
+    phase = status.get("phase")
+    if phase == "Failed":
+        why = next((c.get("message") for c in status.get("conditions") or [] if c.get("type") == "Failed"), "")
+        return Outcome("Failed", "FineTuneJobFailed", f"FineTuneJob {name} failed: {why}"[:2048])
+    adapter = (status.get("adapter") or {}).get("uri")
+    if phase != "Succeeded" or not adapter:
+        return Outcome(
+            "Pending", "WaitingForFineTuneJob", f"waiting for FineTuneJob {name} to succeed (it is {phase or 'new'})"
+        )
+    try:
+        job = FineTuneJobSpec.model_validate(ftj.get("spec") or {})
+    except ValidationError:
+        return Outcome("Failed", "FineTuneJobFailed", f"FineTuneJob {name} has an invalid spec")
+    return PublishedAdapter(AdapterSource(uri=adapter, secret_ref=job.output.secret_ref), job, status.get("attempt"))

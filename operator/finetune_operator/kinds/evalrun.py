@@ -18,20 +18,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import EVALRUN, FINETUNEJOB, TERMINAL_PHASES, Kind, format_validation_error
-from ..api.common import AdapterSource
 from ..api.contract import TrainerResult
 from ..api.evalrun import EvalRunSpec, ResolvedModel
 from ..api.evaluation import MetricSummary, judge
-from ..api.finetunejob import FineTuneJobSpec
-from ..attempts import Observed, Workload, event_for, invalid, observe, plan_attempts
-from ..conditions import build_conditions, make_condition
+from ..attempts import Workload, invalid, observe, plan_attempts, waiting
+from ..conditions import make_condition
 from ..config import OperatorSettings
 from ..manifests import build_eval_children
 from ..manifests.job import spec_hash
 from ..manifests.names import Owner
 from ..plan import Plan
-from ..status import Judge, Outcome, format_time
-from .base import Controller, Gathered, Indices, children_of, watched
+from ..status import Judge, Outcome
+from .base import Controller, Gathered, Indices, children_of, published_adapter, watched
 
 
 @dataclass(frozen=True)
@@ -66,27 +64,9 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
             if obs.attempt:
                 # The last verdict stands (e.g. the FineTuneJob is re-training); a new adapter brings a new attempt.
                 return Plan(status={"observedGeneration": obs.generation})
-            return _waiting(obs, resolved, now)
+            return waiting(obs, resolved, now, passed_too=True)
         model = resolved
     return plan_attempts(obs, evaluation_workload(obs.owner, spec, model, settings), inputs.pods, settings, now)
-
-
-def _waiting(obs: Observed, outcome: Outcome, now: datetime) -> Plan:
-    """An EvalRun whose model cannot be resolved yet (Pending) or ever (Failed): no Job, a condition saying why."""
-    fields: dict[str, Any] = {
-        "phase": outcome.phase,
-        "observedGeneration": obs.generation,
-        "conditions": build_conditions(
-            outcome,
-            obs.status.get("conditions") or [],
-            obs.generation,
-            now,
-            extra=[make_condition("Passed", False if outcome.terminal else None, outcome.reason, outcome.message)],
-        ),
-    }
-    if outcome.terminal:
-        fields["completionTime"] = obs.status.get("completionTime") or format_time(now)
-    return Plan(status=fields, events=event_for(obs.status, outcome), finished=outcome if outcome.terminal else None)
 
 
 # --- the evaluation attempt ----------------------------------------------------------------------
@@ -186,28 +166,15 @@ def resolve_model(spec: EvalRunSpec, ftj: Mapping[str, Any] | None) -> ResolvedM
         assert model.base_model is not None  # the model's own rule: exactly one of the two
         return ResolvedModel(base_model=model.base_model, adapter=model.adapter, quantization=model.quantization)
     name = model.fine_tune_job_ref.name
-    if ftj is None:
-        return Outcome("Pending", "WaitingForFineTuneJob", f"FineTuneJob {name} does not exist (yet)")
-    status = ftj.get("status") or {}
-    phase = status.get("phase")
-    if phase == "Failed":
-        why = next((c.get("message") for c in status.get("conditions") or [] if c.get("type") == "Failed"), "")
-        return Outcome("Failed", "FineTuneJobFailed", f"FineTuneJob {name} failed: {why}"[:2048])
-    adapter = (status.get("adapter") or {}).get("uri")
-    if phase != "Succeeded" or not adapter:
-        return Outcome(
-            "Pending", "WaitingForFineTuneJob", f"waiting for FineTuneJob {name} to succeed (it is {phase or 'new'})"
-        )
-    try:
-        job = FineTuneJobSpec.model_validate(ftj.get("spec") or {})
-    except ValidationError:
-        return Outcome("Failed", "FineTuneJobFailed", f"FineTuneJob {name} has an invalid spec")
+    published = published_adapter(name, ftj)
+    if isinstance(published, Outcome):
+        return published
     return ResolvedModel(
-        base_model=job.base_model,
-        adapter=AdapterSource(uri=adapter, secret_ref=job.output.secret_ref),
-        quantization=model.quantization or job.effective_quantization,
+        base_model=published.job.base_model,
+        adapter=published.source,
+        quantization=model.quantization or published.job.effective_quantization,
         fine_tune_job=name,
-        fine_tune_job_attempt=status.get("attempt"),
+        fine_tune_job_attempt=published.attempt,
     )
 
 

@@ -3,8 +3,9 @@
     inputs = gather(body, indices, settings)   # its Jobs, Pods and own EvalRun, from kopf's indices
     plan(inputs, now) -> Plan                  # pure: attempts (attempts.py), the EvalRun, the finalizer
 
-Three watches wake it: the FineTuneJob itself (`needs_reconcile`), its trainer Jobs and Pods, and
-its own EvalRun when that one's verdict changes (the EvalRun controller's `mirrored`).
+Four watches wake it: the FineTuneJob itself (`needs_reconcile`), its trainer Jobs and Pods, its
+own EvalRun when that one's verdict changes (the EvalRun controller's `mirrored`), and the FineTuneJob
+whose adapter it starts from (spec.adapter.fineTuneJobRef) finishing (`dependents`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pydantic import ValidationError
 from ..api import EVALRUN, FINETUNEJOB, TERMINAL_PHASES, Kind, format_validation_error
 from ..api.contract import TrainerResult
 from ..api.evalrun import EvalRunSpec
-from ..api.finetunejob import FineTuneJobSpec
-from ..attempts import Observed, Workload, invalid, observe, plan_attempts
+from ..api.finetunejob import FineTuneJobSpec, StartAdapter
+from ..api.training_status import StartAdapterStatus
+from ..attempts import Observed, Workload, invalid, observe, plan_attempts, waiting
 from ..conditions import make_condition, stamp_conditions
 from ..config import OperatorSettings
 from ..manifests import build_children
@@ -29,7 +31,16 @@ from ..manifests.job import spec_hash
 from ..manifests.names import ARTIFACTS_FINALIZER, Owner
 from ..plan import Create, Delete, Event, Patch, Plan, replacing_patch, set_finalizers
 from ..status import Judge, Outcome
-from .base import EVALRUNS_BY_JOB, Controller, Gathered, Indices, children_of, watched
+from .base import (
+    EVALRUNS_BY_JOB,
+    FINETUNEJOBS_BY_ADAPTER_JOB,
+    Controller,
+    Gathered,
+    Indices,
+    children_of,
+    published_adapter,
+    watched,
+)
 from .deletion import plan_deletion
 
 
@@ -37,15 +48,54 @@ from .deletion import plan_deletion
 class Inputs(Gathered):
     evalrun: Mapping[str, Any] | None = None
     """Its own EvalRun (`<name>-eval`) as watched, when spec.evaluation is or was set."""
+    adapter_job: Mapping[str, Any] | None = None
+    """The FineTuneJob named by spec.adapter.fineTuneJobRef, as watched (None if absent or not referenced)."""
+
+
+def _adapter_job_name(spec: Mapping[str, Any]) -> str | None:
+    name: str | None = (((spec.get("adapter") or {}).get("fineTuneJobRef")) or {}).get("name")
+    return name
 
 
 def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings) -> Inputs:
     jobs, pods = children_of(indices, body)
+    owner = Owner.from_body(body)
     evalrun = None
     if (body.get("spec") or {}).get("evaluation") or (body.get("status") or {}).get("evaluation"):
-        owner = Owner.from_body(body)
         evalrun = watched(indices, EVALRUN, owner.namespace, evalrun_name(owner))
-    return Inputs(body, jobs, pods, settings, evalrun)
+    ref = _adapter_job_name(body.get("spec") or {})
+    adapter_job = watched(indices, FINETUNEJOB, owner.namespace, ref) if ref else None
+    return Inputs(body, jobs, pods, settings, evalrun, adapter_job)
+
+
+def resolve_start(spec: FineTuneJobSpec, obs: Observed, adapter_job: Mapping[str, Any] | None) -> Any:
+    """(the spec with spec.adapter as a URI, status.startAdapter), or the Outcome to wait with.
+
+    A running attempt keeps the adapter it started from, even if the referenced job has moved on."""
+    start = spec.adapter
+    if start is None:
+        return spec, None
+    if start.fine_tune_job_ref is None:
+        return spec, StartAdapterStatus(uri=start.uri or "")
+    in_flight = obs.attempt > 0 and obs.status.get("phase") not in TERMINAL_PHASES
+    recorded = obs.status.get("startAdapter")
+    if in_flight and recorded and recorded.get("fineTuneJob") == start.fine_tune_job_ref.name:
+        status = StartAdapterStatus.model_validate(recorded)
+        secret = None
+    else:
+        published = published_adapter(start.fine_tune_job_ref.name, adapter_job)
+        if isinstance(published, Outcome):
+            return published
+        status = StartAdapterStatus(
+            uri=published.source.uri,
+            fine_tune_job=start.fine_tune_job_ref.name,
+            fine_tune_job_attempt=published.attempt,
+        )
+        secret = published.source.secret_ref
+    if secret is None and adapter_job is not None:
+        secret = FineTuneJobSpec.model_validate(adapter_job.get("spec") or {}).output.secret_ref
+    resolved = StartAdapter(uri=status.uri, secret_ref=secret)
+    return spec.model_copy(update={"adapter": resolved}), status
 
 
 def plan(inputs: Inputs, now: datetime) -> Plan:
@@ -55,7 +105,15 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         return invalid(format_validation_error(error), obs, now)
-    work = training_workload(obs.owner, spec, inputs.settings)
+    resolved = resolve_start(spec, obs, inputs.adapter_job)
+    if isinstance(resolved, Outcome):
+        if obs.attempt:
+            # The last attempt's result stands (e.g. the referenced job is re-training); its new adapter
+            # brings a new attempt.
+            return Plan(status={"observedGeneration": obs.generation})
+        return waiting(obs, resolved, now)
+    spec, start = resolved
+    work = training_workload(obs.owner, spec, inputs.settings, start)
     result = plan_attempts(obs, work, inputs.pods, inputs.settings, now)
     _mirror_evaluation(result, obs, spec, inputs.evalrun, now)
     finalizers = _finalizers(body, spec)
@@ -131,7 +189,9 @@ def result_fields(outcome: Outcome) -> dict[str, Any]:
     return fields
 
 
-def training_workload(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> Workload:
+def training_workload(
+    owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings, start: StartAdapterStatus | None = None
+) -> Workload:
     return Workload(
         spec=spec,
         digest=spec_hash(spec),
@@ -144,6 +204,7 @@ def training_workload(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSet
             "gpusPerNode": spec.resources.gpus,
             "worldSize": spec.world_size,
             "restarts": 0 if spec.resources.nodes > 1 else None,
+            "startAdapter": start.to_json_dict() if start else None,
         },
     )
 
@@ -252,12 +313,14 @@ def mirrored(body: Mapping[str, Any]) -> tuple[object, ...]:
 
 
 def dependents(event_type: str | None, body: Mapping[str, Any], indices: Indices) -> list[tuple[Kind, str]]:
-    """EvalRuns that reference this job wait for it to finish (or run again on its new adapter)."""
+    """EvalRuns that reference this job, and FineTuneJobs that start from its adapter, wait for it to
+    finish (or run again on its new adapter)."""
     status = body.get("status") or {}
     if event_type != "DELETED" and status.get("phase") not in TERMINAL_PHASES:
         return []
     key = (body["metadata"].get("namespace") or "", body["metadata"]["name"])
-    return [(EVALRUN, name) for name in indices[EVALRUNS_BY_JOB].get(key, [])]
+    evalruns = [(EVALRUN, name) for name in indices[EVALRUNS_BY_JOB].get(key, [])]
+    return [*evalruns, *((FINETUNEJOB, name) for name in indices[FINETUNEJOBS_BY_ADAPTER_JOB].get(key, []))]
 
 
 CONTROLLER: Controller[Inputs] = Controller(

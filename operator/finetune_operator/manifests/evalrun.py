@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import API_VERSION, EVALRUN
-from ..api.evalrun import EvalModel, EvalRunSpec, LocalRef
+from ..api.common import LocalRef
+from ..api.evalrun import EvalModel, EvalRunSpec
 from ..api.finetunejob import FineTuneJobSpec
 from .names import Owner, bounded_name, child_metadata
 

@@ -270,8 +270,9 @@ def build_training_job(
     ]
     sources = [(spec.base_model.uri, False), (spec.dataset.uri, False)]
     if spec.adapter is not None:
-        secrets += secret_env("ADAPTER", spec.adapter.uri, spec.adapter.secret_ref, settings.storage_credentials)
-        sources.append((spec.adapter.uri, False))
+        start = spec.adapter.source()  # resolved by the controller (kinds/finetunejob.py)
+        secrets += secret_env("ADAPTER", start.uri, start.secret_ref, settings.storage_credentials)
+        sources.append((start.uri, False))
     return build_job(
         owner,
         attempt,
