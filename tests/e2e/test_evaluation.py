@@ -7,18 +7,15 @@ by the local node as the pods.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
 
-from devcluster import REPO_ROOT, apply_objects, tool_path
+from devcluster import REPO_ROOT, apply_objects
 from devcluster.quickstart import BUCKET, Quickstart
 from finetune_operator.api import EVALRUN, FINETUNEJOB
+from tests.e2e.resources import get, wait
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = REPO_ROOT / "examples" / "evaluation"
@@ -38,27 +35,6 @@ def _apply(demo: Quickstart, file: str) -> None:
     apply_objects(demo.cluster.api(), [body])
 
 
-def _get(demo: Quickstart, plural: str, name: str) -> dict[str, Any]:
-    assert demo.cluster
-    result: dict[str, Any] = client.CustomObjectsApi(demo.cluster.api()).get_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", plural, name
-    )
-    return result
-
-
-def _wait(demo: Quickstart, condition: str, target: str) -> None:
-    assert demo.cluster
-    kubectl = [str(tool_path("kubectl")), "--kubeconfig", str(demo.cluster.kubeconfig)]
-    done = subprocess.run(
-        [*kubectl, "wait", f"--for=condition={condition}", target, "--timeout=300s"], capture_output=True, text=True
-    )
-    plural, name = target.split("/")
-    assert done.returncode == 0, (
-        f"{done.stderr}\n{json.dumps(_get(demo, (FINETUNEJOB if plural == 'ftj' else EVALRUN).plural, name))}\n"
-        f"{demo.operator.log()[-3000:] if demo.operator else ''}"
-    )
-
-
 def _report_files(demo: Quickstart, uri: str) -> set[str]:
     assert demo.minio
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
@@ -68,12 +44,12 @@ def _report_files(demo: Quickstart, uri: str) -> set[str]:
 
 def test_finetunejob_evaluation_beats_the_baseline_and_passes(demo: Quickstart) -> None:
     _apply(demo, "finetunejob-with-evaluation.yaml")
-    _wait(demo, "Evaluated", "ftj/capitals")
-    job = _get(demo, FINETUNEJOB.plural, "capitals")["status"]
+    wait(demo, "Evaluated", "ftj/capitals")
+    job = get(demo, FINETUNEJOB.plural, "capitals")["status"]
     assert job["phase"] == "Succeeded"
     assert job["evaluation"]["passed"] is True
     assert job["evaluation"]["adapterUri"] == job["adapter"]["uri"]
-    evalrun = _get(demo, EVALRUN.plural, "capitals-eval")
+    evalrun = get(demo, EVALRUN.plural, "capitals-eval")
     assert evalrun["metadata"]["ownerReferences"][0]["name"] == "capitals"
     status = evalrun["status"]
     results = {r["metric"]: r for r in status["results"]}
@@ -89,8 +65,8 @@ def test_finetunejob_evaluation_beats_the_baseline_and_passes(demo: Quickstart) 
 
 def test_evalrun_of_the_untuned_model_misses_the_threshold_by_name(demo: Quickstart) -> None:
     _apply(demo, "evalrun-base-model.yaml")
-    _wait(demo, "Passed=False", "evr/capitals-base")
-    status = _get(demo, EVALRUN.plural, "capitals-base")["status"]
+    wait(demo, "Passed=False", "evr/capitals-base")
+    status = get(demo, EVALRUN.plural, "capitals-base")["status"]
     assert status["phase"] == "Succeeded"  # the run worked; the model did not pass
     assert status["passed"] is False
     passed = next(c for c in status["conditions"] if c["type"] == "Passed")

@@ -10,17 +10,15 @@ and tests/trainer/test_preference.py is where learning is asserted.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
 
-from devcluster import REPO_ROOT, apply_objects, tool_path, wait_for
+from devcluster import REPO_ROOT, apply_objects, wait_for
 from devcluster.quickstart import Quickstart
 from finetune_operator.api import EVALRUN, FINETUNEJOB
+from tests.e2e.resources import get, wait
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = REPO_ROOT / "examples" / "preference"
@@ -33,28 +31,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
     started.stop()
 
 
-def _get(demo: Quickstart, plural: str, name: str) -> dict[str, Any]:
-    assert demo.cluster
-    result: dict[str, Any] = client.CustomObjectsApi(demo.cluster.api()).get_namespaced_custom_object(
-        "finetune.dev", "v1alpha1", "default", plural, name
-    )
-    return result
-
-
-def _wait(demo: Quickstart, condition: str, target: str, timeout: int = 420) -> None:
-    assert demo.cluster
-    kubectl = [str(tool_path("kubectl")), "--kubeconfig", str(demo.cluster.kubeconfig)]
-    done = subprocess.run(
-        [*kubectl, "wait", f"--for=condition={condition}", target, f"--timeout={timeout}s"],
-        capture_output=True,
-        text=True,
-    )
-    plural, name = target.split("/")
-    body = _get(demo, (FINETUNEJOB if plural == "ftj" else EVALRUN).plural, name)
-    log = demo.operator.log()[-3000:] if demo.operator else ""
-    assert done.returncode == 0, f"{done.stderr}\n{body.get('status')}\n{log}"
-
-
 def test_sft_then_dpo_then_evaluation_from_the_examples(demo: Quickstart) -> None:
     assert demo.cluster
     docs = [yaml.safe_load(path.read_text()) for path in sorted(EXAMPLES.glob("*.yaml"))]
@@ -64,23 +40,23 @@ def test_sft_then_dpo_then_evaluation_from_the_examples(demo: Quickstart) -> Non
 
     # The DPO job waits for the SFT job's adapter, saying so.
     def waiting() -> bool:
-        status = _get(demo, FINETUNEJOB.plural, "support-dpo").get("status") or {}
+        status = get(demo, FINETUNEJOB.plural, "support-dpo").get("status") or {}
         running = next((c for c in status.get("conditions") or [] if c["type"] == "Running"), {})
         return status.get("phase") == "Pending" and running.get("reason") == "WaitingForFineTuneJob"
 
     wait_for(waiting, 60, "support-dpo waiting for support-sft")
-    _wait(demo, "Succeeded", "ftj/support-sft")
-    sft = _get(demo, FINETUNEJOB.plural, "support-sft")["status"]
+    wait(demo, "Succeeded", "ftj/support-sft", 420)
+    sft = get(demo, FINETUNEJOB.plural, "support-sft")["status"]
 
-    _wait(demo, "Succeeded", "ftj/support-dpo")
-    dpo = _get(demo, FINETUNEJOB.plural, "support-dpo")["status"]
+    wait(demo, "Succeeded", "ftj/support-dpo", 420)
+    dpo = get(demo, FINETUNEJOB.plural, "support-dpo")["status"]
     assert dpo["startAdapter"] == {"uri": sft["adapter"]["uri"], "fineTuneJob": "support-sft", "fineTuneJobAttempt": 1}
     assert dpo["adapter"]["uri"] != sft["adapter"]["uri"]
     assert 0 <= dpo["progress"]["rewardAccuracy"] <= 1 and "rewardMargin" in dpo["progress"]
     assert dpo["metrics"]["steps"] == 60
 
-    _wait(demo, "Succeeded", "evalrun/support-dpo-eval")
-    evalrun = _get(demo, EVALRUN.plural, "support-dpo-eval")["status"]
+    wait(demo, "Succeeded", "evr/support-dpo-eval", 420)
+    evalrun = get(demo, EVALRUN.plural, "support-dpo-eval")["status"]
     assert evalrun["model"]["adapter"]["uri"] == dpo["adapter"]["uri"]
     results = {r["metric"]: r for r in evalrun["results"]}
     assert set(results) == {"preference_accuracy", "preference_accuracy_raw"}

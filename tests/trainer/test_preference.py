@@ -221,6 +221,37 @@ def test_a_killed_dpo_run_resumes_from_the_synced_step(pairs_setup: dict[str, Pa
     print(f"DPO killed after {killed_at[-1].parent.name}; resumed from step {result.resumed_from_step}; finished 400")
 
 
+def test_dpo_on_two_ranks_keeps_them_in_step(pairs_setup: dict[str, Path], tmp_path: Path) -> None:
+    """Two gloo ranks in one pod (torchrun's PET_* variables): TRL's DPO under DDP ends with the same LoRA
+    weights on both ranks, and rank 0 alone publishes."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "ranks"
+    spec = preference_spec(pairs_setup, out, "dpo", training={"maxSteps": 12, "saveSteps": 6})
+    spec["job"]["distributed"] = {"processesPerNode": 2}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    pet = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, **pet, "PET_MASTER_PORT": str(port), "FINETUNE_TERMINATION_LOG": str(tmp_path / "r.json")}
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [*TRAINER, "train", "--spec", str(spec_file), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    rank1 = json.loads((work / "ranks" / "rank-1.json").read_text())
+    assert result["result"] == rank1["result"] == "succeeded" and result["metrics"]["steps"] == 12
+    assert rank1["weightsSha256"] == result["weightsSha256"], "the two ranks' LoRA weights differ"
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and "adapter" not in rank1
+
+
 # --- bad input: each pair problem is dropped and counted, or named with its file and line ------------
 
 

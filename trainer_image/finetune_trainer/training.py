@@ -331,3 +331,29 @@ class AdapterTraining:
             torch.cuda.empty_cache()
             self.progress.say(self.progress.note)
             return self._trainer().train(resume_from_checkpoint=checkpoint)
+
+
+class TrainingRecipe:
+    """What a training recipe offers its caller (cli.py, tests): the lifecycle of the AdapterTraining it
+    holds. A recipe sets `training` in its `__init__` and adds only what its objective changes."""
+
+    training: AdapterTraining
+
+    def run(self) -> TrainerResult:
+        return self.training.run()
+
+    def setup(self) -> None:
+        self.training.setup()
+
+    def setup_data(self) -> Prepared:
+        return self.training.setup_data()
+
+    def train(self) -> Any:
+        return self.training.train()
+
+    def publish(self, output: Any) -> TrainerResult:
+        return self.training.publish(output)
+
+    @property
+    def model(self) -> Any:
+        return self.training.model

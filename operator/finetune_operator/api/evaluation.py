@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field, StringConstraints
 
@@ -25,16 +25,7 @@ Metric = Literal[
     "preference_accuracy",
     "preference_accuracy_raw",
 ]
-METRICS: tuple[str, ...] = (
-    "exact_match",
-    "f1",
-    "bleu",
-    "rouge_l",
-    "perplexity",
-    "faithfulness",
-    "preference_accuracy",
-    "preference_accuracy_raw",
-)
+METRICS: tuple[str, ...] = get_args(Metric)
 PREFERENCE_METRICS: tuple[str, ...] = ("preference_accuracy", "preference_accuracy_raw")
 LOWER_IS_BETTER: frozenset[str] = frozenset({"perplexity"})
 

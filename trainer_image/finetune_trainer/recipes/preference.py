@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
+from finetune_operator.api.contract import TrainingRunSpec
 
 from ..data.preference import PreparedPairs, prepare_pairs
 from ..report import ProgressReporter
-from ..training import AdapterTraining, TrainerParts
+from ..training import AdapterTraining, TrainerParts, TrainingRecipe
 
 
-class PreferenceRecipe:
+class PreferenceRecipe(TrainingRecipe):
     def __init__(
         self, run: TrainingRunSpec, workdir: Path, environ: Mapping[str, str], reporter: ProgressReporter
     ) -> None:
@@ -34,26 +34,6 @@ class PreferenceRecipe:
         self.training = AdapterTraining(
             run, workdir, environ, reporter, prepare=self._prepare, make_trainer=self._trainer, packing=False
         )
-
-    def run(self) -> TrainerResult:
-        return self.training.run()
-
-    def setup(self) -> None:
-        self.training.setup()
-
-    def setup_data(self) -> PreparedPairs:
-        data: PreparedPairs = self.training.setup_data()
-        return data
-
-    def train(self) -> Any:
-        return self.training.train()
-
-    def publish(self, output: Any) -> TrainerResult:
-        return self.training.publish(output)
-
-    @property
-    def model(self) -> Any:
-        return self.training.model
 
     def _prepare(self, data_dir: Path, tokenizer: Any) -> PreparedPairs:
         t = self.spec.training

@@ -14,15 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
+from finetune_operator.api.contract import TrainingRunSpec
 
 from ..data import PreparedData, prepare
 from ..model import make_collator
 from ..report import ProgressReporter
-from ..training import AdapterTraining, TrainerParts
+from ..training import AdapterTraining, TrainerParts, TrainingRecipe
 
 
-class SFTRecipe:
+class SFTRecipe(TrainingRecipe):
     def __init__(
         self, run: TrainingRunSpec, workdir: Path, environ: Mapping[str, str], reporter: ProgressReporter
     ) -> None:
@@ -36,26 +36,6 @@ class SFTRecipe:
             make_trainer=self._trainer,
             packing=self.spec.training.packing,
         )
-
-    def run(self) -> TrainerResult:
-        return self.training.run()
-
-    def setup(self) -> None:
-        self.training.setup()
-
-    def setup_data(self) -> PreparedData:
-        data: PreparedData = self.training.setup_data()
-        return data
-
-    def train(self) -> Any:
-        return self.training.train()
-
-    def publish(self, output: Any) -> TrainerResult:
-        return self.training.publish(output)
-
-    @property
-    def model(self) -> Any:
-        return self.training.model
 
     def _prepare(self, data_dir: Path, tokenizer: Any) -> PreparedData:
         t = self.spec.training
