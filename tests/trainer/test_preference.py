@@ -192,7 +192,7 @@ def test_a_job_starts_from_an_earlier_adapter(pairs_setup: dict[str, Path], dpo_
 
 def test_a_killed_dpo_run_resumes_from_the_synced_step(pairs_setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "resume"
-    spec = preference_spec(pairs_setup, out, "dpo", training={"maxSteps": 400, "saveSteps": 20})
+    spec = preference_spec(pairs_setup, out, "dpo", training={"maxSteps": 200, "saveSteps": 20})
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     result_file = tmp_path / "result.json"
@@ -217,8 +217,8 @@ def test_a_killed_dpo_run_resumes_from_the_synced_step(pairs_setup: dict[str, Pa
     result = TrainerResult.model_validate_json(result_file.read_text())
     assert result.resumed_from_step is not None and result.resumed_from_step >= 20, output[-2000:]
     assert f"checkpoint-{result.resumed_from_step:08d}" in str(killed_at[-1])
-    assert result.metrics is not None and result.metrics.steps == 400
-    print(f"DPO killed after {killed_at[-1].parent.name}; resumed from step {result.resumed_from_step}; finished 400")
+    assert result.metrics is not None and result.metrics.steps == 200
+    print(f"DPO killed after {killed_at[-1].parent.name}; resumed from step {result.resumed_from_step}; finished 200")
 
 
 def test_dpo_on_two_ranks_keeps_them_in_step(pairs_setup: dict[str, Path], tmp_path: Path) -> None:
