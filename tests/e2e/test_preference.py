@@ -53,7 +53,7 @@ def test_sft_then_dpo_then_evaluation_from_the_examples(demo: Quickstart) -> Non
     assert dpo["startAdapter"] == {"uri": sft["adapter"]["uri"], "fineTuneJob": "support-sft", "fineTuneJobAttempt": 1}
     assert dpo["adapter"]["uri"] != sft["adapter"]["uri"]
     assert 0 <= dpo["progress"]["rewardAccuracy"] <= 1 and "rewardMargin" in dpo["progress"]
-    assert dpo["metrics"]["steps"] == 60
+    assert dpo["metrics"]["steps"] == 60 and 0 <= dpo["metrics"]["rewardAccuracy"] <= 1
 
     wait(demo, "Succeeded", "evr/support-dpo-eval", 420)
     evalrun = get(demo, EVALRUN.plural, "support-dpo-eval")["status"]

@@ -149,6 +149,9 @@ def dpo_adapter(pairs_setup: dict[str, Path]) -> tuple[Path, TrainerResult, Any]
 def test_dpo_learns_the_preference_rule(pairs_setup: dict[str, Path], dpo_adapter: Any, tmp_path: Path) -> None:
     adapter, result, recipe = dpo_adapter
     assert result.result == "succeeded" and result.metrics is not None and result.metrics.steps == 150
+    # The last logged batch's reward accuracy on training pairs, kept in status.metrics.
+    assert result.metrics.reward_accuracy is not None and result.metrics.reward_accuracy > 0.5
+    assert result.metrics.reward_margin is not None and result.metrics.reward_margin > 0
     fields = recipe.training.progress.fields()
     assert 0 <= fields["rewardAccuracy"] <= 1 and "rewardMargin" in fields
     tuned, baseline = pairwise_accuracy(pairs_setup, adapter, tmp_path)

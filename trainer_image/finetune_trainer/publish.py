@@ -93,6 +93,8 @@ def adapter_result(
     """The succeeded result: where the adapter is, the run's figures (from the Trainer's `state`)."""
     seen = state.num_input_tokens_seen or 0
     train_runtime = float(metrics.get("train_runtime", runtime))
+    # TRL's preference trainers log these (dpo, orpo); SFT has none.
+    rewards = next((h for h in reversed(state.log_history) if "rewards/accuracies" in h), {})
     return TrainerResult(
         result="succeeded",
         adapter=_artifact(adapter.published),
@@ -100,6 +102,8 @@ def adapter_result(
         metrics=TrainingMetrics(
             train_loss=_finite(metrics.get("train_loss")),
             eval_loss=_finite(evaluation.get("eval_loss")),
+            reward_accuracy=_finite(rewards.get("rewards/accuracies")),
+            reward_margin=_finite(rewards.get("rewards/margins")),
             steps=state.global_step,
             train_samples=train_samples,
             truncated_examples=truncated_examples,

@@ -70,6 +70,16 @@ class TrainingMetrics(ApiModel):
 
     train_loss: float | None = Field(default=None, description="Mean training loss over the run.")
     eval_loss: float | None = Field(default=None, description="Validation loss at the end.")
+    reward_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="dpo/orpo: the last logged share of training pairs whose chosen response out-scored the "
+        "rejected one (TRL's rewards/accuracies; the held-out figure is an EvalRun preference benchmark's).",
+    )
+    reward_margin: float | None = Field(
+        default=None, description="dpo/orpo: the last logged mean reward of chosen minus rejected."
+    )
     steps: int | None = Field(default=None, ge=0, description="Optimizer steps run.")
     train_samples: int | None = Field(default=None, ge=0, description="Training examples after refinement.")
     truncated_examples: int | None = Field(
