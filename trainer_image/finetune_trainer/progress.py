@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .errors import Interrupted
-from .report import ProgressReporter
+from .report import ProgressReporter, last_logged
 
 log = logging.getLogger("finetune_trainer")
 
@@ -39,17 +39,17 @@ class TrainerProgress:
         if total:
             fields["totalSteps"] = total
             fields["percent"] = min(100, int(100 * state.global_step / total))
-        losses = [h for h in state.log_history if "loss" in h]
-        if losses:
-            fields["loss"] = round(float(losses[-1]["loss"]), 6)
-            fields["learningRate"] = float(losses[-1].get("learning_rate", 0.0))
-        rewards = [h for h in state.log_history if "rewards/accuracies" in h]
+        loss = last_logged(state.log_history, "loss")
+        if loss:
+            fields["loss"] = round(float(loss["loss"]), 6)
+            fields["learningRate"] = float(loss.get("learning_rate", 0.0))
+        rewards = last_logged(state.log_history, "rewards/accuracies")
         if rewards:  # TRL's preference trainers log them (dpo, orpo)
-            fields["rewardAccuracy"] = round(float(rewards[-1]["rewards/accuracies"]), 4)
-            fields["rewardMargin"] = round(float(rewards[-1].get("rewards/margins", 0.0)), 6)
-        evals = [h for h in state.log_history if "eval_loss" in h]
-        if evals:
-            fields["evalLoss"] = round(float(evals[-1]["eval_loss"]), 6)
+            fields["rewardAccuracy"] = round(float(rewards["rewards/accuracies"]), 4)
+            fields["rewardMargin"] = round(float(rewards.get("rewards/margins", 0.0)), 6)
+        evaluation = last_logged(state.log_history, "eval_loss")
+        if evaluation:
+            fields["evalLoss"] = round(float(evaluation["eval_loss"]), 6)
         elapsed = time.monotonic() - self.train_started if self.train_started is not None else 0.0
         if elapsed > 0 and state.num_input_tokens_seen:
             fields["tokensPerSecond"] = round(state.num_input_tokens_seen / elapsed, 2)

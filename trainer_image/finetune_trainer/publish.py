@@ -13,6 +13,7 @@ from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
 from finetune_operator.api.training_status import Artifact, Provenance, TrainingMetrics
 
 from . import __version__
+from .report import last_logged
 from .storage import Published, Store, publish
 
 
@@ -94,7 +95,7 @@ def adapter_result(
     seen = state.num_input_tokens_seen or 0
     train_runtime = float(metrics.get("train_runtime", runtime))
     # TRL's preference trainers log these (dpo, orpo); SFT has none.
-    rewards = next((h for h in reversed(state.log_history) if "rewards/accuracies" in h), {})
+    rewards = last_logged(state.log_history, "rewards/accuracies")
     return TrainerResult(
         result="succeeded",
         adapter=_artifact(adapter.published),

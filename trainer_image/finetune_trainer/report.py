@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,12 @@ class ProgressReporter:
             return False
         self.sent += 1
         return True
+
+
+def last_logged(history: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any]:
+    """The newest entry of a Trainer's log_history that has `key` ({} when none has): what progress
+    reports while training and the result keeps at the end read from the same entries."""
+    return next((entry for entry in reversed(history) if key in entry), {})
 
 
 def encode_result(result: TrainerResult) -> str:

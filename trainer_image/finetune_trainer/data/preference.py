@@ -12,6 +12,7 @@ same way, so that `finetune-trainer prepare` shows what training will see before
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def load_pairs(path: Path, spec: DatasetSource) -> tuple[list[Pair], RefineRepor
     report = RefineReport()
 
     def pairs() -> Any:
-        for row in [first, *rows]:
+        for row in chain([first], rows):  # streamed, as data.load_examples reads SFT rows
             got = pair_or_reason(row, spec.columns)
             if isinstance(got, str):
                 report.read += 1
