@@ -221,7 +221,8 @@ def build_crd(kind: Kind) -> dict[str, Any]:
             "and pods",
         }
     ]
-    root["x-kubernetes-validations"].append(_spec_frozen_while_active_rule(kind, spec_schema))
+    if kind.attempts:
+        root["x-kubernetes-validations"].append(_spec_frozen_while_active_rule(kind, spec_schema))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -23,7 +23,9 @@ class Api(Protocol):
     def patch(
         self, kind: str, namespace: str, name: str, body: Mapping[str, Any], patch_type: str = "merge"
     ) -> None: ...
-    def patch_status(self, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any]) -> str: ...
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any], resource_version: str | None = None
+    ) -> str: ...
     def delete(self, kind: str, namespace: str, name: str) -> None: ...
 
 
@@ -65,7 +67,8 @@ def execute(
     previous = resource.get("status") or {}
     patch = merge_patch(previous, plan.status)
     if patch:
-        version = api.patch_status(kind.kind, namespace, name, patch)
+        guard = version if plan.guarded else None
+        version = api.patch_status(kind.kind, namespace, name, patch, guard)
     for event in plan.events:
         post_event(resource, event)
     new_phase = plan.status.get("phase")

@@ -74,6 +74,7 @@ _COLLECTIONS = {
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
     "Service": "/api/v1/namespaces/{namespace}/services",
+    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
     **{k.kind: f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{k.plural}" for k in KINDS},
 }
 """Where each kind the operator reads or writes lives, by kind name."""
@@ -138,11 +139,23 @@ def patch(
     _request(api, "PATCH", _path(kind, namespace, name), dict(body), _CONTENT_TYPES[patch_type])
 
 
-def patch_status(api: client.ApiClient, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any]) -> str:
+def patch_status(
+    api: client.ApiClient,
+    kind: str,
+    namespace: str,
+    name: str,
+    status_patch: Mapping[str, Any],
+    *,
+    resource_version: str | None = None,
+) -> str:
     """JSON merge patch of the status subresource: touches only the keys given (not the trainer's
-    progress). Returns the resource's new resourceVersion."""
+    progress). With `resource_version`, only onto that version (409 Conflict if the resource moved on).
+    Returns the resource's new resourceVersion."""
     path = _path(kind, namespace, name, "status")
-    patched = _request(api, "PATCH", path, {"status": dict(status_patch)}, MERGE_PATCH)
+    body: dict[str, Any] = {"status": dict(status_patch)}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    patched = _request(api, "PATCH", path, body, MERGE_PATCH)
     return str(json.loads(patched)["metadata"]["resourceVersion"])
 
 
@@ -171,8 +184,10 @@ class KubeApi:
     def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any], patch_type: str = "merge") -> None:
         patch(self.client, kind, namespace, name, body, patch_type=patch_type)
 
-    def patch_status(self, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any]) -> str:
-        return patch_status(self.client, kind, namespace, name, status_patch)
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any], resource_version: str | None = None
+    ) -> str:
+        return patch_status(self.client, kind, namespace, name, status_patch, resource_version=resource_version)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         delete(self.client, kind, namespace, name)

@@ -13,10 +13,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .api import EVALRUN, KINDS
+from .api import EVALRUN, KINDS, MODEL
 from .api.common import Phase
 from .status import parse_time
 
@@ -24,7 +24,7 @@ PHASES: tuple[Phase, ...] = ("Pending", "Queued", "Running", "Succeeded", "Faile
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 48 * 3600, float("inf"))
 
 
-_PHASE_FAMILIES = tuple((k.kind, k.metrics_family, f"{k.kind}s by phase.") for k in KINDS)
+_PHASE_FAMILIES = tuple((k.kind, k.metrics_family, f"{k.kind}s by phase.") for k in KINDS if k.attempts)
 
 
 class _PhaseCollector(Collector):
@@ -38,6 +38,33 @@ class _PhaseCollector(Collector):
             for phase in PHASES:
                 family.add_metric([phase], counts.get(phase, 0))
             yield family
+
+
+VERSION_STATES = ("Candidate", "Stable", "Superseded", "Rejected")
+
+
+class _ModelCollector(Collector):
+    """Model registries as last seen: versions by state, and the gate's promotions (a count kept in
+    the Model's status, so a restarted operator reports the same totals)."""
+
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        versions = GaugeMetricFamily(
+            "finetune_model_versions", "Versions of each Model by state.", labels=["namespace", "model", "state"]
+        )
+        promotions = CounterMetricFamily(
+            "finetune_model_promotions",
+            "Times the promotion gate moved a Model's stable version.",
+            labels=["namespace", "model"],
+        )
+        for (namespace, name), (states, promoted) in self._metrics.models().items():
+            for state in VERSION_STATES:
+                versions.add_metric([namespace, name, state], states.get(state, 0))
+            promotions.add_metric([namespace, name], promoted)
+        yield versions
+        yield promotions
 
 
 class OperatorMetrics:
@@ -98,7 +125,18 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        self._models: dict[tuple[str, str], tuple[Tally[str], int]] = {}
         self.registry.register(_PhaseCollector(self))
+        self.registry.register(_ModelCollector(self))
+
+    def models(self) -> dict[tuple[str, str], tuple[Tally[str], int]]:
+        with self._lock:
+            return dict(self._models)
+
+    def observe_model(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        states = Tally(str(v.get("state")) for v in status.get("versions") or [])
+        with self._lock:
+            self._models[(namespace, name)] = (states, int(status.get("promotions") or 0))
 
     def phase_counts(self, kind: str = "FineTuneJob") -> Tally[str]:
         with self._lock:
@@ -146,12 +184,17 @@ class OperatorMetrics:
         """What a watch event of one of our resources shows, by kind."""
         if kind == EVALRUN.kind:
             self.observe_evalrun(namespace, name, status)
+        elif kind == MODEL.kind:
+            self.observe_model(namespace, name, status)
         else:
             self.observe_status(namespace, name, status)
 
     def forget_resource(self, kind: str, namespace: str, name: str) -> None:
         if kind == EVALRUN.kind:
             self.forget_evalrun(namespace, name)
+        elif kind == MODEL.kind:
+            with self._lock:
+                self._models.pop((namespace, name), None)
         else:
             self.forget(namespace, name)
 

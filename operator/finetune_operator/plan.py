@@ -91,6 +91,10 @@ class Plan:
     """The attempt's final outcome, when this plan records it (for the duration histogram)."""
     recheck_after: float | None = None
     """Seconds after which to plan again with no event to wake the resource (a timeout expiring)."""
+    guarded: bool = False
+    """Write the status only onto the resourceVersion it was planned on (a 409 otherwise, and the
+    reconcile plans again on a fresh read): for a status that is a record (a Model's versions), where a
+    plan on a stale read would lose or repeat what another write added."""
 
     def created(self, kind: str | None = None) -> list[Mapping[str, Any]]:
         """The objects this plan creates (of one kind, or all), in order."""

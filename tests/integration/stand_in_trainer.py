@@ -8,7 +8,8 @@ reads FINETUNE_RUN_SPEC, patches status.progress of its own resource with the po
 service-account token, writes a TrainerResult to /dev/termination-log and exits 0 / 2 / other.
 What it does is chosen by the dataset URI, file:///scenario/<name>: success, data-error, crash,
 oom (allocates past its cgroup's memory limit until the kernel kills it), slow; and for an
-evaluation (`finetune-trainer eval`), by its first benchmark's: eval-pass (exact_match 0.9).
+evaluation (`finetune-trainer eval`), by its first benchmark's: eval-pass (exact_match 0.9), eval-score-<x>
+(exact_match x).
 bench/operator_scale.py runs it as a host process under the stand-in node agent instead.
 """
 
@@ -76,9 +77,10 @@ def exhaust_memory() -> None:
 def evaluate(run: dict) -> None:
     scenario = run["evaluation"]["benchmarks"][0]["dataset"]["uri"].rsplit("/", 1)[-1]
     print(f"stand-in trainer: evaluation scenario {scenario} for {run['resource']['name']}", flush=True)
-    if scenario == "eval-pass":
-        summary = [{"metric": "exact_match", "value": 0.9}]
-        results = [{"benchmark": run["evaluation"]["benchmarks"][0]["name"], "metric": "exact_match", "value": 0.9}]
+    if scenario == "eval-pass" or scenario.startswith("eval-score-"):
+        score = 0.9 if scenario == "eval-pass" else float(scenario.removeprefix("eval-score-"))
+        summary = [{"metric": "exact_match", "value": score}]
+        results = [{"benchmark": run["evaluation"]["benchmarks"][0]["name"], "metric": "exact_match", "value": score}]
         outcome = {"summary": summary, "results": results, "report": {"uri": run["reportUri"]}, "samples": 10}
         finish({"result": "succeeded", "evaluation": outcome}, 0)
     print(f"unknown evaluation scenario {scenario}", file=sys.stderr)

@@ -65,3 +65,34 @@ def test_job_patch_is_a_strategic_merge_and_delete_tolerates_a_missing_job(kube:
     assert raised.value.status == 404
     assert calls.get(kube.api, "Job", kube.namespace, "patched") is None
     calls.delete(kube.api, "Job", kube.namespace, "patched")  # already gone: no error
+
+
+def test_a_guarded_status_patch_conflicts_on_a_moved_resource(kube: Kube) -> None:
+    """What Plan.guarded relies on: the status subresource honours a resourceVersion precondition.
+    (The operator reconciles this Model too: a first write that meets its write is retried on a fresh read.)"""
+    body = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": "guarded", "namespace": kube.namespace},
+        "spec": {"baseModel": {"uri": "file:///models/tiny"}},
+    }
+    kube.custom.create_namespaced_custom_object("finetune.dev", "v1alpha1", kube.namespace, "models", body)
+
+    def version() -> str:
+        got = kube.custom.get_namespaced_custom_object("finetune.dev", "v1alpha1", kube.namespace, "models", "guarded")
+        return str(got["metadata"]["resourceVersion"])
+
+    for _ in range(10):
+        read = version()
+        try:
+            calls.patch_status(kube.api, "Model", kube.namespace, "guarded", {"promotions": 3}, resource_version=read)
+            break
+        except ApiException as error:
+            assert error.status == 409
+    else:
+        raise AssertionError("no guarded write went through in 10 tries")
+    with pytest.raises(ApiException) as stale:  # a second writer that planned on the same read
+        calls.patch_status(kube.api, "Model", kube.namespace, "guarded", {"promotions": 5}, resource_version=read)
+    assert stale.value.status == 409
+    current = kube.custom.get_namespaced_custom_object("finetune.dev", "v1alpha1", kube.namespace, "models", "guarded")
+    assert current["status"].get("promotions") != 5

@@ -92,6 +92,20 @@ def test_evalruns_by_phase_and_their_latest_scores() -> None:
     assert _sample(metrics, "finetune_evalrun_passed", {"namespace": "a", "name": "eval"}) is None
 
 
+def test_model_versions_by_state_and_promotions_from_the_status() -> None:
+    metrics = OperatorMetrics()
+    states = ["Superseded", "Stable", "Rejected", "Rejected"]
+    status = {"versions": [{"state": s} for s in states], "promotions": 2}
+    metrics.observe_resource("Model", "a", "support", status)
+    labels = {"namespace": "a", "model": "support"}
+    assert _sample(metrics, "finetune_model_versions", {**labels, "state": "Rejected"}) == 2
+    assert _sample(metrics, "finetune_model_versions", {**labels, "state": "Candidate"}) == 0
+    assert _sample(metrics, "finetune_model_promotions_total", labels) == 2
+    assert "finetune_models" not in generate_latest(metrics.registry).decode()  # no phases: it runs nothing
+    metrics.forget_resource("Model", "a", "support")
+    assert _sample(metrics, "finetune_model_versions", {**labels, "state": "Rejected"}) is None
+
+
 def test_duration_histogram_and_transitions() -> None:
     metrics = OperatorMetrics()
     metrics.observe_transition("Succeeded", "TrainingComplete")

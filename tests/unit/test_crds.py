@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from finetune_operator import crdgen
-from finetune_operator.api import FINETUNEJOB, KINDS, EvalRunSpec, FineTuneJobSpec
+from finetune_operator.api import FINETUNEJOB, KINDS
 from finetune_operator.api.contract import EvaluationRunSpec, TrainingRunSpec
 
 REPO = Path(__file__).resolve().parents[2]
-SPEC_MODELS = {"FineTuneJob": FineTuneJobSpec, "EvalRun": EvalRunSpec}
+SPEC_MODELS = {k.kind: k.spec_model for k in KINDS}
 
 
 def _schema(kind_name: str) -> dict[str, Any]:

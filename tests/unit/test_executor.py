@@ -44,9 +44,14 @@ class RecordingApi:
     def patch(self, kind: str, namespace: str, name: str, body: Mapping[str, Any], patch_type: str = "merge") -> None:
         self.calls.append(("patch", kind, name, patch_type))
 
-    def patch_status(self, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any]) -> str:
+    guards: list[str | None] = field(default_factory=list)
+
+    def patch_status(
+        self, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any], resource_version: str | None = None
+    ) -> str:
         self.version += 1
         self.calls.append(("status", kind, name, sorted(status_patch)))
+        self.guards.append(resource_version)
         return str(self.version)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
@@ -100,6 +105,13 @@ def test_before_actions_in_order_then_status_then_events_then_after_actions() ->
 def test_a_status_already_in_place_is_not_written_and_the_read_version_stands() -> None:
     api, version, _ = _run(Plan(status={"phase": "Running"}))
     assert api.calls == [] and version == "7"
+
+
+def test_a_guarded_status_is_written_only_onto_the_version_it_was_planned_on() -> None:
+    api, _, _ = _run(Plan(status={"phase": "Succeeded"}, guarded=True))
+    assert api.guards == ["7"]
+    api, _, _ = _run(Plan(status={"phase": "Succeeded"}))
+    assert api.guards == [None]  # the trainer's progress patches must not make the others conflict
 
 
 def test_a_patch_of_the_resource_itself_makes_its_version_unknown() -> None:

@@ -1,4 +1,4 @@
-"""API models of FineTuneJob and EvalRun (group finetune.dev, version v1alpha1).
+"""API models of FineTuneJob, EvalRun and Model (group finetune.dev, version v1alpha1).
 
 Importable without kopf, kubernetes or torch: the trainer validates its run spec with these models.
 """
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from .common import TERMINAL_PHASES, Condition, Phase
 from .evalrun import EvalRunSpec, EvalRunStatus
 from .finetunejob import FineTuneJobSpec
+from .model import ModelSpec, ModelStatus
 from .schema import API_VERSION, GROUP, VERSION, ApiModel
 from .training_status import FineTuneJobStatus
 
@@ -47,6 +48,9 @@ class Kind:
     one: the CRD's CEL freeze rule allows exactly these, and the spec hash leaves exactly these out."""
     metrics_family: str
     """Prometheus family of the kind's resources by phase."""
+    attempts: bool = True
+    """Whether it runs its work in attempts (Jobs): its CRD freezes the spec while one is in flight, and
+    /metrics counts its resources by phase. A kind of pure control (Model) has neither."""
 
     @property
     def crd_name(self) -> str:
@@ -79,7 +83,7 @@ FINETUNEJOB = Kind(
     label=f"{GROUP}/finetunejob",
     # Pausing; a new benchmark or threshold (re-runs the evaluation, not the training); what deletion
     # does to the stored objects.
-    attempt_neutral=("suspend", "evaluation", "output.deletePolicy"),
+    attempt_neutral=("suspend", "evaluation", "output.deletePolicy", "output.model"),
     metrics_family="finetune_jobs",
 )
 
@@ -105,7 +109,31 @@ EVALRUN = Kind(
     metrics_family="finetune_evalruns",
 )
 
-KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN)
+MODEL = Kind(
+    kind="Model",
+    plural="models",
+    singular="model",
+    short_names=("ftm",),
+    spec_model=ModelSpec,
+    status_model=ModelStatus,
+    description="Model registers the adapters FineTuneJobs publish into it (spec.output.model) as numbered "
+    "versions, promotes one to stable only when its evaluation passes the gate, rolls back with spec.pin, and "
+    "keeps a serving ConfigMap pointing at the stable version.",
+    columns=(
+        PrinterColumn("Stable", ".status.stable", "integer", "The stable version (what serving uses)."),
+        PrinterColumn("Candidate", ".status.candidate", "integer", "The newest version not (yet) stable."),
+        PrinterColumn("Versions", ".status.latest", "integer", "Versions registered."),
+        PrinterColumn("Pinned", ".spec.pin", "integer", "spec.pin: the version held stable by hand.", 1),
+        PrinterColumn("Base", ".spec.baseModel.uri", "string", "The base model every version adapts.", 1),
+        _AGE,
+    ),
+    label=f"{GROUP}/model",
+    attempt_neutral=(),
+    metrics_family="finetune_models",
+    attempts=False,
+)
+
+KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN, MODEL)
 _BY_NAME = {k.kind: k for k in KINDS}
 
 
@@ -147,6 +175,7 @@ __all__ = [
     "FINETUNEJOB",
     "GROUP",
     "KINDS",
+    "MODEL",
     "TERMINAL_PHASES",
     "VERSION",
     "Condition",
@@ -155,6 +184,8 @@ __all__ = [
     "FineTuneJobSpec",
     "FineTuneJobStatus",
     "Kind",
+    "ModelSpec",
+    "ModelStatus",
     "Phase",
     "PrinterColumn",
     "format_validation_error",

@@ -20,7 +20,7 @@ from .common import (
     remote_secret_rule,
 )
 from .evaluation import Evaluation
-from .schema import DNS_LABEL, ApiModel, Rule
+from .schema import DNS_LABEL, ApiModel, ObjectName, Rule
 
 DEFAULT_EPOCHS = 3.0
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -226,6 +226,12 @@ class OutputSettings(ApiModel):
         "secretRef) removes them; if the store stays unreachable through the cleanup's bounded retries, the "
         "finalizer is released anyway and a Warning event (ArtifactCleanupFailed) names what was left. May "
         "change at any time.",
+    )
+    model: ObjectName | None = Field(
+        default=None,
+        description="Register each adapter this job publishes as a new version of this Model (same namespace), "
+        "where the Model's promotion gate decides whether it becomes stable. May change at any time: it "
+        "retrains nothing.",
     )
 
     __rules__ = (

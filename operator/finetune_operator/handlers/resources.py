@@ -13,6 +13,7 @@ from ..kinds import CONTROLLERS
 from ..kinds.base import (
     EVALRUNS_BY_JOB,
     FINETUNEJOBS_BY_ADAPTER_JOB,
+    FINETUNEJOBS_BY_MODEL,
     Packed,
     indices_in,
     needs_reconcile,
@@ -52,6 +53,14 @@ async def finetunejobs_by_adapter_job(
 ) -> dict[tuple[str, str], str] | None:
     ref = ((spec.get("adapter") or {}).get("fineTuneJobRef") or {}).get("name")
     return {(namespace or "", ref): name} if ref else None
+
+
+@kopf.index(GROUP, VERSION, FINETUNEJOB.plural, id=FINETUNEJOBS_BY_MODEL)
+async def finetunejobs_by_model(
+    namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], str] | None:
+    model = (spec.get("output") or {}).get("model")
+    return {(namespace or "", model): name} if model else None
 
 
 async def resource_event(

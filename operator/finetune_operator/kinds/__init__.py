@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import evalrun, finetunejob
+from . import evalrun, finetunejob, model
 from .base import Controller
 
-CONTROLLERS: dict[str, Controller[Any]] = {c.kind.kind: c for c in (finetunejob.CONTROLLER, evalrun.CONTROLLER)}
+CONTROLLERS: dict[str, Controller[Any]] = {
+    c.kind.kind: c for c in (finetunejob.CONTROLLER, evalrun.CONTROLLER, model.CONTROLLER)
+}
 """Every kind's controller by kind name; api.KINDS and this registry list the same kinds (a unit test checks)."""
 
 __all__ = ["CONTROLLERS", "Controller"]

@@ -7,7 +7,8 @@ both, executes the plan and schedules a recheck.
 The indices (kopf keeps them up to date from its watches, handlers/indices.py registers them):
 trainer Jobs and Pods by their owner's uid, every resource of our kinds by (namespace, name) as
 watched, EvalRuns by the FineTuneJob their fineTuneJobRef names, and FineTuneJobs by the one whose
-adapter they start from (spec.adapter.fineTuneJobRef).
+adapter they start from (spec.adapter.fineTuneJobRef), and FineTuneJobs by the Model they publish into
+(spec.output.model).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ TRAINER_JOBS = "trainer_jobs"
 TRAINER_PODS = "trainer_pods"
 EVALRUNS_BY_JOB = "evalruns_by_job"
 FINETUNEJOBS_BY_ADAPTER_JOB = "finetunejobs_by_adapter_job"
+FINETUNEJOBS_BY_MODEL = "finetunejobs_by_model"
 
 
 def watched_index(kind: Kind) -> str:
@@ -131,6 +133,7 @@ INDEX_NAMES: tuple[str, ...] = (
     TRAINER_PODS,
     EVALRUNS_BY_JOB,
     FINETUNEJOBS_BY_ADAPTER_JOB,
+    FINETUNEJOBS_BY_MODEL,
     *(watched_index(k) for k in KINDS),
 )
 """Every index a reconcile reads (handlers/ registers each under this name)."""

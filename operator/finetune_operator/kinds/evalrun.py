@@ -4,8 +4,8 @@
     plan(inputs, now) -> Plan                  # pure: the model, then attempts (attempts.py)
 
 Woken by its own events, its Jobs and Pods, and the FineTuneJob its fineTuneJobRef names finishing
-(that controller's `dependents`). An EvalRun owned by a FineTuneJob wakes that job when its verdict
-changes (`mirrored`).
+(that controller's `dependents`). An EvalRun owned by a FineTuneJob or a Model wakes its owner when its
+verdict changes (`mirrored`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api import EVALRUN, FINETUNEJOB, TERMINAL_PHASES, Kind, format_validation_error
+from ..api import EVALRUN, FINETUNEJOB, MODEL, TERMINAL_PHASES, Kind, format_validation_error
 from ..api.contract import TrainerResult
 from ..api.evalrun import EvalRunSpec, ResolvedModel
 from ..api.evaluation import MetricSummary, judge
@@ -194,9 +194,10 @@ def mirrored(body: Mapping[str, Any]) -> tuple[object, ...]:
 
 
 def dependents(event_type: str | None, body: Mapping[str, Any], indices: Indices) -> list[tuple[Kind, str]]:
-    """A FineTuneJob's own EvalRun: its phase and verdict go into the job's status."""
-    owner = ((body.get("metadata") or {}).get("labels") or {}).get(FINETUNEJOB.label)
-    return [(FINETUNEJOB, owner)] if owner else []
+    """The resource that owns this EvalRun, found by its owner label: a FineTuneJob (spec.evaluation: the
+    verdict goes into its status) or a Model (a version's promotion gate)."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return [(kind, labels[kind.label]) for kind in (FINETUNEJOB, MODEL) if labels.get(kind.label)]
 
 
 CONTROLLER: Controller[Inputs] = Controller(

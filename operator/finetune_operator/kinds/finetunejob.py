@@ -5,7 +5,8 @@
 
 Four watches wake it: the FineTuneJob itself (`needs_reconcile`), its trainer Jobs and Pods, its
 own EvalRun when that one's verdict changes (the EvalRun controller's `mirrored`), and the FineTuneJob
-whose adapter it starts from (spec.adapter.fineTuneJobRef) finishing (`dependents`).
+whose adapter it starts from (spec.adapter.fineTuneJobRef) finishing (`dependents`). It wakes the Model
+its spec.output.model names when it finishes or its evaluation's verdict comes in.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..api import EVALRUN, FINETUNEJOB, TERMINAL_PHASES, Kind, format_validation_error
+from ..api import EVALRUN, FINETUNEJOB, MODEL, TERMINAL_PHASES, Kind, format_validation_error
 from ..api.contract import TrainerResult
 from ..api.evalrun import EvalRunSpec
 from ..api.finetunejob import FineTuneJobSpec, StartAdapter
@@ -301,26 +302,36 @@ def _mirror_evaluation(
 
 
 def mirrored(body: Mapping[str, Any]) -> tuple[object, ...]:
-    """What an EvalRun with a fineTuneJobRef reads of the job: its spec generation, phase, attempt, adapter."""
+    """What the resources that read this job see of it: its spec generation, phase, attempt and adapter
+    (an EvalRun's fineTuneJobRef, a FineTuneJob's start adapter), and its evaluation's verdict (the
+    Model its spec.output.model names)."""
     status = body.get("status") or {}
     meta = body.get("metadata") or {}
+    evaluation = status.get("evaluation") or {}
     return (
         meta.get("generation"),
         status.get("phase"),
         status.get("attempt"),
         (status.get("adapter") or {}).get("uri"),
+        evaluation.get("phase"),
+        evaluation.get("adapterUri"),
     )
 
 
 def dependents(event_type: str | None, body: Mapping[str, Any], indices: Indices) -> list[tuple[Kind, str]]:
     """EvalRuns that reference this job, and FineTuneJobs that start from its adapter, wait for it to
-    finish (or run again on its new adapter)."""
+    finish (or run again on its new adapter); the Model it publishes into registers what it published."""
     status = body.get("status") or {}
     if event_type != "DELETED" and status.get("phase") not in TERMINAL_PHASES:
         return []
     key = (body["metadata"].get("namespace") or "", body["metadata"]["name"])
     evalruns = [(EVALRUN, name) for name in indices[EVALRUNS_BY_JOB].get(key, [])]
-    return [*evalruns, *((FINETUNEJOB, name) for name in indices[FINETUNEJOBS_BY_ADAPTER_JOB].get(key, []))]
+    model = ((body.get("spec") or {}).get("output") or {}).get("model")
+    return [
+        *evalruns,
+        *((FINETUNEJOB, name) for name in indices[FINETUNEJOBS_BY_ADAPTER_JOB].get(key, [])),
+        *([(MODEL, model)] if model else []),
+    ]
 
 
 CONTROLLER: Controller[Inputs] = Controller(

@@ -11,8 +11,13 @@ from ..api.finetunejob import FineTuneJobSpec
 from .names import Owner, bounded_name, child_metadata
 
 
+def owned_evalrun_name(job: str) -> str:
+    """The EvalRun that FineTuneJob `job`'s spec.evaluation stands for."""
+    return bounded_name(job, "-eval")
+
+
 def evalrun_name(owner: Owner) -> str:
-    return bounded_name(owner.name, "-eval")
+    return owned_evalrun_name(owner.name)
 
 
 def build_owned_evalrun(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:

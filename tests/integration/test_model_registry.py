@@ -1,0 +1,194 @@
+"""The model registry on the real control plane and node: FineTuneJobs publish into a Model, the gate
+promotes or rejects each version on its evaluation, spec.pin rolls back, and the serving ConfigMap follows.
+
+The trainer and evaluation pods run the stand-in trainer (its eval-score-<x> scenario reports
+exact_match x), so what is tested is the operator's registry, not the quality of any model: the
+scores are chosen, the decisions and the API objects are real.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from devcluster import apply_objects, wait_for
+from finetune_operator.api import MODEL
+from tests.integration.conftest import GROUP, VERSION, Kube, quick_spec
+
+pytestmark = pytest.mark.cluster
+BASE = "file:///models/tiny"
+
+
+def apply_model(kube: Kube, name: str, **spec: Any) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": kube.namespace},
+        "spec": {"baseModel": {"uri": BASE}, **spec},
+    }
+    apply_objects(kube.api, [body])
+
+
+def model_status(kube: Kube, name: str) -> dict[str, Any]:
+    body = kube.custom.get_namespaced_custom_object(GROUP, VERSION, kube.namespace, MODEL.plural, name)
+    return dict(body.get("status") or {})
+
+
+def wait_model(kube: Kube, name: str, what: str, check: Any, timeout: float = 90) -> dict[str, Any]:
+    return wait_for(
+        lambda: (s := model_status(kube, name)) and check(s) and s,
+        timeout,
+        f"Model {name}: {what}",
+        describe=lambda: json.dumps(model_status(kube, name))[:3000],
+    )
+
+
+def scored_job(score: float, model: str) -> dict[str, Any]:
+    benchmark = {
+        "name": "qa",
+        "task": "qa",
+        "metrics": ["exact_match"],
+        "dataset": {"uri": f"file:///scenario/eval-score-{score}"},
+    }
+    return quick_spec(
+        "success", output={"uri": "file:///tmp/adapters", "model": model}, evaluation={"benchmarks": [benchmark]}
+    )
+
+
+def states(status: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(v["version"], v["state"]) for v in status.get("versions") or []]
+
+
+def configmap(kube: Kube, name: str) -> dict[str, str] | None:
+    try:
+        return dict(client.CoreV1Api(kube.api).read_namespaced_config_map(name, kube.namespace).data or {})
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
+    apply_model(
+        kube,
+        "support",
+        promotion={"mustBeat": {"metric": "exact_match", "margin": 0.01}},
+        serving={"configMap": {"name": "support-lora"}},
+    )
+    kube.apply_ftj("first", scored_job(0.61, "support"))
+    wait_model(kube, "support", "v1 stable", lambda s: s.get("stable") == 1)
+    kube.apply_ftj("second", scored_job(0.70, "support"))
+    status = wait_model(kube, "support", "v2 stable", lambda s: s.get("stable") == 2)
+    assert states(status) == [(1, "Superseded"), (2, "Stable")]
+    assert status["versions"][1]["verdictReason"] == "exact_match 0.7 > stable v1 0.61 + 0.01"
+    kube.apply_ftj("third", scored_job(0.65, "support"))
+    status = wait_model(
+        kube, "support", "v3 decided", lambda s: len(states(s)) == 3 and s["versions"][2].get("verdict")
+    )
+    assert states(status) == [(1, "Superseded"), (2, "Stable"), (3, "Rejected")]
+    assert status["versions"][2]["reason"] == "exact_match 0.65 <= stable v2 0.7 + 0.01"
+    assert status["stable"] == 2
+    events = kube.kubectl(
+        "get", "events", "--field-selector", "involvedObject.kind=Model,reason=VersionRejected"
+    ).stdout
+    assert "v3: exact_match 0.65 <= stable v2 0.7 + 0.01" in events
+    served = configmap(kube, "support-lora")
+    assert served is not None and json.loads(served["stable.json"])["version"] == 2
+
+    # kubectl get model tells the story; a pin rolls back, and the ConfigMap follows within seconds.
+    table = kube.kubectl("get", "ftm", "support").stdout.split("\n")
+    assert table[0].split() == ["NAME", "STABLE", "CANDIDATE", "VERSIONS", "AGE"]
+    assert table[1].split()[:3] == ["support", "2", "3"]  # no candidate: that column is blank
+    pinned_at = time.monotonic()
+    kube.kubectl("patch", "ftm", "support", "--type=merge", "-p", '{"spec": {"pin": 1}}')
+    wait_for(
+        lambda: json.loads((configmap(kube, "support-lora") or {})["stable.json"])["version"] == 1, 30, "v1 served"
+    )
+    followed = time.monotonic() - pinned_at
+    first_adapter = status["versions"][0]["adapter"]["uri"]
+    served = configmap(kube, "support-lora") or {}
+    assert json.loads(served["adapters.json"]) == {"support-v1": first_adapter}
+    assert json.loads(served["lora-modules.json"]) == {"name": "support-v1", "path": "/adapters/support-v1"}
+    status = model_status(kube, "support")
+    assert states(status) == [(1, "Stable"), (2, "Superseded"), (3, "Rejected")]
+    print(f"the serving ConfigMap followed spec.pin in {followed:.1f} s")
+
+    # Deleting the jobs (and with them their EvalRuns) leaves every version as it was.
+    before = status["versions"]
+    for name in ("first", "second", "third"):
+        kube.kubectl("delete", "ftj", name, "--wait=true")
+    time.sleep(3)
+    assert model_status(kube, "support")["versions"] == before
+
+
+def test_twenty_jobs_finishing_together_get_twenty_distinct_versions(kube: Kube) -> None:
+    apply_model(kube, "many", promotion={"requireEvaluation": False})
+    lean = {"gpus": 0, "cpu": "80m", "memory": "192Mi"}  # all twenty fit the 2-core node at once
+    bodies = [
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FineTuneJob",
+            "metadata": {"name": f"burst-{i:02d}", "namespace": kube.namespace},
+            "spec": quick_spec("success", resources=lean, output={"uri": "file:///tmp/adapters", "model": "many"}),
+        }
+        for i in range(20)
+    ]
+    apply_objects(kube.api, bodies)
+    status = wait_model(kube, "many", "20 versions", lambda s: len(s.get("versions") or []) == 20, timeout=240)
+    numbers = sorted(v["version"] for v in status["versions"])
+    jobs = sorted(v["fineTuneJob"]["name"] for v in status["versions"])
+    assert numbers == list(range(1, 21))
+    assert jobs == sorted(b["metadata"]["name"] for b in bodies)
+    times = sorted(kube.status(f"burst-{i:02d}")["completionTime"] for i in range(20))
+    print(f"20 jobs finished between {times[0]} and {times[-1]}; versions 1-20, each job once")
+    time.sleep(3)  # nothing registers twice on later events
+    assert len(model_status(kube, "many")["versions"]) == 20
+
+
+def test_bad_registry_input_is_refused_or_named(kube: Kube) -> None:
+    # Admission: mustBeat names a metric that no benchmark of the gate's evaluation computes.
+    with pytest.raises(ApiException) as refused:
+        apply_model(
+            kube,
+            "bad-metric",
+            promotion={
+                "mustBeat": {"metric": "f1"},
+                "evaluation": {
+                    "benchmarks": [
+                        {
+                            "name": "qa",
+                            "task": "qa",
+                            "metrics": ["exact_match"],
+                            "dataset": {"uri": "file:///scenario/eval-pass"},
+                        }
+                    ]
+                },
+            },
+        )
+    assert "spec.promotion.mustBeat.metric" in refused.value.body
+    with pytest.raises(ApiException) as refused:
+        apply_model(kube, "bad-pin", pin=0)
+    assert "spec.pin" in refused.value.body
+
+    # A pin to a version that does not exist: a condition naming spec.pin, and nothing moves.
+    apply_model(kube, "pinned", pin=3, promotion={"requireEvaluation": False})
+    status = wait_model(kube, "pinned", "Pinned", lambda s: any(c["type"] == "Pinned" for c in s.get("conditions", [])))
+    pinned = next(c for c in status["conditions"] if c["type"] == "Pinned")
+    assert (pinned["status"], pinned["reason"]) == ("False", "PinNotFound")
+    assert pinned["message"] == "spec.pin: version 3 does not exist (there are none yet); stable stays"
+
+    # A job on another base model is registered Rejected, the reason naming spec.baseModel.uri.
+    apply_model(kube, "other-base", promotion={"requireEvaluation": False})
+    spec = quick_spec("success", output={"uri": "file:///tmp/adapters", "model": "other-base"})
+    spec["baseModel"] = {"uri": "file:///models/another"}
+    kube.apply_ftj("elsewhere", spec)
+    status = wait_model(kube, "other-base", "v1 rejected", lambda s: states(s) == [(1, "Rejected")])
+    assert status["versions"][0]["reason"].startswith(
+        "spec.baseModel.uri is file:///models/tiny, but FineTuneJob elsewhere adapted file:///models/another"
+    )
+    assert "stable" not in status

@@ -1,0 +1,334 @@
+"""The Model controller, planned on plain dicts: registration, the gate, stable, pin, serving.
+
+Each test applies a plan's status to the body and plans again, the way the operator would after its
+status write; what the apiserver adds (admission, resourceVersions) is tested on the real one
+(tests/integration/test_model_registry.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from finetune_operator.api.model import ModelSpec
+from finetune_operator.config import OperatorSettings
+from finetune_operator.kinds.model import Inputs, plan
+from finetune_operator.manifests.model import ADAPTERS, LORA_MODULES, STABLE
+from finetune_operator.plan import Create, Patch, Plan, is_idle, merge_patch
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+BASE = "s3://models/tiny-llama/"
+BENCH = {"name": "qa", "task": "qa", "dataset": {"uri": "s3://eval/qa.jsonl"}, "metrics": ["exact_match"]}
+
+
+def model(**spec: Any) -> dict[str, Any]:
+    body_spec = {"baseModel": {"uri": BASE}, "promotion": {"mustBeat": {"metric": "exact_match", "margin": 0.01}}}
+    body_spec.update(spec)
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": "support", "namespace": "team-a", "uid": "m-uid", "generation": 1, "resourceVersion": "7"},
+        "spec": body_spec,
+        "status": {},
+    }
+
+
+def job(
+    name: str, *, evaluated: bool = True, base: str = BASE, attempt: int = 1, done: str = "10:00"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "baseModel": {"uri": base},
+        "dataset": {"uri": f"s3://data/{name}.jsonl"},
+        "output": {"model": "support"},
+    }
+    if evaluated:
+        spec["evaluation"] = {"benchmarks": [BENCH]}
+    return {
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": "team-a", "uid": f"uid-{name}"},
+        "spec": spec,
+        "status": {
+            "phase": "Succeeded",
+            "attempt": attempt,
+            "completionTime": f"2026-12-01T{done}:00Z",
+            "adapter": {"uri": f"s3://out/{name}/attempt-{attempt}/adapter/", "sha256": "ab" * 32},
+            "provenance": {"datasetSha256": "cd" * 32, "trainerImage": "trainer:1"},
+        },
+    }
+
+
+def evalrun(name: str, adapter: str, exact_match: float | None, *, failed: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Failed" if failed else "Succeeded", "model": {"adapter": {"uri": adapter}}}
+    if failed:
+        status["conditions"] = [{"type": "Failed", "status": "True", "message": failed}]
+    else:
+        status.update(
+            passed=True,
+            results=[{"benchmark": "qa", "metric": "exact_match", "value": exact_match}],
+            summary=[{"metric": "exact_match", "value": exact_match}],
+            report={"uri": f"s3://out/{name}/report/"},
+        )
+    return {"kind": "EvalRun", "metadata": {"name": name, "namespace": "team-a"}, "status": status}
+
+
+def scored_job(name: str, exact_match: float, done: str = "10:00") -> tuple[dict[str, Any], dict[str, Any]]:
+    body = job(name, done=done)
+    return body, evalrun(f"{name}-eval", body["status"]["adapter"]["uri"], exact_match)
+
+
+def run(body: dict[str, Any], jobs: list[dict[str, Any]], evalruns: list[dict[str, Any]] = ()) -> Plan:  # type: ignore[assignment]
+    runs = {e["metadata"]["name"]: e for e in evalruns}
+    return plan(Inputs(body, jobs, runs, OperatorSettings()), NOW)
+
+
+def applied(body: dict[str, Any], result: Plan) -> dict[str, Any]:
+    """The body after the status write of `result` (a JSON merge patch)."""
+    after = copy.deepcopy(body)
+    patch = merge_patch(after.get("status") or {}, result.status)
+    after["status"] = _merge(after.get("status") or {}, patch)
+    return after
+
+
+def _merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def settle(
+    body: dict[str, Any], jobs: list[dict[str, Any]], evalruns: list[dict[str, Any]] = ()
+) -> tuple[dict[str, Any], list[Plan]]:  # type: ignore[assignment]
+    """Plan and apply until a plan changes nothing (at most 5 rounds), as reconciles would."""
+    plans = []
+    for _ in range(5):
+        result = run(body, jobs, evalruns)
+        plans.append(result)
+        if is_idle(result, body.get("status") or {}):
+            return body, plans
+        body = applied(body, result)
+    raise AssertionError(f"no steady state: {json.dumps(body['status'])[:2000]}")
+
+
+def versions(body: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(v["version"], v["state"]) for v in body["status"]["versions"]]
+
+
+def reasons(plans: list[Plan]) -> list[str]:
+    return [e.reason for p in plans for e in p.events]
+
+
+def test_a_better_second_version_becomes_stable_and_a_worse_third_is_rejected_with_its_reason() -> None:
+    first, first_eval = scored_job("first", 0.61, "10:00")
+    body, plans = settle(model(), [first], [first_eval])
+    assert versions(body) == [(1, "Stable")]
+    assert body["status"]["stable"] == 1 and body["status"]["promotions"] == 1
+    assert "VersionRegistered" in reasons(plans) and "Promoted" in reasons(plans)
+
+    second, second_eval = scored_job("second", 0.70, "11:00")
+    body, plans = settle(body, [first, second], [first_eval, second_eval])
+    assert versions(body) == [(1, "Superseded"), (2, "Stable")]
+    assert body["status"]["versions"][1]["verdictReason"] == "exact_match 0.7 > stable v1 0.61 + 0.01"
+
+    third, third_eval = scored_job("third", 0.65, "12:00")
+    body, plans = settle(body, [first, second, third], [first_eval, second_eval, third_eval])
+    assert versions(body) == [(1, "Superseded"), (2, "Stable"), (3, "Rejected")]
+    assert body["status"]["versions"][2]["reason"] == "exact_match 0.65 <= stable v2 0.7 + 0.01"
+    assert body["status"]["stable"] == 2
+    assert [(e.type, e.reason) for p in plans for e in p.events if e.reason == "VersionRejected"] == [
+        ("Warning", "VersionRejected")
+    ]
+    # What the version records: the job's attempt, its provenance and hyperparameters, the scores judged.
+    v3 = body["status"]["versions"][2]
+    assert v3["fineTuneJob"] == {"name": "third", "uid": "uid-third", "attempt": 1}
+    assert v3["provenance"]["datasetSha256"] == "cd" * 32 and v3["hyperparameters"]["objective"] == "sft"
+    assert v3["evaluation"]["results"] == [{"benchmark": "qa", "metric": "exact_match", "value": 0.65}]
+
+
+def test_a_tie_does_not_beat_and_perplexity_must_go_down() -> None:
+    first, first_eval = scored_job("first", 0.5, "10:00")
+    twin, twin_eval = scored_job("twin", 0.5, "11:00")
+    spec = {"promotion": {"mustBeat": {"metric": "exact_match"}}}
+    body, _ = settle(model(**spec), [first, twin], [first_eval, twin_eval])
+    assert versions(body) == [(1, "Stable"), (2, "Rejected")]
+    assert body["status"]["versions"][1]["reason"] == "exact_match 0.5 <= stable v1 0.5 + 0"
+
+
+def test_versions_outlive_their_jobs_and_re_listing_registers_nothing_twice() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    second, second_eval = scored_job("second", 0.70, "11:00")
+    body, _ = settle(model(), [first, second], [first_eval, second_eval])
+    registered = copy.deepcopy(body["status"]["versions"])
+    # The same jobs seen again (an operator restart lists them): nothing to do.
+    assert is_idle(run(body, [first, second], [first_eval, second_eval]), body["status"])
+    # Both jobs deleted (their EvalRuns with them): the versions stay as they were.
+    body, _ = settle(body, [])
+    assert body["status"]["versions"] == registered
+    # A re-created job of the same name is another uid: a new version.
+    again = job("first", done="13:00")
+    again["metadata"]["uid"] = "uid-first-2"
+    body, _ = settle(body, [again], [evalrun("first-eval", again["status"]["adapter"]["uri"], 0.9)])
+    assert versions(body)[-1] == (3, "Stable")
+
+
+def test_a_new_attempt_of_a_job_is_a_new_version() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, _ = settle(model(), [first], [first_eval])
+    retrained = job("first", attempt=2, done="12:00")
+    body, _ = settle(body, [retrained], [evalrun("first-eval", retrained["status"]["adapter"]["uri"], 0.8)])
+    assert [(v["version"], v["fineTuneJob"]["attempt"], v["state"]) for v in body["status"]["versions"]] == [
+        (1, 1, "Superseded"),
+        (2, 2, "Stable"),
+    ]
+
+
+def test_a_version_waits_for_its_evaluation_and_a_failed_one_is_rejected() -> None:
+    first = job("first")
+    body, _ = settle(model(), [first])
+    assert versions(body) == [(1, "Candidate")]
+    assert body["status"]["versions"][0]["reason"] == "waiting for EvalRun first-eval (starting)"
+    assert body["status"]["candidate"] == 1 and "stable" not in body["status"]
+    ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NoStableVersion")
+    failed = evalrun("first-eval", first["status"]["adapter"]["uri"], None, failed="OutOfMemory: lower batchSize")
+    body, _ = settle(body, [first], [failed])
+    assert versions(body) == [(1, "Rejected")]
+    assert body["status"]["versions"][0]["reason"] == "EvalRun first-eval failed: OutOfMemory: lower batchSize"
+
+
+def test_an_evaluation_of_an_older_adapter_is_not_taken_for_the_new_one() -> None:
+    first = job("first", attempt=2)
+    stale = evalrun("first-eval", "s3://out/first/attempt-1/adapter/", 0.9)
+    body, _ = settle(model(), [first], [stale])
+    assert versions(body) == [(1, "Candidate")]
+
+
+def test_the_model_runs_its_own_gate_evalrun_for_a_job_without_evaluation() -> None:
+    gate = {"benchmarks": [BENCH], "thresholds": {"exact_match": 0.3}}
+    body = model(promotion={"evaluation": gate, "mustBeat": {"metric": "exact_match"}})
+    plain = job("plain", evaluated=False)
+    plain["spec"]["output"].update(uri="s3://out", secretRef={"name": "store"})
+    result = run(body, [plain])
+    created = result.created("EvalRun")
+    assert [c["metadata"]["name"] for c in created] == ["support-v1"]
+    spec = created[0]["spec"]
+    assert spec["model"]["baseModel"]["uri"] == BASE
+    assert spec["model"]["adapter"]["uri"] == plain["status"]["adapter"]["uri"]
+    assert spec["model"]["quantization"]["bits"] == 4  # loaded as it was trained (qlora)
+    assert (spec["outputUri"], spec["outputSecretRef"]) == ("s3://out", {"name": "store"})  # where the job wrote
+    assert created[0]["metadata"]["labels"]["finetune.dev/model"] == "support"
+    assert created[0]["metadata"]["ownerReferences"][0]["kind"] == "Model"
+    body = applied(body, result)
+    body, _ = settle(body, [plain], [evalrun("support-v1", plain["status"]["adapter"]["uri"], 0.5)])
+    assert versions(body) == [(1, "Stable")]
+
+
+def test_no_evaluation_is_rejected_unless_the_model_does_not_require_one() -> None:
+    plain = job("plain", evaluated=False)
+    body, _ = settle(model(promotion={}), [plain])
+    assert versions(body) == [(1, "Rejected")]
+    assert "spec.promotion.requireEvaluation is true" in body["status"]["versions"][0]["reason"]
+    body, _ = settle(model(promotion={"requireEvaluation": False}), [plain])
+    assert versions(body) == [(1, "Stable")]
+
+
+def test_a_job_on_another_base_model_is_rejected_naming_the_field() -> None:
+    other = job("other", base="s3://models/other/")
+    body, plans = settle(model(), [other])
+    assert versions(body) == [(1, "Rejected")]
+    assert body["status"]["versions"][0]["reason"].startswith("spec.baseModel.uri is s3://models/tiny-llama/")
+    assert "VersionRejected" in reasons(plans)
+
+
+def test_pin_rolls_back_and_the_serving_configmap_follows() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    second, second_eval = scored_job("second", 0.70, "11:00")
+    jobs, evals = [first, second], [first_eval, second_eval]
+    body, plans = settle(model(serving={"configMap": {"name": "support-lora"}}), jobs, evals)
+    assert body["status"]["serving"]["version"] == 2
+    writes = [a for p in plans for a in p.actions if isinstance(a, Patch) and a.kind == "ConfigMap"]
+    assert json.loads(writes[-1].body["data"][STABLE])["version"] == 2
+    assert [a.obj["metadata"]["name"] for p in plans for a in p.actions if isinstance(a, Create)] == [
+        "support-lora"
+    ] * len(writes)
+
+    body["spec"]["pin"] = 1
+    body["metadata"]["generation"] = 2
+    result = run(body, jobs, evals)
+    data = next(a.body["data"] for a in result.actions if isinstance(a, Patch) and a.kind == "ConfigMap")
+    assert json.loads(data[LORA_MODULES]) == {"name": "support-v1", "path": "/adapters/support-v1"}
+    assert json.loads(data[ADAPTERS]) == {"support-v1": first["status"]["adapter"]["uri"]}
+    assert json.loads(data[STABLE])["sha256"] == "ab" * 32
+    assert "RolledBack" in [e.reason for e in result.events]
+    body, _ = settle(applied(body, result), jobs, evals)
+    assert versions(body) == [(1, "Stable"), (2, "Superseded")]
+    assert body["status"]["versions"][1]["reason"] == "spec.pin holds stable at v1"
+    assert body["status"]["promoted"] == 2  # what removing the pin hands back to
+
+    del body["spec"]["pin"]
+    body, _ = settle(body, jobs, evals)
+    assert body["status"]["stable"] == 2 and body["status"]["serving"]["version"] == 2
+
+
+def test_a_pin_to_a_missing_or_rejected_version_is_refused_and_stable_stays() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    worse, worse_eval = scored_job("worse", 0.2, "11:00")
+    body, _ = settle(model(), [first, worse], [first_eval, worse_eval])
+    for pin, reason in ((7, "PinNotFound"), (2, "PinRejected")):
+        body["spec"]["pin"] = pin
+        body, plans = settle(body, [first, worse], [first_eval, worse_eval])
+        pinned = next(c for c in body["status"]["conditions"] if c["type"] == "Pinned")
+        assert (pinned["status"], pinned["reason"]) == ("False", reason)
+        assert pinned["message"].startswith("spec.pin: ")
+        assert body["status"]["stable"] == 1
+        assert reason in reasons(plans)
+
+
+def test_manual_promotion_waits_for_a_pin() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, _ = settle(model(promotion={"mode": "Manual"}), [first], [first_eval])
+    assert versions(body) == [(1, "Candidate")] and "stable" not in body["status"]
+    assert "set spec.pin: 1" in body["status"]["versions"][0]["reason"]
+    body["spec"]["pin"] = 1
+    body, _ = settle(body, [first], [first_eval])
+    assert versions(body) == [(1, "Stable")]
+
+
+def test_many_jobs_finishing_together_get_distinct_numbers_in_completion_order() -> None:
+    jobs = [job(f"j{i:02d}", evaluated=False, done=f"10:{59 - i:02d}") for i in range(20)]
+    body, _ = settle(model(promotion={"requireEvaluation": False}), jobs)
+    numbers = {v["fineTuneJob"]["name"]: v["version"] for v in body["status"]["versions"]}
+    assert sorted(numbers.values()) == list(range(1, 21))
+    assert numbers["j19"] == 1 and numbers["j00"] == 20  # the first to finish is v1
+    assert body["status"]["latest"] == 20
+
+
+def test_the_status_write_is_guarded_by_the_resource_version() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    assert run(model(), [first], [first_eval]).guarded
+
+
+def test_must_beat_must_name_a_metric_the_gate_computes() -> None:
+    with pytest.raises(ValidationError, match=r"mustBeat\.metric must be a metric that some benchmark"):
+        ModelSpec.model_validate(
+            {
+                "baseModel": {"uri": BASE},
+                "promotion": {"mustBeat": {"metric": "f1"}, "evaluation": {"benchmarks": [BENCH]}},
+            }
+        )
+    first, first_eval = scored_job("first", 0.6)
+    body, _ = settle(model(promotion={"mustBeat": {"metric": "bleu"}}), [first], [first_eval])
+    assert versions(body) == [(1, "Rejected")]  # also with no stable version to compare with
+    assert body["status"]["versions"][0]["reason"] == (
+        "spec.promotion.mustBeat.metric bleu was not computed by EvalRun first-eval"
+    )
