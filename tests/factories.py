@@ -6,6 +6,8 @@ import copy
 import json
 from typing import Any
 
+from finetune_operator.plan import Plan, merge_patch
+
 UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 NOW = "2026-11-23T10:00:00Z"
 
@@ -111,3 +113,21 @@ def finalizers_of(plan: Any) -> list[str] | None:
     changes = [body["metadata"]["finalizers"] for _, body in plan.patches("FineTuneJob") if "metadata" in body]
     assert len(changes) <= 1, changes
     return changes[0] if changes else None
+
+
+def _merged(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def applied(body: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """What the apiserver holds after the operator sent the plan's status as a JSON merge patch."""
+    status = dict(body.get("status") or {})
+    return {**copy.deepcopy(body), "status": _merged(status, merge_patch(status, plan.status))}

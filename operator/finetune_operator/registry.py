@@ -212,8 +212,13 @@ class Pin:
     message: str
 
 
+def numbered(versions: Sequence[ModelVersion], number: int | None) -> ModelVersion | None:
+    """Version `number` of the list, or None (no such version, or no number)."""
+    return next((v for v in versions if v.version == number), None)
+
+
 def check_pin(pin: int, versions: Sequence[ModelVersion]) -> Pin:
-    found = next((v for v in versions if v.version == pin), None)
+    found = numbered(versions, pin)
     if found is None:
         latest = f"the newest is v{versions[-1].version}" if versions else "there are none yet"
         return Pin(False, "PinNotFound", f"spec.pin: version {pin} does not exist ({latest}); stable stays")
@@ -276,6 +281,7 @@ __all__ = [
     "compare",
     "decided",
     "judge",
+    "numbered",
     "publication",
     "register",
     "replaced",

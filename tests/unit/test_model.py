@@ -19,7 +19,8 @@ from finetune_operator.api.model import ModelSpec
 from finetune_operator.config import OperatorSettings
 from finetune_operator.kinds.model import Inputs, plan
 from finetune_operator.manifests.model import ADAPTERS, LORA_MODULES, STABLE
-from finetune_operator.plan import Create, Patch, Plan, is_idle, merge_patch
+from finetune_operator.plan import Create, Patch, Plan, is_idle
+from tests.factories import applied
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BASE = "s3://models/tiny-llama/"
@@ -84,26 +85,6 @@ def scored_job(name: str, exact_match: float, done: str = "10:00") -> tuple[dict
 def run(body: dict[str, Any], jobs: list[dict[str, Any]], evalruns: list[dict[str, Any]] = ()) -> Plan:  # type: ignore[assignment]
     runs = {e["metadata"]["name"]: e for e in evalruns}
     return plan(Inputs(body, jobs, runs, OperatorSettings()), NOW)
-
-
-def applied(body: dict[str, Any], result: Plan) -> dict[str, Any]:
-    """The body after the status write of `result` (a JSON merge patch)."""
-    after = copy.deepcopy(body)
-    patch = merge_patch(after.get("status") or {}, result.status)
-    after["status"] = _merge(after.get("status") or {}, patch)
-    return after
-
-
-def _merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = dict(current)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def settle(

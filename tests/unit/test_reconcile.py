@@ -11,7 +11,7 @@ from finetune_operator.config import OperatorSettings
 from finetune_operator.kinds.finetunejob import Inputs as FineTuneJobInputs
 from finetune_operator.kinds.finetunejob import plan as plan_finetunejob
 from finetune_operator.plan import Plan, is_idle, merge_patch
-from tests.factories import MINIMAL_SPEC, finetunejob, job, pod, succeeded_result
+from tests.factories import MINIMAL_SPEC, applied, finetunejob, job, pod, succeeded_result
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings()
@@ -25,15 +25,7 @@ def _plan(
 
 def _apply(body: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """What the apiserver holds after the handler sent the plan's merge patch."""
-    status = dict(body.get("status") or {})
-    for key, value in merge_patch(status, plan.status).items():
-        if value is None:
-            status.pop(key, None)
-        elif isinstance(value, dict) and isinstance(status.get(key), dict):
-            status[key] = {**status[key], **value}
-        else:
-            status[key] = value
-    return {**body, "status": status}
+    return applied(body, plan)
 
 
 def _completed_job(spec_hash: str) -> dict[str, Any]:

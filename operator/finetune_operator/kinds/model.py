@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,6 +39,7 @@ from ..registry import (
     check_pin,
     decided,
     judge,
+    numbered,
     publication,
     register,
     replaced,
@@ -57,6 +59,11 @@ class Inputs:
     evalruns: Mapping[str, Mapping[str, Any]]
     """EvalRuns that may judge its versions (its own `<model>-v<N>`, the jobs' `<job>-eval`), by name."""
     settings: OperatorSettings
+
+    @cached_property
+    def present(self) -> frozenset[str]:
+        """The uids of those FineTuneJobs: a version's job missing from them was deleted."""
+        return frozenset(job["metadata"]["uid"] for job in self.jobs)
 
 
 def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings) -> Inputs:
@@ -223,23 +230,20 @@ def _decide(
 ) -> ModelVersion:
     """The version with its gate's verdict, or with why it still waits (creating its gate EvalRun if due)."""
     spec, owner = now.spec, now.owner
-    present = {job["metadata"]["uid"] for job in inputs.jobs}
-    evalruns = inputs.evalruns
     run_name = version.evaluation.eval_run if version.evaluation else None
-    evalrun = evalruns.get(run_name) if run_name else None
+    evalrun = inputs.evalruns.get(run_name) if run_name else None
     found = scored(evalrun, version.adapter.uri)
     if run_name is not None and found is None:
         own = run_name == gate_evalrun_name(owner.name, version.version) and spec.promotion.evaluation is not None
         if own and evalrun is None:
             now.result.actions.append(Create(build_gate_evalrun(owner, spec, version)))
-        if not own and version.fine_tune_job.uid not in present:
+        if not own and version.fine_tune_job.uid not in inputs.present:
             job = version.fine_tune_job.name
             return decided(version, False, f"FineTuneJob {job} was deleted before its evaluation finished")
         phase = ((evalrun or {}).get("status") or {}).get("phase") or "starting"
         return version.model_copy(update={"reason": f"waiting for EvalRun {run_name} ({phase})"})
     judged = version if found is None else with_scores(version, found)
-    stable_version = next((v for v in versions if v.version == stable), None)
-    verdict = judge(judged, found, spec, stable_version)
+    verdict = judge(judged, found, spec, numbered(versions, stable))
     return judged if verdict is None else decided(judged, *verdict)
 
 
@@ -252,7 +256,7 @@ def _serve(
     if target is None:
         return None
     current = recorded.serving
-    stable_version = next((v for v in versions if v.version == stable), None)
+    stable_version = numbered(versions, stable)
     if stable_version is None:
         return current.to_json_dict() if current else None
     if current and current.config_map == target.name and current.version == stable:

@@ -7,6 +7,7 @@ from typing import Any
 from ..api import API_VERSION, EVALRUN
 from ..api.common import LocalRef
 from ..api.evalrun import EvalModel, EvalRunSpec
+from ..api.evaluation import EvaluationSettings
 from ..api.finetunejob import FineTuneJobSpec
 from .names import Owner, bounded_name, child_metadata
 
@@ -20,16 +21,26 @@ def evalrun_name(owner: Owner) -> str:
     return owned_evalrun_name(owner.name)
 
 
-def build_owned_evalrun(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The EvalRun a FineTuneJob's spec.evaluation stands for."""
-    evaluation = spec.evaluation
-    assert evaluation is not None
-    eval_spec = EvalRunSpec(
-        model=EvalModel(fine_tune_job_ref=LocalRef(name=owner.name)),
+def evalrun_spec(evaluation: EvaluationSettings, model: EvalModel, **fields: Any) -> EvalRunSpec:
+    """The EvalRun that runs `evaluation` on `model`; `fields` are the rest of its spec (resources,
+    output, image, queue), which the owner decides."""
+    return EvalRunSpec(
+        model=model,
         benchmarks=evaluation.benchmarks,
         baseline=evaluation.baseline,
         generation=evaluation.generation,
         thresholds=evaluation.thresholds,
+        **fields,
+    )
+
+
+def build_owned_evalrun(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The EvalRun a FineTuneJob's spec.evaluation stands for."""
+    evaluation = spec.evaluation
+    assert evaluation is not None
+    eval_spec = evalrun_spec(
+        evaluation,
+        EvalModel(fine_tune_job_ref=LocalRef(name=owner.name)),
         resources=evaluation.resources or spec.resources,
         output_uri=spec.output.uri,
         output_secret_ref=spec.output.secret_ref,

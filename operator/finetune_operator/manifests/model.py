@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from ..api import API_VERSION, EVALRUN
-from ..api.evalrun import EvalModel, EvalRunSpec
+from ..api.evalrun import EvalModel
 from ..api.model import ConfigMapTarget, ModelSpec, ModelVersion
+from .evalrun import evalrun_spec
 from .names import Owner, bounded_name, child_metadata
 
 LORA_MODULES = "lora-modules.json"
@@ -24,12 +25,9 @@ def build_gate_evalrun(owner: Owner, spec: ModelSpec, version: ModelVersion) -> 
     loaded quantized as it was trained, its report written where the job wrote the adapter."""
     evaluation = spec.promotion.evaluation
     assert evaluation is not None
-    eval_spec = EvalRunSpec(
-        model=EvalModel(base_model=spec.base_model, adapter=version.adapter, quantization=version.quantization),
-        benchmarks=evaluation.benchmarks,
-        baseline=evaluation.baseline,
-        generation=evaluation.generation,
-        thresholds=evaluation.thresholds,
+    eval_spec = evalrun_spec(
+        evaluation,
+        EvalModel(base_model=spec.base_model, adapter=version.adapter, quantization=version.quantization),
         output_uri=version.output_uri,
         output_secret_ref=version.adapter.secret_ref,
         **({"resources": evaluation.resources} if evaluation.resources else {}),
