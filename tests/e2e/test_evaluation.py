@@ -12,7 +12,7 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,7 @@ def test_the_evaluated_adapter_registers_and_serves_in_vllm_as_it_computes_in_pe
     assert v1["evaluation"]["evalRun"] == "capitals-eval" and v1["evaluation"]["passed"] is True
     assert v1["fineTuneJob"]["name"] == "capitals" and v1["fineTuneJob"]["attempt"] == 1  # not retrained
     print(f"v1: {v1['reason']}; scores {v1['evaluation']['summary']}")
+    _check_store_copy(demo, model)
     data = client.CoreV1Api(demo.cluster.api()).read_namespaced_config_map("capitals-lora", "default").data
 
     layout = json.loads(data["adapters.json"])
@@ -203,6 +204,38 @@ def test_the_evaluated_adapter_registers_and_serves_in_vllm_as_it_computes_in_pe
     print(f"vLLM: {served!r}  PEFT: {tuned!r}  base alone: {alone!r}")
     assert served == tuned
     assert tuned != alone, "the adapter changes nothing: the comparison would not show it is applied"
+
+
+def _check_store_copy(demo: Quickstart, model: Callable[[], dict[str, Any]]) -> None:
+    """The publish pod (the trainer image, no API token) wrote v1's folder and stable.json to MinIO: the
+    card parses with huggingface_hub's own loader, strictly, and shows the evaluation and the loss curve."""
+    from huggingface_hub import ModelCard
+
+    status = wait_for(
+        lambda: (s := model()).get("store", {}).get("state") == "Published" and s["store"].get("stable") == 1 and s,
+        300,
+        "Model capitals: its store copy",
+        describe=lambda: json.dumps(model().get("store"))[:2000],
+    )
+    assert demo.minio
+    store = demo.minio.client()
+    prefix = status["store"]["uri"]
+    bucket, key = prefix.removeprefix("s3://").split("/", 1)
+
+    def read(name: str) -> bytes:
+        return bytes(store.get_object(bucket, key + name).read())
+
+    manifest = json.loads(read("v1/manifest.json"))
+    assert {"README.md", "training_loss.svg", "adapter_model.safetensors", "adapter_config.json"} <= set(
+        manifest["files"]
+    )
+    card = ModelCard(read("v1/README.md").decode(), ignore_metadata_errors=False)
+    assert card.data.library_name == "peft" and card.data.datasets
+    assert {r.metric_type for r in card.data.eval_results} >= {"exact_match"}
+    assert "![training loss](training_loss.svg)" in card.text and b"<polyline" in read("v1/training_loss.svg")
+    pointer = json.loads(read("stable.json"))
+    assert (pointer["version"], pointer["folder"]) == (1, prefix + "v1/")
+    print(f"store copy: {prefix}v1/ holds {len(manifest['files'])} files; stable.json -> v1")
 
 
 def _serves(url: str, server: subprocess.Popen[bytes], tmp_path: Path) -> bool:

@@ -9,7 +9,9 @@ service-account token, writes a TrainerResult to /dev/termination-log and exits 
 What it does is chosen by the dataset URI, file:///scenario/<name>: success, data-error, crash,
 oom (allocates past its cgroup's memory limit until the kernel kills it), slow; and for an
 evaluation (`finetune-trainer eval`), by its first benchmark's: eval-pass (exact_match 0.9), eval-score-<x>
-(exact_match x).
+(exact_match x); and for a Model's store copy (`finetune-trainer publish-model`), by the store URI:
+one containing `publish-fail` fails as an unreachable store does, any other reports every version published
+(it writes nothing: the real command is tested against MinIO in tests/e2e and tests/trainer).
 bench/operator_scale.py runs it as a host process under the stand-in node agent instead.
 """
 
@@ -87,6 +89,14 @@ def evaluate(run: dict) -> None:
     sys.exit(1)
 
 
+def publish_model(run: dict) -> None:
+    if "publish-fail" in run["uri"]:
+        finish({"result": "failed", "reason": "StorageUnavailable", "message": f"{run['uri']}: connection refused"}, 1)
+    versions = [v["version"] for v in run.get("versions") or []]
+    stable = (run.get("stable") or {}).get("version")
+    finish({"result": "succeeded", "publishedVersions": versions, "stableVersion": stable}, 0)
+
+
 def stop_on_sigterm(signum: int, frame: object) -> None:
     """What the real trainer does on SIGTERM, minus the checkpoint. A handler is needed at all because
     a container's first process ignores SIGTERM without one: it would wait out the grace period."""
@@ -98,6 +108,8 @@ def main() -> None:
     run = json.loads(os.environ["FINETUNE_RUN_SPEC"])
     if "evaluation" in run:
         evaluate(run)
+    if run.get("kind") == "ModelPublishRun":
+        publish_model(run)
     scenario = run["job"]["dataset"]["uri"].rsplit("/", 1)[-1]
     print(f"stand-in trainer: scenario {scenario} for {run['resource']['name']}", flush=True)
     if scenario == "success":

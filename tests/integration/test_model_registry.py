@@ -73,6 +73,18 @@ def configmap(kube: Kube, name: str) -> dict[str, str] | None:
         raise
 
 
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def published(status: dict[str, Any]) -> tuple[int | None, list[int]] | None:
+    """(the version stable.json points at, the versions with a store folder) once no publish is at work."""
+    store = status.get("store") or {}
+    if store.get("state") != "Published":
+        return None
+    return store.get("stable"), [v["version"] for v in status.get("versions") or [] if v.get("storeUri")]
+
+
 def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
     apply_model(
         kube,
@@ -100,6 +112,14 @@ def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
     served = configmap(kube, "support-lora")
     assert served is not None and json.loads(served["stable.json"])["version"] == 2
 
+    # The store copy: a publish pod per round (the stand-in reports, the real one writes: tests/e2e),
+    # every decided version recorded with its folder, stable.json at the stable version.
+    status = wait_model(kube, "support", "store copy", lambda s: published(s) == (2, [1, 2, 3]))
+    prefix = status["store"]["uri"]
+    assert prefix.endswith(f"/models/{kube.namespace}/support/")
+    assert [v["storeUri"] for v in status["versions"]] == [f"{prefix}v{n}/" for n in (1, 2, 3)]
+    assert condition(status, "Published")["reason"] == "StorePublished"
+
     # kubectl get model tells the story; a pin rolls back, and the ConfigMap follows within seconds.
     table = kube.kubectl("get", "ftm", "support").stdout.split("\n")
     assert table[0].split() == ["NAME", "STABLE", "CANDIDATE", "VERSIONS", "AGE"]
@@ -117,6 +137,7 @@ def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
     status = model_status(kube, "support")
     assert states(status) == [(1, "Stable"), (2, "Superseded"), (3, "Rejected")]
     print(f"the serving ConfigMap followed spec.pin in {followed:.1f} s")
+    wait_model(kube, "support", "stable.json at v1", lambda s: published(s) == (1, [1, 2, 3]))
 
     # Deleting the jobs (and with them their EvalRuns) leaves every version as it was.
     before = status["versions"]
@@ -192,3 +213,15 @@ def test_bad_registry_input_is_refused_or_named(kube: Kube) -> None:
         "spec.baseModel.uri is file:///models/tiny, but FineTuneJob elsewhere adapted file:///models/another"
     )
     assert "stable" not in status
+
+    # A store the publish pod cannot write: Published=False names the trainer's reason; the registry and
+    # its stable version are not held up by it.
+    apply_model(kube, "unpublished", promotion={"requireEvaluation": False}, store={"uri": "file:///tmp/publish-fail"})
+    kube.apply_ftj("stored", quick_spec("success", output={"uri": "file:///tmp/adapters", "model": "unpublished"}))
+    status = wait_model(
+        kube, "unpublished", "publish failed", lambda s: (s.get("store") or {}).get("state") == "Failed"
+    )
+    failed = condition(status, "Published")
+    assert (failed["status"], failed["reason"]) == ("False", "PublishFailed")
+    assert "StorageUnavailable: file:///tmp/publish-fail/models/" in failed["message"]
+    assert status["stable"] == 1 and status["store"]["failures"] >= 1

@@ -114,6 +114,9 @@ def test_qlora_from_minio_publishes_an_adapter_that_lowers_the_loss(store_env: d
     manifest = fetch_verified(store, result.adapter.uri, tmp_path / "adapter")
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= set(manifest["files"])
     assert manifest["spec"]["lora"]["r"] == 16
+    # The log history the Model's card draws its loss curve from, beside the adapter files.
+    history = json.loads((tmp_path / "adapter" / "trainer_state.json").read_text())["log_history"]
+    assert len([e for e in history if "loss" in e]) >= 10
 
     rows = support_rows(32)
     base_dir = tmp_path / "work" / "base-model"

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api.model import ModelSpec
+from finetune_operator.api.model import ModelSpec, ModelVersion
 from finetune_operator.config import OperatorSettings
-from finetune_operator.kinds.model import Inputs, plan
+from finetune_operator.kinds.model import Inputs, plan, publish_backoff, unpublished
 from finetune_operator.manifests.model import ADAPTERS, LORA_MODULES, STABLE
-from finetune_operator.plan import Create, Patch, Plan, is_idle
+from finetune_operator.plan import Patch, Plan, is_idle
+from tests import factories
 from tests.factories import applied
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -103,6 +104,10 @@ def settle(
 
 def versions(body: dict[str, Any]) -> list[tuple[int, str]]:
     return [(v["version"], v["state"]) for v in body["status"]["versions"]]
+
+
+def condition(body: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in body["status"].get("conditions") or [] if c["type"] == ctype), {})
 
 
 def reasons(plans: list[Plan]) -> list[str]:
@@ -239,9 +244,7 @@ def test_pin_rolls_back_and_the_serving_configmap_follows() -> None:
     assert body["status"]["serving"]["version"] == 2
     writes = [a for p in plans for a in p.actions if isinstance(a, Patch) and a.kind == "ConfigMap"]
     assert json.loads(writes[-1].body["data"][STABLE])["version"] == 2
-    assert [a.obj["metadata"]["name"] for p in plans for a in p.actions if isinstance(a, Create)] == [
-        "support-lora"
-    ] * len(writes)
+    assert [c["metadata"]["name"] for p in plans for c in p.created("ConfigMap")] == ["support-lora"] * len(writes)
 
     body["spec"]["pin"] = 1
     body["metadata"]["generation"] = 2
@@ -313,3 +316,127 @@ def test_must_beat_must_name_a_metric_the_gate_computes() -> None:
     assert body["status"]["versions"][0]["reason"] == (
         "spec.promotion.mustBeat.metric bleu was not computed by EvalRun first-eval"
     )
+
+
+def publish_job(round_: int, *, complete: bool = True) -> dict[str, Any]:
+    condition = {"type": "Complete" if complete else "Failed", "message": "BackoffLimitExceeded"}
+    finished = factories.job(conditions=[condition])
+    finished["metadata"]["name"] = f"support-publish-{round_}"
+    return finished
+
+
+def publish_pod(round_: int, message: str) -> dict[str, Any]:
+    done = factories.pod(phase="Succeeded", terminated={"exitCode": 0, "message": message})
+    done["metadata"]["labels"]["batch.kubernetes.io/job-name"] = f"support-publish-{round_}"
+    return done
+
+
+def run_publishing(
+    body: dict[str, Any],
+    jobs: list[dict[str, Any]],
+    evalruns: list[dict[str, Any]],
+    children: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    now: datetime = NOW,
+) -> Plan:
+    runs = {e["metadata"]["name"]: e for e in evalruns}
+    return plan(Inputs(body, jobs, runs, OperatorSettings(), *children), now)
+
+
+def test_a_decided_version_is_published_to_the_store_by_a_pod_without_api_access_then_recorded() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, plans = settle(model(), [first], [first_eval])
+    created = [j for p in plans for j in p.created("Job")]
+    assert [j["metadata"]["name"] for j in created] == ["support-publish-1"]
+    pod_spec = created[0]["spec"]["template"]["spec"]
+    assert pod_spec["automountServiceAccountToken"] is False and "serviceAccountName" not in pod_spec
+    container = pod_spec["containers"][0]
+    assert container["command"] == ["finetune-trainer", "publish-model"]
+    run_spec = json.loads(next(e["value"] for e in container["env"] if e["name"] == "FINETUNE_RUN_SPEC"))
+    prefix = "s3://finetune/models/team-a/support/"
+    assert run_spec["uri"] == prefix and [v["version"] for v in run_spec["versions"]] == [1]
+    assert run_spec["stable"]["version"] == 1 and run_spec["stable"]["folder"] == prefix + "v1/"
+    env = {e["name"] for e in container["env"]}
+    assert {"FINETUNE_OUTPUT_AWS_ACCESS_KEY_ID", "FINETUNE_ADAPTER_0_AWS_ACCESS_KEY_ID"} <= env
+    assert body["status"]["store"]["state"] == "Publishing"
+    assert condition(body, "Published")["status"] == "Unknown"
+
+    message = factories.result_message(result="succeeded", publishedVersions=[1], stableVersion=1)
+    children = ([publish_job(1)], [publish_pod(1, message)])
+    done = run_publishing(body, [first], [first_eval], children)
+    body = applied(body, done)
+    assert body["status"]["versions"][0]["storeUri"] == prefix + "v1/"
+    assert body["status"]["store"] | {"updateTime": None} == {
+        "uri": prefix,
+        "stable": 1,
+        "state": "Published",
+        "message": f"published v1 under {prefix}; stable.json -> v1",
+        "round": 1,
+        "failures": 0,
+        "updateTime": None,
+    }
+    assert [e.reason for e in done.events] == ["VersionsPublished"] and done.deleted("Job") == ["support-publish-1"]
+    assert condition(body, "Published")["status"] == "True"
+    assert not run_publishing(body, [first], [first_eval], ([], [])).created("Job"), "nothing left to publish"
+
+
+def test_a_failed_publish_is_named_and_retried_after_a_growing_backoff() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, _ = settle(model(), [first], [first_eval])
+    message = factories.result_message(result="failed", reason="StorageUnavailable", message="connection refused")
+    failed = run_publishing(body, [first], [first_eval], ([publish_job(1, complete=False)], [publish_pod(1, message)]))
+    body = applied(body, failed)
+    store = body["status"]["store"]
+    assert store["state"] == "Failed" and store["failures"] == 1
+    assert "StorageUnavailable: connection refused" in store["message"]
+    assert condition(body, "Published") | {"lastTransitionTime": None, "observedGeneration": None} == {
+        "type": "Published",
+        "status": "False",
+        "reason": "PublishFailed",
+        "message": store["message"],
+        "lastTransitionTime": None,
+        "observedGeneration": None,
+    }
+    assert [e.reason for e in failed.events] == ["PublishFailed"] and failed.recheck_after == 30
+    soon = run_publishing(body, [first], [first_eval], ([], []), NOW + timedelta(seconds=10))
+    assert not soon.created("Job") and soon.recheck_after == pytest.approx(20)
+    later = run_publishing(body, [first], [first_eval], ([], []), NOW + timedelta(seconds=31))
+    assert [j["metadata"]["name"] for j in later.created("Job")] == ["support-publish-2"]
+    assert publish_backoff(2) == 60 and publish_backoff(20) == 3600
+
+
+def test_the_stable_version_is_published_first_and_undecided_versions_wait() -> None:
+    def version(number: int, verdict: str | None) -> ModelVersion:
+        return ModelVersion.model_validate(
+            {
+                "version": number,
+                "adapter": {"uri": f"s3://out/{number}/"},
+                "fineTuneJob": {"name": "j", "uid": "u", "attempt": 1},
+                "baseModel": BASE,
+                "datasetUri": "s3://d",
+                "hyperparameters": {
+                    "objective": "sft",
+                    "method": "qlora",
+                    "learningRate": 0.0002,
+                    "batchSize": 1,
+                    "gradientAccumulationSteps": 1,
+                    "maxSeqLength": 64,
+                    "seed": 1,
+                },
+                "verdict": verdict,
+                "state": "Candidate",
+                "reason": "r",
+                "registeredTime": "2026-12-01T10:00:00Z",
+                "storeUri": "s3://s/v1/" if number == 1 else None,
+            }
+        )
+
+    every = [version(1, "Passed"), version(2, "Rejected"), version(3, None), version(4, "Passed")]
+    assert [v.version for v in unpublished(every, "s3://s/", 4)] == [4, 2]
+    assert [v.version for v in unpublished(every, "s3://other/", 4)] == [4, 1, 2], "a new store gets every one"
+
+
+def test_a_model_with_its_store_copy_turned_off_runs_no_pod() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, plans = settle(model(store={"enabled": False}), [first], [first_eval])
+    assert not [j for p in plans for j in p.created("Job")] and "store" not in body["status"]
+    assert condition(body, "Published") == {}

@@ -1,4 +1,5 @@
-"""`finetune-trainer train|eval|cleanup|prepare`: the trainer image's entry points (contract: exit codes, results)."""
+"""`finetune-trainer train|eval|cleanup|publish-model|prepare`: the trainer image's entry points (contract:
+exit codes, results)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
-from finetune_operator.api.contract import CleanupRunSpec, EvaluationRunSpec, TrainerResult
+from finetune_operator.api.contract import CleanupRunSpec, EvaluationRunSpec, ModelPublishRunSpec, TrainerResult
 
 from .distributed import Ranks
 from .errors import EXIT_RETRIABLE, TrainerError
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         ("train", "run the whole pipeline and publish the adapter"),
         ("eval", "benchmark a model (and adapter) and publish the report"),
         ("cleanup", "delete everything a deleted FineTuneJob published (output.deletePolicy: Delete)"),
+        ("publish-model", "copy a Model's versions into its store folder with their model cards, then stable.json"),
         ("prepare", "only load, check and tokenise the dataset; print what training would see"),
     ):
         command = commands.add_parser(name, help=text, description=text)
@@ -111,6 +113,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> TrainerResult | None:
         return TrainerResult(
             result="succeeded", message=f"deleted {deleted} objects under {cleanup.uri}", deleted_objects=deleted
         )
+    if args.command == "publish-model":
+        from .recipes.publish_model import publish_model
+
+        return publish_model(load_run_spec(args.spec, os.environ, ModelPublishRunSpec), workdir, os.environ)
     if args.command == "eval":
         evaluation = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
         from .recipes.evaluate import EvaluationRecipe

@@ -11,11 +11,17 @@ import yaml
 from pydantic import ValidationError
 
 from finetune_operator.api import format_validation_error
-from finetune_operator.api.contract import RUN_SPEC_ENV, CleanupRunSpec, EvaluationRunSpec, TrainingRunSpec
+from finetune_operator.api.contract import (
+    RUN_SPEC_ENV,
+    CleanupRunSpec,
+    EvaluationRunSpec,
+    ModelPublishRunSpec,
+    TrainingRunSpec,
+)
 
 from .errors import InputError
 
-RunSpec = TypeVar("RunSpec", TrainingRunSpec, EvaluationRunSpec, CleanupRunSpec)
+RunSpec = TypeVar("RunSpec", TrainingRunSpec, EvaluationRunSpec, CleanupRunSpec, ModelPublishRunSpec)
 
 
 def load_run_spec(
@@ -38,7 +44,8 @@ def load_run_spec(
         raise InputError(f"no run spec: set {RUN_SPEC_ENV} or pass --spec FILE", reason="InvalidSpec")
     expected = model.model_fields["kind"].default
     if isinstance(raw, dict) and raw.get("kind", expected) != expected:
-        command = {"TrainingRun": "train", "EvaluationRun": "eval", "CleanupRun": "cleanup"}.get(raw.get("kind"), "?")
+        commands = {"TrainingRun": "train", "EvaluationRun": "eval", "CleanupRun": "cleanup"}
+        command = {**commands, "ModelPublishRun": "publish-model"}.get(raw.get("kind"), "?")
         raise InputError(
             f"{source}: a {raw.get('kind')} run spec is for `finetune-trainer {command}`, not this command",
             reason="InvalidSpec",

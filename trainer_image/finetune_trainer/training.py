@@ -30,6 +30,7 @@ from .data.refine import RefineReport
 from .errors import InputError, Interrupted, OutOfMemory
 from .inputs import FetchedModel, Stores, fetch_model
 from .model import ModelSetup, device_for, load_tokenizer, resolve_optimizer, setup_model
+from .model_card import TRAINER_STATE
 from .progress import StopRequest, TrainerProgress
 from .publish import adapter_result, publish_adapter, publish_merged
 from .report import ProgressReporter
@@ -214,6 +215,8 @@ class AdapterTraining:
             # The trained adapter alone: TRL's DPO keeps a frozen "ref" copy of the start beside it.
             self.model.save_pretrained(local, selected_adapters=["default"])
         self.tokenizer.save_pretrained(local)
+        # The log history beside the adapter, in the Trainer's own format: the model card draws its loss curve.
+        self.trainer.state.save_to_json(str(local / TRAINER_STATE))
         store = self.stores("OUTPUT", out.adapter_uri)
         adapter = publish_adapter(store, local, self.run_spec, self.base.revision, self.dataset_sha256)
         merged = None

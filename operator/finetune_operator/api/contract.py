@@ -2,7 +2,8 @@
 
 - The Job runs `finetune-trainer train` with a `TrainingRunSpec` (FineTuneJob), `finetune-trainer eval`
   with an `EvaluationRunSpec` (EvalRun), or `finetune-trainer cleanup` with a `CleanupRunSpec` (a deleted
-  FineTuneJob with output.deletePolicy Delete), as JSON in `FINETUNE_RUN_SPEC`.
+  FineTuneJob with output.deletePolicy Delete), or `finetune-trainer publish-model` with a
+  `ModelPublishRunSpec` (a Model's store copy), as JSON in `FINETUNE_RUN_SPEC`.
 - Credentials arrive only as `secretKeyRef` env vars named by `secret_env_name`.
 - The trainer patches `status.progress` of `resource` (its ServiceAccount may do nothing else), and
   writes a `TrainerResult` (< 4 KiB) to the termination-message file. The operator trusts that result,
@@ -23,6 +24,7 @@ from pydantic import Field, StringConstraints
 from .evalrun import EvalRunSpec, Report, ResolvedModel
 from .evaluation import MetricResult, MetricSummary
 from .finetunejob import FineTuneJobSpec
+from .model import ModelVersion, StablePointer
 from .schema import ApiModel
 from .training_status import Artifact, Checkpoint, Provenance, TrainingMetrics
 
@@ -32,13 +34,19 @@ TERMINATION_MESSAGE_LIMIT = 4096
 # pvc://claim/path is mounted at PVC_MOUNT_ROOT/claim, so the trainer reads PVC_MOUNT_ROOT/claim/path.
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
-# Which source a Secret's env vars are for: BASE_MODEL, DATASET, OUTPUT, ADAPTER, or BENCHMARK_<index>.
+# Which source a Secret's env vars are for: BASE_MODEL, DATASET, OUTPUT, ADAPTER, BENCHMARK_<index>, or
+# ADAPTER_<index> (a model publish's versions).
 SecretRole = str
 
 
 def benchmark_role(index: int) -> SecretRole:
     """The role of an EvalRun's benchmark `index`: the operator names its env vars, the trainer reads them."""
     return f"BENCHMARK_{index}"
+
+
+def version_role(index: int) -> SecretRole:
+    """The role that reads the adapter of a model publish's version `index` (each has its own secretRef)."""
+    return f"ADAPTER_{index}"
 
 
 # Keys a storage Secret may hold, per URI scheme: (key, required).
@@ -129,6 +137,32 @@ class CleanupRunSpec(ApiModel):
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
 
 
+PUBLISH_BATCH = 10
+"""Versions one publish pod writes at most: the run spec travels in an env var, the result in 4 KiB."""
+
+
+class ModelPublishRunSpec(ApiModel):
+    """`finetune-trainer publish-model`: copy a Model's decided versions into its store folder, each with its
+    model card and manifest, then point stable.json at the stable one."""
+
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        default="finetune.dev/v1alpha1", description="Contract version."
+    )
+    kind: Literal["ModelPublishRun"] = Field(default="ModelPublishRun", description="Run kind.")
+    resource: ResourceRef = Field(description="The Model.")
+    uri: str = Field(description="`<store>/models/<namespace>/<name>/`: version N goes to `v<N>/`.")
+    versions: list[ModelVersion] = Field(
+        default_factory=list,
+        max_length=PUBLISH_BATCH,
+        description="The versions to publish; the adapter of versions[i] is read with the role ADAPTER_<i>.",
+    )
+    stable: StablePointer | None = Field(
+        default=None,
+        description="stable.json's content, written last (its version is published already, or in `versions`).",
+    )
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
+
+
 class EvaluationOutcome(ApiModel):
     """An evaluation's figures, bounded to fit the termination message (the report holds everything)."""
 
@@ -157,6 +191,10 @@ class TrainerResult(ApiModel):
     provenance: Provenance | None = Field(default=None, description="What produced the adapter.")
     evaluation: EvaluationOutcome | None = Field(default=None, description="Figures of an evaluation run.")
     deleted_objects: int | None = Field(default=None, ge=0, description="Objects a cleanup run deleted.")
+    published_versions: list[int] | None = Field(
+        default=None, max_length=PUBLISH_BATCH, description="Versions a model publish wrote (model card last)."
+    )
+    stable_version: int | None = Field(default=None, ge=1, description="The version stable.json now points at.")
     rank: int | None = Field(
         default=None, ge=0, description="Global rank that wrote this result, in a job of several ranks."
     )

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from .common import AdapterSource, Condition, ModelSource, Quantization
+from .common import AdapterSource, Condition, ModelSource, Quantization, SecretRef
 from .evaluation import Evaluation, Metric, MetricResult, MetricSummary
 from .schema import ApiModel, ObjectName, Rule
 from .training_status import Provenance
@@ -100,6 +100,28 @@ class Serving(ApiModel):
     )
 
 
+class ModelStore(ApiModel):
+    """Where the registry keeps its own copy of each version, for consumers outside Kubernetes."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Publish each decided version and the stable pointer to the store (false: status and the "
+        "serving targets only).",
+    )
+    uri: Annotated[str, StringConstraints(pattern=r"^(s3|pvc|file)://[^\s]+$", max_length=1024)] | None = Field(
+        default=None,
+        description="Prefix: version N lands in `<uri>/models/<namespace>/<name>/v<N>/` (the adapter files, a "
+        "Hugging Face model card README.md with the evaluation table and the training loss curve, "
+        "manifest.json last), and `<uri>/models/<namespace>/<name>/stable.json` points at the stable one. "
+        "Unset: the operator's default output URI.",
+    )
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with write credentials for `uri` (unset: the operator's default storage secret). The "
+        "short publish pod that writes there reads each version's adapter with that version's own secretRef.",
+    )
+
+
 class ModelSpec(ApiModel):
     """A named model: its base, its registered adapter versions, and the rule that picks the stable one."""
 
@@ -118,6 +140,9 @@ class ModelSpec(ApiModel):
         "stays where it is.",
     )
     serving: Serving = Field(default_factory=Serving, description="Serving targets that follow the stable version.")
+    store: ModelStore = Field(
+        default_factory=ModelStore, description="The registry's copy in the object store (model cards, stable.json)."
+    )
 
 
 class VersionJob(ApiModel):
@@ -203,6 +228,11 @@ class ModelVersion(ApiModel):
         description="When it first became stable (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
+    store_uri: Annotated[str, StringConstraints(max_length=1100)] | None = Field(
+        default=None,
+        description="Its folder in the registry's store copy (adapter files, README.md model card, manifest.json); "
+        "unset: not published there yet (a version is published once its gate decided).",
+    )
 
 
 class ServingStatus(ApiModel):
@@ -214,6 +244,42 @@ class ServingStatus(ApiModel):
     version: int | None = Field(default=None, ge=1, description="The version it points at.")
     update_time: str | None = Field(
         default=None, description="When it was last written (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+
+
+class StablePointer(ApiModel):
+    """stable.json: which version is stable, for consumers that read a file rather than the Model (the
+    serving ConfigMap holds one, the store copy another)."""
+
+    model: str = Field(description="The Model's name.")
+    namespace: str = Field(description="Its namespace.")
+    version: int = Field(ge=1, description="The stable version.")
+    name: str = Field(description="The LoRA name serving loads it under: `<model>-v<N>`.")
+    uri: str = Field(description="Where its adapter is (as its FineTuneJob published it).")
+    sha256: str | None = Field(default=None, description="sha256 of the adapter's manifest.json.")
+    base_model: str = Field(description="The base model it adapts.")
+    folder: str | None = Field(default=None, description="Its folder in the store copy (the store's stable.json only).")
+
+
+StoreState = Literal["Publishing", "Published", "Failed"]
+
+
+class StoreStatus(ApiModel):
+    """The registry's store copy: what is published, and the publish pod at work."""
+
+    uri: Annotated[str, StringConstraints(max_length=1100)] = Field(
+        description="`<store>/models/<namespace>/<name>/`: the versions' folders and stable.json."
+    )
+    stable: int | None = Field(default=None, ge=1, description="The version stable.json points at.")
+    state: StoreState = Field(
+        description="`Publishing`: a publish pod is writing. `Published`: the store shows every decided version "
+        "and stable. `Failed`: the last publish failed (message); retried with backoff."
+    )
+    message: Annotated[str, StringConstraints(max_length=2048)] | None = Field(default=None, description="Detail.")
+    round: int = Field(default=0, ge=0, description="Publish pods started (the Job is `<name>-publish-<round>`).")
+    failures: int = Field(default=0, ge=0, description="Publishes failed in a row (the backoff grows with them).")
+    update_time: str | None = Field(
+        default=None, description="When the state last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
     )
 
 
@@ -238,11 +304,13 @@ class ModelStatus(ApiModel):
     )
     promotions: int | None = Field(default=None, ge=0, description="Times the gate moved stable (pins not counted).")
     serving: ServingStatus | None = Field(default=None, description="The serving ConfigMap's current version.")
+    store: StoreStatus | None = Field(default=None, description="The registry's copy in the object store.")
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=8,
         description="Validated; Ready (True: a stable version exists and every serving target shows it); "
-        "Pinned (with spec.pin: False names why the pin is refused).",
+        "Pinned (with spec.pin: False names why the pin is refused); Published (the store copy: False names why "
+        "the last publish failed).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")

@@ -3,9 +3,12 @@
     inputs = gather(body, indices, settings)   # the FineTuneJobs that name it, their EvalRuns, its own
     plan(inputs, now) -> Plan                  # pure: new versions, verdicts, stable, the serving ConfigMap
 
-Pure control: it runs no Jobs. Woken by its own spec changes, a FineTuneJob that names it in
-spec.output.model finishing or getting its evaluation verdict (that controller's `dependents`), and its
-own gate EvalRuns finishing (the EvalRun controller's, by the owner label).
+Pure control: it trains and evaluates nothing itself (its gate EvalRuns do). Its one Job is the short
+publish pod that copies decided versions into the store with their model cards and points stable.json
+at the stable one, because the operator holds no store credentials; one at a time, retried with
+backoff. Woken by its own spec changes, a FineTuneJob that names it in spec.output.model finishing or
+getting its evaluation verdict (that controller's `dependents`), its own gate EvalRuns finishing (the
+EvalRun controller's, by the owner label), and its publish Job's events.
 
 Its status is the registry, so every write is guarded by the resourceVersion it was planned on
 (Plan.guarded): a plan made on a stale read is refused (409) and made again on a fresh one, and a
@@ -23,14 +26,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import EVALRUN, FINETUNEJOB, MODEL, TERMINAL_PHASES, format_validation_error
+from ..api.contract import PUBLISH_BATCH, TrainerResult
 from ..api.evaluation import MetricResult, MetricSummary
-from ..api.model import ModelSpec, ModelStatus, ModelVersion
+from ..api.model import ModelSpec, ModelStatus, ModelVersion, StoreStatus
 from ..conditions import condition_of, make_condition, stamp_conditions
 from ..config import OperatorSettings
 from ..manifests.evalrun import owned_evalrun_name
-from ..manifests.model import build_gate_evalrun, build_serving_configmap, gate_evalrun_name, serving_data
-from ..manifests.names import Owner
-from ..plan import Create, Event, Patch, Plan
+from ..manifests.model import (
+    build_gate_evalrun,
+    build_publish_job,
+    build_serving_configmap,
+    gate_evalrun_name,
+    publish_job_name,
+    serving_data,
+    store_prefix,
+    version_folder,
+)
+from ..manifests.names import LABEL_JOB_NAME, Owner
+from ..plan import Create, Delete, Event, Patch, Plan
 from ..registry import (
     Aliases,
     Publication,
@@ -47,8 +60,8 @@ from ..registry import (
     unregistered,
     with_scores,
 )
-from ..status import format_time
-from .base import FINETUNEJOBS_BY_MODEL, Controller, Indices, watched
+from ..status import format_time, parse_result, parse_time, view_job, view_pod
+from .base import FINETUNEJOBS_BY_MODEL, Controller, Indices, children_of, watched
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,9 @@ class Inputs:
     evalruns: Mapping[str, Mapping[str, Any]]
     """EvalRuns that may judge its versions (its own `<model>-v<N>`, the jobs' `<job>-eval`), by name."""
     settings: OperatorSettings
+    publish_jobs: Sequence[Mapping[str, Any]] = ()
+    """Its publish Jobs and their pods (the only Jobs it owns)."""
+    publish_pods: Sequence[Mapping[str, Any]] = ()
 
     @cached_property
     def present(self) -> frozenset[str]:
@@ -81,7 +97,8 @@ def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings
         for run_name in sorted(n for n in wanted if n)
         if (run := watched(indices, EVALRUN, namespace, run_name)) is not None
     }
-    return Inputs(body, jobs, evalruns, settings)
+    publish_jobs, publish_pods = children_of(indices, body)
+    return Inputs(body, jobs, evalruns, settings, publish_jobs, publish_pods)
 
 
 def scored(evalrun: Mapping[str, Any] | None, adapter_uri: str) -> Scored | None:
@@ -128,10 +145,10 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         conditions = [make_condition("Validated", False, "InvalidSpec", format_validation_error(error))]
         stamped = stamp_conditions(conditions, previous_conditions, generation, now)
         return Plan(status={"conditions": stamped, "observedGeneration": generation})
-    stamp = format_time(now)
     recorded = ModelStatus.model_validate(status)
     result = Plan(guarded=True)
-    step = Round(spec, Owner.from_body(body), stamp, result)
+    step = Round(spec, Owner.from_body(body), now, result)
+    stamp = step.stamp
     versions = _register(step, list(recorded.versions), _publications(inputs.jobs))
 
     versions, promoted, promotions, stable = _gate(step, versions, recorded, inputs)
@@ -144,6 +161,7 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         )
     versions = states(versions, Aliases(stable, promoted), spec, stamp)
     serving = _serve(step, versions, stable, recorded)
+    versions, store = _publish(step, versions, stable, recorded.store, inputs)
     pin = check_pin(spec.pin, versions) if spec.pin is not None else None
     if pin is not None and pin.usable is False and condition_of(status, "Pinned").get("message") != pin.message:
         result.events.append(Event("Warning", pin.reason, pin.message))
@@ -155,7 +173,10 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         "latest": len(versions) or None,
         "promotions": promotions,
         "serving": serving,
-        "conditions": stamp_conditions(_conditions(spec, pin, stable, serving), previous_conditions, generation, now),
+        "store": store.to_json_dict() if store else None,
+        "conditions": stamp_conditions(
+            _conditions(spec, pin, stable, serving, store), previous_conditions, generation, now
+        ),
         "observedGeneration": generation,
     }
     return result
@@ -167,8 +188,16 @@ class Round:
 
     spec: ModelSpec
     owner: Owner
-    stamp: str
+    time: datetime
     result: Plan
+
+    @property
+    def stamp(self) -> str:
+        return format_time(self.time)
+
+    def recheck(self, seconds: float) -> None:
+        current = self.result.recheck_after
+        self.result.recheck_after = seconds if current is None else min(current, seconds)
 
 
 def _gate(
@@ -261,15 +290,142 @@ def _serve(
         return current.to_json_dict() if current else None
     if current and current.config_map == target.name and current.version == stable:
         return current.to_json_dict()
-    data = serving_data(owner.name, owner.namespace, spec, target, stable_version)
+    data = serving_data(owner, spec, target, stable_version)
     result.actions.append(Create(build_serving_configmap(owner, target, data)))
     result.actions.append(Patch("ConfigMap", target.name, {"data": data}))
     result.events.append(Event("Normal", "ServingUpdated", f"ConfigMap {target.name} now serves v{stable}"))
     return {"configMap": target.name, "version": stable, "updateTime": now.stamp}
 
 
+PUBLISH_UNSEEN_SECONDS = 300
+"""How long a publish Job may stay unseen by the watch before its round counts as failed (deleted by hand)."""
+PUBLISH_BACKOFF_SECONDS = (30.0, 3600.0)
+"""The wait before retrying a failed publish: the first, doubling per failure in a row, up to the second."""
+
+
+def publish_backoff(failures: int) -> float:
+    first, most = PUBLISH_BACKOFF_SECONDS
+    return min(most, first * 2.0 ** max(failures - 1, 0))
+
+
+def unpublished(versions: Sequence[ModelVersion], prefix: str, stable: int | None) -> list[ModelVersion]:
+    """Decided versions whose folder under `prefix` is not written yet: the stable one first (stable.json may
+    point only at a published folder), then oldest first."""
+    waiting = [v for v in versions if v.verdict is not None and v.store_uri != version_folder(prefix, v.version)]
+    return sorted(waiting, key=lambda v: (v.version != stable, v.version))
+
+
+def publish_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> TrainerResult:
+    """A finished publish Job's result, in the trainer's words when its last pod left one."""
+    name = job["metadata"]["name"]
+    mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_JOB_NAME) == name]
+    results = [r for r in (parse_result(view_pod(p).message) for p in mine) if r is not None]
+    view = view_job(job)
+    if view.complete:
+        done = next((r for r in results if r.result == "succeeded"), None)
+        return done or TrainerResult(result="succeeded", message=f"Job {name} completed without a result")
+    failed = next((r for r in reversed(results) if r.result == "failed"), None)
+    return failed or TrainerResult(result="failed", message=view.failed_message or f"Job {name} failed")
+
+
+def _publish(
+    now: Round,
+    versions: list[ModelVersion],
+    stable: int | None,
+    recorded: StoreStatus | None,
+    inputs: Inputs,
+) -> tuple[list[ModelVersion], StoreStatus | None]:
+    """Keep the store copy in step: settle the publish Job at work, else start one for what is missing."""
+    spec, owner = now.spec, now.owner
+    if not spec.store.enabled:
+        return versions, recorded
+    prefix = store_prefix(owner, spec, inputs.settings)
+    store = (
+        recorded
+        if recorded is not None and recorded.uri == prefix
+        else StoreStatus(uri=prefix, state="Published", message="nothing to publish yet")
+    )
+    if store.state == "Publishing":
+        versions, store = _settle(now, versions, store, inputs)
+        if store.state == "Publishing":
+            return versions, store
+    missing = unpublished(versions, prefix, stable)
+    if not missing and store.stable == stable:
+        return versions, store
+    if store.state == "Failed":
+        wait = (
+            publish_backoff(store.failures) - (now.time - (parse_time(store.update_time) or now.time)).total_seconds()
+        )
+        if wait > 0:
+            now.recheck(wait)
+            return versions, store
+    batch = missing[:PUBLISH_BATCH]
+    round_ = store.round + 1
+    stable_version = numbered(versions, stable)
+    now.result.actions.append(
+        Create(build_publish_job(owner, spec, batch, stable_version, round_=round_, settings=inputs.settings))
+    )
+    what = ", ".join(f"v{v.version}" for v in batch) or "no new version"
+    pointer = f"; stable.json -> v{stable}" if stable is not None else ""
+    update = {
+        "state": "Publishing",
+        "round": round_,
+        "message": f"publishing {what}{pointer}",
+        "update_time": now.stamp,
+    }
+    return versions, store.model_copy(update=update)
+
+
+def _settle(
+    now: Round, versions: list[ModelVersion], store: StoreStatus, inputs: Inputs
+) -> tuple[list[ModelVersion], StoreStatus]:
+    """Record what the publish Job of store.round did, once it finished (or vanished)."""
+    name = publish_job_name(now.owner.name, store.round)
+    job = next((j for j in inputs.publish_jobs if j["metadata"]["name"] == name), None)
+    waited = (now.time - (parse_time(store.update_time) or now.time)).total_seconds()
+    if job is None and waited < PUBLISH_UNSEEN_SECONDS:
+        now.recheck(PUBLISH_UNSEEN_SECONDS - waited)
+        return versions, store
+    if job is not None and not view_job(job).finished:
+        return versions, store
+    outcome = (
+        publish_outcome(job, inputs.publish_pods)
+        if job is not None
+        else TrainerResult(result="failed", message=f"publish Job {name} is gone before it finished")
+    )
+    if outcome.result == "failed":
+        message = f"publish Job {name} failed: {outcome.reason or 'Error'}: {outcome.message or 'no detail'}"[:2048]
+        now.result.events.append(Event("Warning", "PublishFailed", message))
+        failures = store.failures + 1
+        now.recheck(publish_backoff(failures))
+        update = {"state": "Failed", "message": message, "failures": failures, "update_time": now.stamp}
+        return versions, store.model_copy(update=update)
+    published = set(outcome.published_versions or [])
+    marked = [
+        v.model_copy(update={"store_uri": version_folder(store.uri, v.version)}) if v.version in published else v
+        for v in versions
+    ]
+    listed = ", ".join(f"v{n}" for n in sorted(published)) or "no new version"
+    pointer = f"; stable.json -> v{outcome.stable_version}" if outcome.stable_version else ""
+    message = f"published {listed} under {store.uri}{pointer}"
+    now.result.events.append(Event("Normal", "VersionsPublished", message))
+    now.result.actions.append(Delete("Job", name, stage="after"))
+    update = {
+        "state": "Published",
+        "stable": outcome.stable_version or store.stable,
+        "message": message,
+        "failures": 0,
+        "update_time": now.stamp,
+    }
+    return marked, store.model_copy(update=update)
+
+
 def _conditions(
-    spec: ModelSpec, pin: Any, stable: int | None, serving: Mapping[str, Any] | None
+    spec: ModelSpec,
+    pin: Any,
+    stable: int | None,
+    serving: Mapping[str, Any] | None,
+    store: StoreStatus | None,
 ) -> list[dict[str, Any]]:
     conditions = [make_condition("Validated", True, "SpecValid", "spec is valid")]
     if stable is None:
@@ -281,6 +437,10 @@ def _conditions(
         conditions.append(make_condition("Ready", True, "StableServed", f"v{stable} is stable{where}"))
     if pin is not None:
         conditions.append(make_condition("Pinned", pin.usable, pin.reason, pin.message))
+    if spec.store.enabled and store is not None:
+        published = {"Publishing": None, "Published": True, "Failed": False}[store.state]
+        reason = {"Publishing": "Publishing", "Published": "StorePublished", "Failed": "PublishFailed"}[store.state]
+        conditions.append(make_condition("Published", published, reason, store.message or store.uri))
     return conditions
 
 

@@ -329,9 +329,39 @@ def build_eval_job(
     )
 
 
-CLEANUP_BACKOFF_LIMIT = 2
-CLEANUP_RESOURCES = Resources(gpus=0, cpu="500m", memory="512Mi")
-"""A delete of objects: no GPU (the API defaults to one, which would leave it unschedulable on CPU nodes)."""
+CHORE_BACKOFF_LIMIT = 2
+CHORE_RESOURCES = Resources(gpus=0, cpu="500m", memory="512Mi")
+"""A pod that only moves objects in the store (a cleanup, a model publish): no GPU (the API defaults to
+one, which would leave it unschedulable on CPU nodes)."""
+
+
+def chore_plan(
+    command: str,
+    run_spec: ApiModel,
+    image: str,
+    secrets: list[dict[str, Any]],
+    pvc_uris: list[tuple[str, bool]],
+    *,
+    deadline_seconds: int,
+    spec_hash: str,
+) -> PodPlan:
+    """A short pod that only moves objects in the store: no GPU, no queue, and no API token, so it
+    reports only through its exit code and termination message. `command` is also its component."""
+    return PodPlan(
+        command=command,
+        run_spec=run_spec,
+        image=image,
+        secrets=secrets,
+        pvc_uris=pvc_uris,
+        resources=CHORE_RESOURCES,
+        queue_name=None,
+        suspend=False,
+        backoff_limit=CHORE_BACKOFF_LIMIT,
+        active_deadline_seconds=deadline_seconds,
+        spec_hash=spec_hash,
+        component=command,
+        reports_status=False,
+    )
 
 
 def cleanup_job_name(owner: Owner) -> str:
@@ -348,26 +378,16 @@ def build_cleanup_job(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSet
     """
     prefix = owner_prefix(owner, spec.output.uri, settings)
     run_spec = CleanupRunSpec(resource=resource_ref(owner), uri=prefix, storage=storage_settings(settings))
-    job = build_job(
-        owner,
-        None,
-        PodPlan(
-            command="cleanup",
-            run_spec=run_spec,
-            image=spec.image or settings.trainer_image,
-            secrets=secret_env("OUTPUT", prefix, spec.output.secret_ref, settings.storage_credentials),
-            pvc_uris=[(prefix, True)],
-            resources=CLEANUP_RESOURCES,
-            queue_name=None,
-            suspend=False,
-            backoff_limit=CLEANUP_BACKOFF_LIMIT,
-            active_deadline_seconds=settings.cleanup_deadline_seconds,
-            spec_hash=spec_hash(spec),
-            component="cleanup",
-            reports_status=False,
-        ),
-        settings,
-        name=cleanup_job_name(owner),
+    secrets = secret_env("OUTPUT", prefix, spec.output.secret_ref, settings.storage_credentials)
+    pod = chore_plan(
+        "cleanup",
+        run_spec,
+        spec.image or settings.trainer_image,
+        secrets,
+        [(prefix, True)],
+        deadline_seconds=settings.cleanup_deadline_seconds,
+        spec_hash=spec_hash(spec),
     )
+    job = build_job(owner, None, pod, settings, name=cleanup_job_name(owner))
     del job["metadata"]["ownerReferences"]
     return job
