@@ -31,6 +31,7 @@ from .nodeagent import DEFAULT_NODES, LocalNodeAgent, NodeSpec
 
 __all__ = [
     "DEFAULT_NODES",
+    "KSERVE_CRDS",
     "NODE_IP",
     "NODE_NAME",
     "REPO_ROOT",
@@ -84,6 +85,10 @@ def apply_objects(api: client.ApiClient, objects: Iterable[dict[str, Any]], mana
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         namespace = obj.get("metadata", {}).get("namespace") if resource.namespaced else None
         resource.server_side_apply(body=obj, namespace=namespace, field_manager=manager, force_conflicts=True)
+
+
+KSERVE_CRDS = REPO_ROOT / "hack" / "kserve"
+"""KServe's LLMInferenceService CRD, vendored (its README says from where), for tests of that serving target."""
 
 
 def install_crds(api: client.ApiClient, crd_dir: Path = REPO_ROOT / "crds") -> None:

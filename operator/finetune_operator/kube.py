@@ -75,6 +75,8 @@ _COLLECTIONS = {
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
     "Service": "/api/v1/namespaces/{namespace}/services",
     "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+    # KServe's, when installed: v1alpha2 is its storage version, so no conversion webhook is called.
+    "LLMInferenceService": "/apis/serving.kserve.io/v1alpha2/namespaces/{namespace}/llminferenceservices",
     **{k.kind: f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{k.plural}" for k in KINDS},
 }
 """Where each kind the operator reads or writes lives, by kind name."""

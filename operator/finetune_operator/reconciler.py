@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from .api import Kind
 from .executor import execute
 from .kinds import CONTROLLERS, Controller
-from .kinds.base import Indices, watched
+from .kinds.base import OBSERVED, Indices, watched
 from .kube import AdoptionConflictError
 from .plan import Event, Plan, is_idle
 from .runtime import Runtime
@@ -65,7 +65,14 @@ def reconcile(runtime: Runtime, controller: Controller[Any], namespace: str, nam
         reconcile(runtime, controller, namespace, name, indices)
 
     def plan_for(body: Mapping[str, Any]) -> Plan:
-        return controller.plan(controller.gather(body, indices, runtime.settings), runtime.now())
+        return controller.plan(controller.gather(body, with_observed(body), runtime.settings), runtime.now())
+
+    def with_observed(body: Mapping[str, Any]) -> Indices:
+        wanted = controller.observe(body)
+        if not wanted:
+            return indices
+        found = {(k, n): [obj] if (obj := runtime.api.get(k, namespace, n)) is not None else [] for k, n in wanted}
+        return {**indices, OBSERVED: found}
 
     try:
         with runtime.locks(key):

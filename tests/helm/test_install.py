@@ -21,7 +21,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from devcluster import apply_objects, wait_for
+from devcluster import KSERVE_CRDS, apply_objects, install_crds, wait_for
 from devcluster.quickstart import EXAMPLE, OPERATOR_NAMESPACE, RELEASE, Quickstart
 from finetune_operator.api import EVALRUN, FINETUNEJOB, MODEL
 from tests.helm.test_chart import ALL_OPTIONS, CHART
@@ -71,19 +71,28 @@ class Installed:
         wait_for(lambda: not self.healthy(), 30, "the old operator pod to stop")
         wait_for(self.healthy, 90, "the restarted operator pod to be ready")
 
-    def apply_model(self, name: str) -> None:
-        """A Model that promotes without evaluation and writes a serving ConfigMap `<name>-lora`."""
+    def apply_model(self, name: str, *, kserve: bool = False) -> None:
+        """A Model that promotes without evaluation and writes a serving ConfigMap `<name>-lora` (with
+        `kserve`, also the LoRA adapters of an LLMInferenceService `<name>-llm`, created here)."""
+        base = yaml.safe_load(EXAMPLE.read_text())["spec"]["baseModel"]
+        serving: dict[str, Any] = {"configMap": {"name": f"{name}-lora"}}
+        objects: list[dict[str, Any]] = []
+        if kserve:
+            serving["llmInferenceService"] = {"name": f"{name}-llm"}
+            objects.append(llm_inference_service(f"{name}-llm", base["uri"]))
         body = {
             "apiVersion": "finetune.dev/v1alpha1",
             "kind": "Model",
             "metadata": {"name": name, "namespace": "default"},
-            "spec": {
-                "baseModel": yaml.safe_load(EXAMPLE.read_text())["spec"]["baseModel"],
-                "promotion": {"requireEvaluation": False},
-                "serving": {"configMap": {"name": f"{name}-lora"}},
-            },
+            "spec": {"baseModel": base, "promotion": {"requireEvaluation": False}, "serving": serving},
         }
-        apply_objects(self.api, [body])
+        apply_objects(self.api, [*objects, body])
+
+    def lora_adapters(self, name: str) -> list[dict[str, Any]] | None:
+        body = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "serving.kserve.io", "v1alpha2", "default", "llminferenceservices", name
+        )
+        return (((body.get("spec") or {}).get("model") or {}).get("lora") or {}).get("adapters")
 
     def model_status(self, name: str) -> dict[str, Any]:
         body = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
@@ -176,6 +185,16 @@ def _events(installed: Installed, name: str) -> list[Any]:
     return list(events)
 
 
+def llm_inference_service(name: str, base_uri: str) -> dict[str, Any]:
+    """A KServe LLMInferenceService as a user writes one (KServe's own CRD; its controller is not run)."""
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha2",
+        "kind": "LLMInferenceService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"model": {"uri": base_uri, "name": name}},
+    }
+
+
 def _has_configmap(installed: Installed, name: str) -> bool:
     try:
         client.CoreV1Api(installed.api).read_namespaced_config_map(name, "default")
@@ -206,11 +225,14 @@ BREAKS = [
     ("events", "no-events", "the job succeeds but no Kubernetes Events are recorded"),
     (MODEL.plural, "no-status", "kopf cannot list Models, and it runs no handler before every index is filled"),
     ("configmaps", "no-configmap", "a Model's serving ConfigMap is never written"),
+    ("llminferenceservices", "no-llmisvc", "a Model's LLMInferenceService never gets the stable adapter"),
 ]
 
 
-MODEL_RULES = {MODEL.plural, "configmaps"}
+MODEL_RULES = {MODEL.plural, "configmaps", "llminferenceservices"}
 """The probes of these rules also apply a Model with a serving ConfigMap, which the job publishes into."""
+KSERVE_RULES = {"llminferenceservices"}
+"""Their Model also has an LLMInferenceService target (KServe's CRD is installed for it)."""
 
 
 def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> None:
@@ -218,6 +240,7 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
     full = rbac.read_cluster_role(ROLE)
     full_rules = [installed.api.sanitize_for_serialization(r) for r in full.rules]
     assert len(full_rules) == len(BREAKS), json.dumps(full_rules)
+    install_crds(installed.api, KSERVE_CRDS)
     seen = []
     try:
         for index, (word, symptom, meaning) in enumerate(BREAKS):
@@ -232,7 +255,7 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
             nodes = 2 if symptom == "no-group-job" else 1
             model = name if word in MODEL_RULES else None
             if model:
-                installed.apply_model(model)
+                installed.apply_model(model, kserve=word in KSERVE_RULES)
             installed.apply_job(
                 name, evaluation=symptom == "no-evalrun", nodes=nodes, model=model, maxSteps=10, saveSteps=10
             )
@@ -246,6 +269,9 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
             elif symptom == "no-configmap":
                 wait_for(lambda n=name: installed.status(n).get("phase") == "Succeeded", 120, f"{name} to succeed")
                 assert _never(lambda n=name: _has_configmap(installed, f"{n}-lora"), 15), meaning
+            elif symptom == "no-llmisvc":
+                wait_for(lambda n=name: installed.status(n).get("phase") == "Succeeded", 120, f"{name} to succeed")
+                assert _never(lambda n=name: installed.lora_adapters(f"{n}-llm"), 15), meaning
             elif symptom == "no-success":
                 assert _never(lambda n=name: installed.status(n).get("phase") == "Succeeded", 40), meaning
             else:
@@ -262,6 +288,13 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
                 lambda n=f"probe-{index}": _has_configmap(installed, f"{n}-lora"),
                 120,
                 f"probe-{index}'s Model to write its ConfigMap once the rules are restored",
+                describe=lambda n=f"probe-{index}": str(installed.model_status(n)),
+            )
+        if word in KSERVE_RULES:
+            wait_for(
+                lambda n=f"probe-{index}": installed.lora_adapters(f"{n}-llm"),
+                120,
+                f"probe-{index}'s LLMInferenceService to get the stable adapter once the rules are restored",
                 describe=lambda n=f"probe-{index}": str(installed.model_status(n)),
             )
         wait_for(

@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from devcluster import apply_objects, wait_for
+from devcluster import KSERVE_CRDS, apply_objects, install_crds, wait_for
 from finetune_operator.api import MODEL
 from tests.integration.conftest import GROUP, VERSION, Kube, quick_spec
 
@@ -29,7 +29,7 @@ def apply_model(kube: Kube, name: str, **spec: Any) -> None:
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Model",
         "metadata": {"name": name, "namespace": kube.namespace},
-        "spec": {"baseModel": {"uri": BASE}, **spec},
+        "spec": {"baseModel": {"uri": BASE}, "store": {"uri": "file:///tmp/store"}, **spec},
     }
     apply_objects(kube.api, [body])
 
@@ -85,12 +85,33 @@ def published(status: dict[str, Any]) -> tuple[int | None, list[int]] | None:
     return store.get("stable"), [v["version"] for v in status.get("versions") or [] if v.get("storeUri")]
 
 
+def llm_inference_service(kube: Kube, name: str) -> None:
+    """A KServe LLMInferenceService on the Model's base, as a user writes one (KServe's own CRD, vendored in
+    hack/kserve/; its controller is not run, so what is shown is the object the operator writes)."""
+    install_crds(kube.api, KSERVE_CRDS)
+    body = {
+        "apiVersion": "serving.kserve.io/v1alpha2",
+        "kind": "LLMInferenceService",
+        "metadata": {"name": name, "namespace": kube.namespace},
+        "spec": {"model": {"uri": BASE, "name": name}, "replicas": 1},
+    }
+    apply_objects(kube.api, [body])
+
+
+def lora_adapters(kube: Kube, name: str) -> list[dict[str, Any]] | None:
+    body = kube.custom.get_namespaced_custom_object(
+        "serving.kserve.io", "v1alpha2", kube.namespace, "llminferenceservices", name
+    )
+    return (((body.get("spec") or {}).get("model") or {}).get("lora") or {}).get("adapters")
+
+
 def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
+    llm_inference_service(kube, "support-llm")
     apply_model(
         kube,
         "support",
         promotion={"mustBeat": {"metric": "exact_match", "margin": 0.01}},
-        serving={"configMap": {"name": "support-lora"}},
+        serving={"configMap": {"name": "support-lora"}, "llmInferenceService": {"name": "support-llm"}},
     )
     kube.apply_ftj("first", scored_job(0.61, "support"))
     wait_model(kube, "support", "v1 stable", lambda s: s.get("stable") == 1)
@@ -111,12 +132,14 @@ def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
     assert "v3: exact_match 0.65 <= stable v2 0.7 + 0.01" in events
     served = configmap(kube, "support-lora")
     assert served is not None and json.loads(served["stable.json"])["version"] == 2
+    second_adapter = status["versions"][1]["adapter"]["uri"]
+    assert lora_adapters(kube, "support-llm") == [{"name": "support-v2", "uri": second_adapter}]
 
     # The store copy: a publish pod per round (the stand-in reports, the real one writes: tests/e2e),
     # every decided version recorded with its folder, stable.json at the stable version.
     status = wait_model(kube, "support", "store copy", lambda s: published(s) == (2, [1, 2, 3]))
     prefix = status["store"]["uri"]
-    assert prefix.endswith(f"/models/{kube.namespace}/support/")
+    assert prefix == f"file:///tmp/store/models/{kube.namespace}/support/"
     assert [v["storeUri"] for v in status["versions"]] == [f"{prefix}v{n}/" for n in (1, 2, 3)]
     assert condition(status, "Published")["reason"] == "StorePublished"
 
@@ -130,13 +153,21 @@ def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
         lambda: json.loads((configmap(kube, "support-lora") or {})["stable.json"])["version"] == 1, 30, "v1 served"
     )
     followed = time.monotonic() - pinned_at
+    wait_for(lambda: (lora_adapters(kube, "support-llm") or [{}])[0].get("name") == "support-v1", 30, "v1 on KServe")
+    kserve_followed = time.monotonic() - pinned_at
     first_adapter = status["versions"][0]["adapter"]["uri"]
     served = configmap(kube, "support-lora") or {}
     assert json.loads(served["adapters.json"]) == {"support-v1": first_adapter}
     assert json.loads(served["lora-modules.json"]) == {"name": "support-v1", "path": "/adapters/support-v1"}
     status = model_status(kube, "support")
     assert states(status) == [(1, "Stable"), (2, "Superseded"), (3, "Rejected")]
-    print(f"the serving ConfigMap followed spec.pin in {followed:.1f} s")
+    print(
+        f"the serving ConfigMap followed spec.pin in {followed:.1f} s, "
+        f"the LLMInferenceService in {kserve_followed:.1f} s"
+    )
+    assert condition(status, "Ready")["message"] == (
+        "v1 is stable; ConfigMap support-lora and LLMInferenceService support-llm serve it"
+    )
     wait_model(kube, "support", "stable.json at v1", lambda s: published(s) == (1, [1, 2, 3]))
 
     # Deleting the jobs (and with them their EvalRuns) leaves every version as it was.
@@ -225,3 +256,18 @@ def test_bad_registry_input_is_refused_or_named(kube: Kube) -> None:
     assert (failed["status"], failed["reason"]) == ("False", "PublishFailed")
     assert "StorageUnavailable: file:///tmp/publish-fail/models/" in failed["message"]
     assert status["stable"] == 1 and status["store"]["failures"] >= 1
+
+    # A serving target that does not exist yet: Ready=False names it, the registry goes on, and the
+    # target gets the stable adapter once it is created (looked for again every 30 s).
+    apply_model(
+        kube, "served-later", promotion={"requireEvaluation": False}, serving={"llmInferenceService": {"name": "later"}}
+    )
+    kube.apply_ftj("for-later", quick_spec("success", output={"uri": "file:///tmp/adapters", "model": "served-later"}))
+    status = wait_model(kube, "served-later", "v1 stable, target missing", lambda s: s.get("stable") == 1)
+    missing = condition(status, "Ready")
+    assert (missing["status"], missing["reason"]) == ("False", "ServingTargetMissing")
+    assert "spec.serving.llmInferenceService: LLMInferenceService later was not found" in missing["message"]
+    created_at = time.monotonic()
+    llm_inference_service(kube, "later")
+    wait_for(lambda: lora_adapters(kube, "later"), 60, "the late LLMInferenceService to get v1")
+    print(f"a target created late got the stable adapter after {time.monotonic() - created_at:.0f} s")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from finetune_operator.api.model import ModelSpec, ModelVersion
 from finetune_operator.config import OperatorSettings
-from finetune_operator.kinds.model import Inputs, plan, publish_backoff, unpublished
+from finetune_operator.kinds.model import Inputs, observe, plan, publish_backoff, unpublished
 from finetune_operator.manifests.model import ADAPTERS, LORA_MODULES, STABLE
 from finetune_operator.plan import Patch, Plan, is_idle
 from tests import factories
@@ -440,3 +440,78 @@ def test_a_model_with_its_store_copy_turned_off_runs_no_pod() -> None:
     body, plans = settle(model(store={"enabled": False}), [first], [first_eval])
     assert not [j for p in plans for j in p.created("Job")] and "store" not in body["status"]
     assert condition(body, "Published") == {}
+
+
+def llmisvc(adapters: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": {"uri": BASE, "name": "support"}}
+    if adapters is not None:
+        spec["model"]["lora"] = {"adapters": adapters}
+    return {"apiVersion": "serving.kserve.io/v1alpha2", "kind": "LLMInferenceService", "spec": spec}
+
+
+def run_kserve(body: dict[str, Any], jobs: list[dict[str, Any]], evalruns: list[dict[str, Any]], service: Any) -> Plan:
+    runs = {e["metadata"]["name"]: e for e in evalruns}
+    return plan(Inputs(body, jobs, runs, OperatorSettings(), llm_inference_service=service), NOW)
+
+
+def test_an_llminferenceservice_target_gets_the_stable_adapter_and_follows_a_pin() -> None:
+    target = {"llmInferenceService": {"name": "support-llm"}}
+    assert observe(model(serving=target)) == [("LLMInferenceService", "support-llm")]
+    assert observe(model()) == [] and observe(model(serving={"llmInferenceService": {"name": 7}})) == []
+    first, first_eval = scored_job("first", 0.61)
+    second, second_eval = scored_job("second", 0.70, "11:00")
+    jobs, evals = [first, second], [first_eval, second_eval]
+    body, _ = settle(model(serving=target, store={"enabled": False}), jobs, evals)
+    wrote = run_kserve(body, jobs, evals, llmisvc())
+    assert wrote.patches("LLMInferenceService") == [
+        (
+            "support-llm",
+            {
+                "spec": {
+                    "model": {"lora": {"adapters": [{"name": "support-v2", "uri": second["status"]["adapter"]["uri"]}]}}
+                }
+            },
+        )
+    ]
+    assert "LLMInferenceService support-llm now serves v2" in [e.message for e in wrote.events]
+    body = applied(body, wrote)
+    assert body["status"]["serving"]["llmInferenceService"]["version"] == 2
+    assert condition(body, "Ready")["message"] == "v2 is stable; LLMInferenceService support-llm serves it"
+    shown = llmisvc([{"name": "support-v2", "uri": second["status"]["adapter"]["uri"]}])
+    again = run_kserve(body, jobs, evals, shown)
+    assert is_idle(again, body["status"]), "it shows stable: nothing to write"
+
+    body["spec"]["pin"], body["metadata"]["generation"] = 1, 2
+    pinned = run_kserve(body, jobs, evals, shown)
+    [(_, patch)] = pinned.patches("LLMInferenceService")
+    assert patch["spec"]["model"]["lora"]["adapters"] == [
+        {"name": "support-v1", "uri": first["status"]["adapter"]["uri"]}
+    ]
+
+
+def test_a_missing_llminferenceservice_is_named_and_looked_for_again_while_the_registry_goes_on() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, plans = settle(
+        model(serving={"llmInferenceService": {"name": "absent"}}, store={"enabled": False}), [first], [first_eval]
+    )
+    assert body["status"]["stable"] == 1, "the registry does not wait for a serving target"
+    assert not [p for p in plans if p.patches("LLMInferenceService")] and plans[-1].recheck_after == 30
+    ready = condition(body, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ServingTargetMissing")
+    assert ready["message"].startswith("spec.serving.llmInferenceService: LLMInferenceService absent was not found")
+    assert body["status"]["serving"]["llmInferenceService"] == {"name": "absent"}
+
+
+def test_a_publish_pod_that_cannot_start_says_why_while_its_round_lasts() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, _ = settle(model(), [first], [first_eval])
+    running = factories.job(active=1)
+    running["metadata"]["name"] = "support-publish-1"
+    waiting = factories.pod(waiting={"reason": "CreateContainerConfigError", "message": 'secret "minio" not found'})
+    waiting["metadata"]["labels"]["batch.kubernetes.io/job-name"] = "support-publish-1"
+    result = run_publishing(body, [first], [first_eval], ([running], [waiting]))
+    store = applied(body, result)["status"]["store"]
+    assert store["state"] == "Publishing"
+    assert store["message"] == (
+        'publish pod support-bot-0f1e2-1-abcde waits: CreateContainerConfigError: secret "minio" not found'
+    )

@@ -88,6 +88,17 @@ class ConfigMapTarget(ApiModel):
     )
 
 
+class LLMInferenceServiceTarget(ApiModel):
+    """A KServe LLMInferenceService (serving.kserve.io/v1alpha2) on this Model's base model."""
+
+    name: ObjectName = Field(
+        description="Its name, in the Model's namespace. The operator sets its `spec.model.lora.adapters` to the "
+        "stable version, `[{name: <model>-v<N>, uri: <adapter URI>}]`, and touches nothing else of it; the list is "
+        "the Model's (adapters listed there by hand are replaced). KServe's storage initializer pulls the adapter, "
+        "so the URI must be one KServe can read (s3:// with its own credentials, pvc://)."
+    )
+
+
 class Serving(ApiModel):
     """What follows the stable version."""
 
@@ -97,6 +108,12 @@ class Serving(ApiModel):
         "base_model_name), `adapters.json` (the folder layout of vLLM's filesystem LoRA resolver: folder -> "
         "adapter URI, what an init container syncs) and `stable.json` (version, URI, sha256). Rewritten "
         "whenever stable moves.",
+    )
+    llm_inference_service: LLMInferenceServiceTarget | None = Field(
+        default=None,
+        description="A KServe LLMInferenceService whose LoRA adapters follow stable. If it (or KServe's CRD) is "
+        "missing, Ready=False (ServingTargetMissing) names it, it is looked for again every 30 s, and the "
+        "registry carries on.",
     )
 
 
@@ -235,15 +252,30 @@ class ModelVersion(ApiModel):
     )
 
 
+class TargetStatus(ApiModel):
+    """What one serving target shows now."""
+
+    name: Annotated[str, StringConstraints(max_length=253)] = Field(description="The target's name.")
+    version: int | None = Field(default=None, ge=1, description="The version it points at (unset: none yet).")
+    update_time: str | None = Field(
+        default=None, description="When it was last written (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+
+
 class ServingStatus(ApiModel):
-    """What a serving target shows now."""
+    """What the serving targets show now."""
 
     config_map: Annotated[str, StringConstraints(max_length=253)] | None = Field(
         default=None, description="The ConfigMap written."
     )
-    version: int | None = Field(default=None, ge=1, description="The version it points at.")
+    version: int | None = Field(default=None, ge=1, description="The version the ConfigMap points at.")
     update_time: str | None = Field(
-        default=None, description="When it was last written (RFC 3339).", json_schema_extra={"format": "date-time"}
+        default=None,
+        description="When the ConfigMap was last written (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    llm_inference_service: TargetStatus | None = Field(
+        default=None, description="The KServe LLMInferenceService target (spec.serving.llmInferenceService)."
     )
 
 

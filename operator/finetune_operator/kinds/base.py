@@ -8,7 +8,9 @@ The indices (kopf keeps them up to date from its watches, handlers/indices.py re
 trainer Jobs and Pods by their owner's uid, every resource of our kinds by (namespace, name) as
 watched, EvalRuns by the FineTuneJob their fineTuneJobRef names, and FineTuneJobs by the one whose
 adapter they start from (spec.adapter.fineTuneJobRef), and FineTuneJobs by the Model they publish into
-(spec.output.model).
+(spec.output.model). One more "index" is not kopf's: `observed`, the objects of other projects
+a controller reads (Controller.observe: a KServe LLMInferenceService, whose CRD may not be installed,
+so no watch could be set up for it at start), read by the reconcile loop just before gather.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ TRAINER_PODS = "trainer_pods"
 EVALRUNS_BY_JOB = "evalruns_by_job"
 FINETUNEJOBS_BY_ADAPTER_JOB = "finetunejobs_by_adapter_job"
 FINETUNEJOBS_BY_MODEL = "finetunejobs_by_model"
+OBSERVED = "observed"
 
 
 def watched_index(kind: Kind) -> str:
@@ -105,6 +108,14 @@ class Controller(Generic[InputsT]):
     dependents: Callable[[str | None, Mapping[str, Any], Indices], list[tuple[Kind, str]]] = lambda *_: []
     """(kind, name) in the same namespace of the resources to wake when `mirrored` changed,
     given the event type and body."""
+    observe: Callable[[Mapping[str, Any]], Sequence[tuple[str, str]]] = lambda _: ()
+    """(kind name, name) in the resource's namespace of objects no watch covers that its plan reads:
+    the loop GETs each before gather and hands them over as the `observed` index."""
+
+
+def observed(indices: Indices, kind: str, name: str) -> dict[str, Any] | None:
+    """An object Controller.observe asked for, as just read; None when it does not exist."""
+    return next(iter(indices.get(OBSERVED, {}).get((kind, name), [])), None)
 
 
 def needs_reconcile(event_type: str | None, body: Mapping[str, Any], finalizer: str | None = None) -> bool:

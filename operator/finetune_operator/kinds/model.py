@@ -8,7 +8,8 @@ publish pod that copies decided versions into the store with their model cards a
 at the stable one, because the operator holds no store credentials; one at a time, retried with
 backoff. Woken by its own spec changes, a FineTuneJob that names it in spec.output.model finishing or
 getting its evaluation verdict (that controller's `dependents`), its own gate EvalRuns finishing (the
-EvalRun controller's, by the owner label), and its publish Job's events.
+EvalRun controller's, by the owner label), and its publish Job's events. A KServe LLMInferenceService
+target is read fresh each reconcile (Controller.observe), since its CRD may not be installed.
 
 Its status is the registry, so every write is guarded by the resourceVersion it was planned on
 (Plan.guarded): a plan made on a stale read is refused (409) and made again on a fresh one, and a
@@ -38,6 +39,7 @@ from ..manifests.model import (
     build_serving_configmap,
     gate_evalrun_name,
     publish_job_name,
+    served_name,
     serving_data,
     store_prefix,
     version_folder,
@@ -60,8 +62,20 @@ from ..registry import (
     unregistered,
     with_scores,
 )
-from ..status import format_time, parse_result, parse_time, view_job, view_pod
-from .base import FINETUNEJOBS_BY_MODEL, Controller, Indices, children_of, watched
+from ..status import (
+    CONFIG_WAITING,
+    IMAGE_PULL_WAITING,
+    format_time,
+    parse_result,
+    parse_time,
+    view_job,
+    view_pod,
+)
+from .base import FINETUNEJOBS_BY_MODEL, Controller, Indices, children_of, observed, watched
+
+LLMISVC = "LLMInferenceService"
+TARGET_RECHECK_SECONDS = 30.0
+"""How often a missing serving target is looked for again (no watch tells when it appears)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,8 @@ class Inputs:
     publish_jobs: Sequence[Mapping[str, Any]] = ()
     """Its publish Jobs and their pods (the only Jobs it owns)."""
     publish_pods: Sequence[Mapping[str, Any]] = ()
+    llm_inference_service: Mapping[str, Any] | None = None
+    """spec.serving.llmInferenceService as just read (None: it, or KServe's CRD, is missing)."""
 
     @cached_property
     def present(self) -> frozenset[str]:
@@ -98,7 +114,15 @@ def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings
         if (run := watched(indices, EVALRUN, namespace, run_name)) is not None
     }
     publish_jobs, publish_pods = children_of(indices, body)
-    return Inputs(body, jobs, evalruns, settings, publish_jobs, publish_pods)
+    target = next((n for k, n in observe(body) if k == LLMISVC), None)
+    service = observed(indices, LLMISVC, target) if target else None
+    return Inputs(body, jobs, evalruns, settings, publish_jobs, publish_pods, service)
+
+
+def observe(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The LLMInferenceService the spec names, to be read fresh (as given: an invalid spec reads nothing)."""
+    target = (((body.get("spec") or {}).get("serving") or {}).get("llmInferenceService") or {}).get("name")
+    return [(LLMISVC, target)] if isinstance(target, str) and target else []
 
 
 def scored(evalrun: Mapping[str, Any] | None, adapter_uri: str) -> Scored | None:
@@ -161,6 +185,9 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         )
     versions = states(versions, Aliases(stable, promoted), spec, stamp)
     serving = _serve(step, versions, stable, recorded)
+    kserve = _serve_kserve(step, versions, stable, recorded, inputs.llm_inference_service)
+    if kserve is not None:
+        serving = {**(serving or {}), "llmInferenceService": kserve}
     versions, store = _publish(step, versions, stable, recorded.store, inputs)
     pin = check_pin(spec.pin, versions) if spec.pin is not None else None
     if pin is not None and pin.usable is False and condition_of(status, "Pinned").get("message") != pin.message:
@@ -315,11 +342,19 @@ def unpublished(versions: Sequence[ModelVersion], prefix: str, stable: int | Non
     return sorted(waiting, key=lambda v: (v.version != stable, v.version))
 
 
+STUCK = CONFIG_WAITING | IMAGE_PULL_WAITING
+"""Waiting reasons of a publish pod worth showing: they last until someone acts (a missing Secret, an
+image that cannot be pulled), bounded by the Job's activeDeadlineSeconds, after which the round fails."""
+
+
+def _pods_of(job: str, pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_JOB_NAME) == job]
+
+
 def publish_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> TrainerResult:
     """A finished publish Job's result, in the trainer's words when its last pod left one."""
     name = job["metadata"]["name"]
-    mine = [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_JOB_NAME) == name]
-    results = [r for r in (parse_result(view_pod(p).message) for p in mine) if r is not None]
+    results = [r for r in (parse_result(view_pod(p).message) for p in _pods_of(name, pods)) if r is not None]
     view = view_job(job)
     if view.complete:
         done = next((r for r in results if r.result == "succeeded"), None)
@@ -387,7 +422,13 @@ def _settle(
         now.recheck(PUBLISH_UNSEEN_SECONDS - waited)
         return versions, store
     if job is not None and not view_job(job).finished:
-        return versions, store
+        waiting = next(
+            (w for w in map(view_pod, _pods_of(name, inputs.publish_pods)) if w.waiting_reason in STUCK), None
+        )
+        if waiting is None:
+            return versions, store
+        detail = f"publish pod {waiting.name} waits: {waiting.waiting_reason}: {waiting.waiting_message or ''}"
+        return versions, store.model_copy(update={"message": detail[:2048]})
     outcome = (
         publish_outcome(job, inputs.publish_pods)
         if job is not None
@@ -420,6 +461,40 @@ def _settle(
     return marked, store.model_copy(update=update)
 
 
+def lora_adapters(model: str, stable: ModelVersion) -> list[dict[str, str]]:
+    """spec.model.lora.adapters of an LLMInferenceService serving the stable version (KServe's LLMModelSpec)."""
+    return [{"name": served_name(model, stable.version), "uri": stable.adapter.uri}]
+
+
+def _serve_kserve(
+    now: Round,
+    versions: Sequence[ModelVersion],
+    stable: int | None,
+    recorded: ModelStatus,
+    service: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Point the LLMInferenceService's LoRA adapters at the stable version, if it exists and shows another."""
+    target = now.spec.serving.llm_inference_service
+    if target is None:
+        return None
+    before = recorded.serving.llm_inference_service if recorded.serving else None
+    shown = before.to_json_dict() if before and before.name == target.name else {"name": target.name}
+    stable_version = numbered(versions, stable)
+    if service is None:
+        now.recheck(TARGET_RECHECK_SECONDS)
+        return {"name": target.name}  # no version: it shows nothing
+    if stable_version is None:
+        return shown
+    wanted = lora_adapters(now.owner.name, stable_version)
+    current = (((service.get("spec") or {}).get("model") or {}).get("lora") or {}).get("adapters")
+    if current == wanted:
+        return {**shown, "version": stable}
+    now.result.actions.append(Patch(LLMISVC, target.name, {"spec": {"model": {"lora": {"adapters": wanted}}}}))
+    message = f"LLMInferenceService {target.name} now serves v{stable}"
+    now.result.events.append(Event("Normal", "ServingUpdated", message))
+    return {"name": target.name, "version": stable, "updateTime": now.stamp}
+
+
 def _conditions(
     spec: ModelSpec,
     pin: Any,
@@ -427,14 +502,7 @@ def _conditions(
     serving: Mapping[str, Any] | None,
     store: StoreStatus | None,
 ) -> list[dict[str, Any]]:
-    conditions = [make_condition("Validated", True, "SpecValid", "spec is valid")]
-    if stable is None:
-        conditions.append(make_condition("Ready", False, "NoStableVersion", "no version has passed the gate yet"))
-    elif spec.serving.config_map is not None and (serving or {}).get("version") != stable:
-        conditions.append(make_condition("Ready", False, "ServingBehind", f"serving does not show v{stable} yet"))
-    else:
-        where = f"; ConfigMap {spec.serving.config_map.name} serves it" if spec.serving.config_map else ""
-        conditions.append(make_condition("Ready", True, "StableServed", f"v{stable} is stable{where}"))
+    conditions = [make_condition("Validated", True, "SpecValid", "spec is valid"), _ready(spec, stable, serving)]
     if pin is not None:
         conditions.append(make_condition("Pinned", pin.usable, pin.reason, pin.message))
     if spec.store.enabled and store is not None:
@@ -444,4 +512,32 @@ def _conditions(
     return conditions
 
 
-CONTROLLER: Controller[Inputs] = Controller(kind=MODEL, gather=gather, plan=plan)
+def _ready(spec: ModelSpec, stable: int | None, serving: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Ready: a stable version exists and every serving target shows it; else which target does not, and why."""
+    if stable is None:
+        return make_condition("Ready", False, "NoStableVersion", "no version has passed the gate yet")
+    shown = serving or {}
+    kserve = spec.serving.llm_inference_service
+    if kserve is not None and "version" not in (shown.get("llmInferenceService") or {}):
+        message = (
+            f"spec.serving.llmInferenceService: LLMInferenceService {kserve.name} was not found in this namespace "
+            "(is KServe installed, with its serving.kserve.io/v1alpha2 CRD?); it is looked for again every "
+            f"{TARGET_RECHECK_SECONDS:.0f} s"
+        )
+        return make_condition("Ready", False, "ServingTargetMissing", message)
+    behind = [f"ConfigMap {spec.serving.config_map.name}"] if spec.serving.config_map else []
+    if behind and shown.get("version") == stable:
+        behind = []
+    if kserve is not None and (shown.get("llmInferenceService") or {}).get("version") != stable:
+        behind.append(f"LLMInferenceService {kserve.name}")
+    if behind:
+        return make_condition(
+            "Ready", False, "ServingBehind", f"serving does not show v{stable} yet ({', '.join(behind)})"
+        )
+    where = [f"ConfigMap {spec.serving.config_map.name}"] if spec.serving.config_map else []
+    where += [f"LLMInferenceService {kserve.name}"] if kserve else []
+    served = f"; {' and '.join(where)} {'serve' if len(where) > 1 else 'serves'} it" if where else ""
+    return make_condition("Ready", True, "StableServed", f"v{stable} is stable{served}")
+
+
+CONTROLLER: Controller[Inputs] = Controller(kind=MODEL, gather=gather, plan=plan, observe=observe)
