@@ -515,3 +515,16 @@ def test_a_publish_pod_that_cannot_start_says_why_while_its_round_lasts() -> Non
     assert store["message"] == (
         'publish pod support-bot-0f1e2-1-abcde waits: CreateContainerConfigError: secret "minio" not found'
     )
+
+
+def test_a_new_store_uri_publishes_everything_again_under_new_job_names() -> None:
+    first, first_eval = scored_job("first", 0.61)
+    body, _ = settle(model(), [first], [first_eval])
+    message = factories.result_message(result="succeeded", publishedVersions=[1], stableVersion=1)
+    body = applied(body, run_publishing(body, [first], [first_eval], ([publish_job(1)], [publish_pod(1, message)])))
+    body["spec"]["store"] = {"uri": "s3://elsewhere"}
+    body["metadata"]["generation"] = 2
+    moved = run_publishing(body, [first], [first_eval], ([], []))
+    [created] = moved.created("Job")
+    assert created["metadata"]["name"] == "support-publish-2"
+    assert moved.status["store"]["uri"] == "s3://elsewhere/models/team-a/support/"

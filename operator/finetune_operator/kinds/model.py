@@ -375,11 +375,11 @@ def _publish(
     if not spec.store.enabled:
         return versions, recorded
     prefix = store_prefix(owner, spec, inputs.settings)
-    store = (
-        recorded
-        if recorded is not None and recorded.uri == prefix
-        else StoreStatus(uri=prefix, state="Published", message="nothing to publish yet")
-    )
+    if recorded is not None and recorded.uri == prefix:
+        store = recorded
+    else:  # a first or a new store; rounds keep counting, so no Job name is used twice
+        rounds = recorded.round if recorded is not None else 0
+        store = StoreStatus(uri=prefix, state="Published", message="nothing published here yet", round=rounds)
     if store.state == "Publishing":
         versions, store = _settle(now, versions, store, inputs)
         if store.state == "Publishing":
