@@ -210,6 +210,15 @@ def parse_result(message: str | None) -> TrainerResult | None:
         return None
 
 
+def last_result(pods: Sequence[Mapping[str, Any]], result: str) -> TrainerResult | None:
+    """The result (`succeeded` or `failed`) that the last of these pods to leave one wrote, if any."""
+    for pod in reversed(pods):
+        found = parse_result(view_pod(pod).message)
+        if found is not None and found.result == result:
+            return found
+    return None
+
+
 @dataclass(frozen=True)
 class Outcome:
     """Where an attempt stands, and why."""

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from finetune_operator.api.model import ModelSpec, ModelVersion
 from finetune_operator.config import OperatorSettings
-from finetune_operator.kinds.model import Inputs, observe, plan, publish_backoff, unpublished
+from finetune_operator.kinds.model import Inputs, observe, plan
+from finetune_operator.kinds.model_outputs import PublishJobs, publish_backoff, unpublished
 from finetune_operator.manifests.model import ADAPTERS, LORA_MODULES, STABLE
 from finetune_operator.plan import Patch, Plan, is_idle
 from tests import factories
@@ -339,7 +340,7 @@ def run_publishing(
     now: datetime = NOW,
 ) -> Plan:
     runs = {e["metadata"]["name"]: e for e in evalruns}
-    return plan(Inputs(body, jobs, runs, OperatorSettings(), *children), now)
+    return plan(Inputs(body, jobs, runs, OperatorSettings(), PublishJobs(*children)), now)
 
 
 def test_a_decided_version_is_published_to_the_store_by_a_pod_without_api_access_then_recorded() -> None:

@@ -9,11 +9,12 @@ and how to load it.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from finetune_operator.api.model import ModelVersion
+
+from .evaluate.reports import md_escape
 
 LOSS_CURVE = "training_loss.svg"
 TRAINER_STATE = "trainer_state.json"
@@ -79,8 +80,8 @@ def loss_curve_svg(train: Sequence[tuple[int, float]], evaluation: Sequence[tupl
     return "".join(parts)
 
 
-def _cell(value: object) -> str:
-    return html.escape(str(value)).replace("|", "\\|")
+def _cell_of(value: object) -> str:
+    return md_escape(str(value))
 
 
 def _number(value: float | None) -> str:
@@ -130,11 +131,11 @@ def render_card(model: str, namespace: str, version: ModelVersion, *, has_curve:
         "",
         "| | |",
         "| --- | --- |",
-        f"| state | {_cell(version.state)} ({_cell(version.reason)}) |",
-        f"| verdict | {_cell(version.verdict or 'not decided')}: {_cell(version.verdict_reason or '')} |",
-        f"| adapter | `{_cell(version.adapter.uri)}` (manifest sha256 `{version.sha256 or 'unknown'}`) |",
-        f"| made by | FineTuneJob `{_cell(job.name)}` (uid {job.uid}), attempt {job.attempt} |",
-        f"| dataset | `{_cell(version.dataset_uri)}` |",
+        f"| state | {_cell_of(version.state)} ({_cell_of(version.reason)}) |",
+        f"| verdict | {_cell_of(version.verdict or 'not decided')}: {_cell_of(version.verdict_reason or '')} |",
+        f"| adapter | `{_cell_of(version.adapter.uri)}` (manifest sha256 `{version.sha256 or 'unknown'}`) |",
+        f"| made by | FineTuneJob `{_cell_of(job.name)}` (uid {job.uid}), attempt {job.attempt} |",
+        f"| dataset | `{_cell_of(version.dataset_uri)}` |",
         f"| registered | {version.registered_time} |",
         "",
         "## Evaluation",
@@ -142,10 +143,10 @@ def render_card(model: str, namespace: str, version: ModelVersion, *, has_curve:
     ]
     results = version.evaluation.results if version.evaluation else []
     if results and version.evaluation is not None:
-        lines += [f"EvalRun `{_cell(version.evaluation.eval_run)}`.", ""]
+        lines += [f"EvalRun `{_cell_of(version.evaluation.eval_run)}`.", ""]
         lines += ["| benchmark | metric | score | baseline | delta |", "| --- | --- | --- | --- | --- |"]
         lines += [
-            f"| {_cell(r.benchmark)} | {_cell(r.metric)} | {_number(r.value)} | {_number(r.baseline)} "
+            f"| {_cell_of(r.benchmark)} | {_cell_of(r.metric)} | {_number(r.value)} | {_number(r.baseline)} "
             f"| {_number(r.delta)} |"
             for r in results
         ]
@@ -154,10 +155,10 @@ def render_card(model: str, namespace: str, version: ModelVersion, *, has_curve:
     lines += ["", "## Training", ""]
     lines.append(f"![training loss]({LOSS_CURVE})" if has_curve else "The training run logged no loss.")
     lines += ["", "| hyperparameter | value |", "| --- | --- |"]
-    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in version.hyperparameters.to_json_dict().items()]
+    lines += [f"| {_cell_of(k)} | {_cell_of(v)} |" for k, v in version.hyperparameters.to_json_dict().items()]
     if version.provenance is not None:
         lines += ["", "## Provenance", "", "| | |", "| --- | --- |"]
-        lines += [f"| {_cell(k)} | `{_cell(v)}` |" for k, v in version.provenance.to_json_dict().items()]
+        lines += [f"| {_cell_of(k)} | `{_cell_of(v)}` |" for k, v in version.provenance.to_json_dict().items()]
     lines += [
         "",
         "## Use",

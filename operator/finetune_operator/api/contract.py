@@ -44,6 +44,15 @@ def benchmark_role(index: int) -> SecretRole:
     return f"BENCHMARK_{index}"
 
 
+STABLE_POINTER = "stable.json"
+"""The file beside a Model's version folders that names the stable one (storage layout, a contract)."""
+
+
+def version_folder(prefix: str, version: int) -> str:
+    """Where a Model's version N lies under its store prefix `<store>/models/<ns>/<model>/`."""
+    return f"{prefix}v{version}/"
+
+
 def version_role(index: int) -> SecretRole:
     """The role that reads the adapter of a model publish's version `index` (each has its own secretRef)."""
     return f"ADAPTER_{index}"

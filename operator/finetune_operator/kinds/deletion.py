@@ -22,7 +22,7 @@ from ..manifests.job import build_cleanup_job, cleanup_job_name
 from ..manifests.names import ARTIFACTS_FINALIZER, LABEL_COMPONENT, Owner
 from ..manifests.runspec import owner_prefix
 from ..plan import Action, Create, Delete, Event, Plan, set_finalizers
-from ..status import parse_result, parse_time, view_job, view_pod
+from ..status import last_result, parse_time, view_job, view_pod
 
 CLEANUP_GRACE_SECONDS = 60
 """Beyond the cleanup Job's own deadline: time for its pod to be scheduled and its verdict to arrive."""
@@ -30,11 +30,9 @@ CLEANUP_GRACE_SECONDS = 60
 
 def _failure(pods: Sequence[Mapping[str, Any]], job_message: str | None) -> str:
     """Why the cleanup failed, in the trainer's words when its last pod left a result."""
-    for pod in reversed(pods):
-        view = view_pod(pod)
-        result = parse_result(view.message)
-        if result is not None and result.result == "failed":
-            return f"{result.reason}: {result.message}"
+    result = last_result(pods, "failed")
+    if result is not None:
+        return f"{result.reason}: {result.message}"
     return job_message or "the cleanup Job failed"
 
 

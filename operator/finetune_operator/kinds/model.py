@@ -9,7 +9,9 @@ at the stable one, because the operator holds no store credentials; one at a tim
 backoff. Woken by its own spec changes, a FineTuneJob that names it in spec.output.model finishing or
 getting its evaluation verdict (that controller's `dependents`), its own gate EvalRuns finishing (the
 EvalRun controller's, by the owner label), and its publish Job's events. A KServe LLMInferenceService
-target is read fresh each reconcile (Controller.observe), since its CRD may not be installed.
+target is read fresh each reconcile (Controller.observe), since its CRD may not be installed. This
+module registers and gates; what follows stable (the serving targets, the store copy) is in
+model_outputs.py.
 
 Its status is the registry, so every write is guarded by the resourceVersion it was planned on
 (Plan.guarded): a plan made on a stale read is refused (409) and made again on a fresh one, and a
@@ -19,7 +21,7 @@ version number is never handed out twice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -27,7 +29,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import EVALRUN, FINETUNEJOB, MODEL, TERMINAL_PHASES, format_validation_error
-from ..api.contract import PUBLISH_BATCH, TrainerResult
 from ..api.evaluation import MetricResult, MetricSummary
 from ..api.model import ModelSpec, ModelStatus, ModelVersion, StoreStatus
 from ..conditions import condition_of, make_condition, stamp_conditions
@@ -35,17 +36,10 @@ from ..config import OperatorSettings
 from ..manifests.evalrun import owned_evalrun_name
 from ..manifests.model import (
     build_gate_evalrun,
-    build_publish_job,
-    build_serving_configmap,
     gate_evalrun_name,
-    publish_job_name,
-    served_name,
-    serving_data,
-    store_prefix,
-    version_folder,
 )
-from ..manifests.names import LABEL_JOB_NAME, Owner
-from ..plan import Create, Delete, Event, Patch, Plan
+from ..manifests.names import Owner
+from ..plan import Create, Event, Plan
 from ..registry import (
     Aliases,
     Publication,
@@ -62,20 +56,8 @@ from ..registry import (
     unregistered,
     with_scores,
 )
-from ..status import (
-    CONFIG_WAITING,
-    IMAGE_PULL_WAITING,
-    format_time,
-    parse_result,
-    parse_time,
-    view_job,
-    view_pod,
-)
 from .base import FINETUNEJOBS_BY_MODEL, Controller, Indices, children_of, observed, watched
-
-LLMISVC = "LLMInferenceService"
-TARGET_RECHECK_SECONDS = 30.0
-"""How often a missing serving target is looked for again (no watch tells when it appears)."""
+from .model_outputs import LLMISVC, PublishJobs, Round, publish, ready, serve
 
 
 @dataclass(frozen=True)
@@ -86,9 +68,8 @@ class Inputs:
     evalruns: Mapping[str, Mapping[str, Any]]
     """EvalRuns that may judge its versions (its own `<model>-v<N>`, the jobs' `<job>-eval`), by name."""
     settings: OperatorSettings
-    publish_jobs: Sequence[Mapping[str, Any]] = ()
-    """Its publish Jobs and their pods (the only Jobs it owns)."""
-    publish_pods: Sequence[Mapping[str, Any]] = ()
+    publishing: PublishJobs = field(default_factory=PublishJobs)
+    """Its publish Jobs and their pods."""
     llm_inference_service: Mapping[str, Any] | None = None
     """spec.serving.llmInferenceService as just read (None: it, or KServe's CRD, is missing)."""
 
@@ -113,10 +94,10 @@ def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings
         for run_name in sorted(n for n in wanted if n)
         if (run := watched(indices, EVALRUN, namespace, run_name)) is not None
     }
-    publish_jobs, publish_pods = children_of(indices, body)
+    publishing = PublishJobs(*children_of(indices, body))
     target = next((n for k, n in observe(body) if k == LLMISVC), None)
     service = observed(indices, LLMISVC, target) if target else None
-    return Inputs(body, jobs, evalruns, settings, publish_jobs, publish_pods, service)
+    return Inputs(body, jobs, evalruns, settings, publishing, service)
 
 
 def observe(body: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -184,11 +165,10 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
             Event("Normal", "RolledBack" if back else "Promoted", f"spec.pin: v{stable} is stable{was}")
         )
     versions = states(versions, Aliases(stable, promoted), spec, stamp)
-    serving = _serve(step, versions, stable, recorded)
-    kserve = _serve_kserve(step, versions, stable, recorded, inputs.llm_inference_service)
-    if kserve is not None:
-        serving = {**(serving or {}), "llmInferenceService": kserve}
-    versions, store = _publish(step, versions, stable, recorded.store, inputs)
+    serving = serve(step, versions, stable, recorded, inputs.llm_inference_service)
+    versions, store = publish(
+        step, versions, stable, recorded.store, settings=inputs.settings, children=inputs.publishing
+    )
     pin = check_pin(spec.pin, versions) if spec.pin is not None else None
     if pin is not None and pin.usable is False and condition_of(status, "Pinned").get("message") != pin.message:
         result.events.append(Event("Warning", pin.reason, pin.message))
@@ -207,24 +187,6 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         "observedGeneration": generation,
     }
     return result
-
-
-@dataclass(frozen=True)
-class Round:
-    """What every step of one reconcile of a Model shares: its spec, itself, the time, the plan it adds to."""
-
-    spec: ModelSpec
-    owner: Owner
-    time: datetime
-    result: Plan
-
-    @property
-    def stamp(self) -> str:
-        return format_time(self.time)
-
-    def recheck(self, seconds: float) -> None:
-        current = self.result.recheck_after
-        self.result.recheck_after = seconds if current is None else min(current, seconds)
 
 
 def _gate(
@@ -303,198 +265,6 @@ def _decide(
     return judged if verdict is None else decided(judged, *verdict)
 
 
-def _serve(
-    now: Round, versions: Sequence[ModelVersion], stable: int | None, recorded: ModelStatus
-) -> dict[str, Any] | None:
-    """Point the serving ConfigMap at the stable version when it moved (or the target changed)."""
-    spec, owner, result = now.spec, now.owner, now.result
-    target = spec.serving.config_map
-    if target is None:
-        return None
-    current = recorded.serving
-    stable_version = numbered(versions, stable)
-    if stable_version is None:
-        return current.to_json_dict() if current else None
-    if current and current.config_map == target.name and current.version == stable:
-        return current.to_json_dict()
-    data = serving_data(owner, spec, target, stable_version)
-    result.actions.append(Create(build_serving_configmap(owner, target, data)))
-    result.actions.append(Patch("ConfigMap", target.name, {"data": data}))
-    result.events.append(Event("Normal", "ServingUpdated", f"ConfigMap {target.name} now serves v{stable}"))
-    return {"configMap": target.name, "version": stable, "updateTime": now.stamp}
-
-
-PUBLISH_UNSEEN_SECONDS = 300
-"""How long a publish Job may stay unseen by the watch before its round counts as failed (deleted by hand)."""
-PUBLISH_BACKOFF_SECONDS = (30.0, 3600.0)
-"""The wait before retrying a failed publish: the first, doubling per failure in a row, up to the second."""
-
-
-def publish_backoff(failures: int) -> float:
-    first, most = PUBLISH_BACKOFF_SECONDS
-    return min(most, first * 2.0 ** max(failures - 1, 0))
-
-
-def unpublished(versions: Sequence[ModelVersion], prefix: str, stable: int | None) -> list[ModelVersion]:
-    """Decided versions whose folder under `prefix` is not written yet: the stable one first (stable.json may
-    point only at a published folder), then oldest first."""
-    waiting = [v for v in versions if v.verdict is not None and v.store_uri != version_folder(prefix, v.version)]
-    return sorted(waiting, key=lambda v: (v.version != stable, v.version))
-
-
-STUCK = CONFIG_WAITING | IMAGE_PULL_WAITING
-"""Waiting reasons of a publish pod worth showing: they last until someone acts (a missing Secret, an
-image that cannot be pulled), bounded by the Job's activeDeadlineSeconds, after which the round fails."""
-
-
-def _pods_of(job: str, pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [p for p in pods if (p["metadata"].get("labels") or {}).get(LABEL_JOB_NAME) == job]
-
-
-def publish_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> TrainerResult:
-    """A finished publish Job's result, in the trainer's words when its last pod left one."""
-    name = job["metadata"]["name"]
-    results = [r for r in (parse_result(view_pod(p).message) for p in _pods_of(name, pods)) if r is not None]
-    view = view_job(job)
-    if view.complete:
-        done = next((r for r in results if r.result == "succeeded"), None)
-        return done or TrainerResult(result="succeeded", message=f"Job {name} completed without a result")
-    failed = next((r for r in reversed(results) if r.result == "failed"), None)
-    return failed or TrainerResult(result="failed", message=view.failed_message or f"Job {name} failed")
-
-
-def _publish(
-    now: Round,
-    versions: list[ModelVersion],
-    stable: int | None,
-    recorded: StoreStatus | None,
-    inputs: Inputs,
-) -> tuple[list[ModelVersion], StoreStatus | None]:
-    """Keep the store copy in step: settle the publish Job at work, else start one for what is missing."""
-    spec, owner = now.spec, now.owner
-    if not spec.store.enabled:
-        return versions, recorded
-    prefix = store_prefix(owner, spec, inputs.settings)
-    if recorded is not None and recorded.uri == prefix:
-        store = recorded
-    else:  # a first or a new store; rounds keep counting, so no Job name is used twice
-        rounds = recorded.round if recorded is not None else 0
-        store = StoreStatus(uri=prefix, state="Published", message="nothing published here yet", round=rounds)
-    if store.state == "Publishing":
-        versions, store = _settle(now, versions, store, inputs)
-        if store.state == "Publishing":
-            return versions, store
-    missing = unpublished(versions, prefix, stable)
-    if not missing and store.stable == stable:
-        return versions, store
-    if store.state == "Failed":
-        wait = (
-            publish_backoff(store.failures) - (now.time - (parse_time(store.update_time) or now.time)).total_seconds()
-        )
-        if wait > 0:
-            now.recheck(wait)
-            return versions, store
-    batch = missing[:PUBLISH_BATCH]
-    round_ = store.round + 1
-    stable_version = numbered(versions, stable)
-    now.result.actions.append(
-        Create(build_publish_job(owner, spec, batch, stable_version, round_=round_, settings=inputs.settings))
-    )
-    what = ", ".join(f"v{v.version}" for v in batch) or "no new version"
-    pointer = f"; stable.json -> v{stable}" if stable is not None else ""
-    update = {
-        "state": "Publishing",
-        "round": round_,
-        "message": f"publishing {what}{pointer}",
-        "update_time": now.stamp,
-    }
-    return versions, store.model_copy(update=update)
-
-
-def _settle(
-    now: Round, versions: list[ModelVersion], store: StoreStatus, inputs: Inputs
-) -> tuple[list[ModelVersion], StoreStatus]:
-    """Record what the publish Job of store.round did, once it finished (or vanished)."""
-    name = publish_job_name(now.owner.name, store.round)
-    job = next((j for j in inputs.publish_jobs if j["metadata"]["name"] == name), None)
-    waited = (now.time - (parse_time(store.update_time) or now.time)).total_seconds()
-    if job is None and waited < PUBLISH_UNSEEN_SECONDS:
-        now.recheck(PUBLISH_UNSEEN_SECONDS - waited)
-        return versions, store
-    if job is not None and not view_job(job).finished:
-        waiting = next(
-            (w for w in map(view_pod, _pods_of(name, inputs.publish_pods)) if w.waiting_reason in STUCK), None
-        )
-        if waiting is None:
-            return versions, store
-        detail = f"publish pod {waiting.name} waits: {waiting.waiting_reason}: {waiting.waiting_message or ''}"
-        return versions, store.model_copy(update={"message": detail[:2048]})
-    outcome = (
-        publish_outcome(job, inputs.publish_pods)
-        if job is not None
-        else TrainerResult(result="failed", message=f"publish Job {name} is gone before it finished")
-    )
-    if outcome.result == "failed":
-        message = f"publish Job {name} failed: {outcome.reason or 'Error'}: {outcome.message or 'no detail'}"[:2048]
-        now.result.events.append(Event("Warning", "PublishFailed", message))
-        failures = store.failures + 1
-        now.recheck(publish_backoff(failures))
-        update = {"state": "Failed", "message": message, "failures": failures, "update_time": now.stamp}
-        return versions, store.model_copy(update=update)
-    published = set(outcome.published_versions or [])
-    marked = [
-        v.model_copy(update={"store_uri": version_folder(store.uri, v.version)}) if v.version in published else v
-        for v in versions
-    ]
-    listed = ", ".join(f"v{n}" for n in sorted(published)) or "no new version"
-    pointer = f"; stable.json -> v{outcome.stable_version}" if outcome.stable_version else ""
-    message = f"published {listed} under {store.uri}{pointer}"
-    now.result.events.append(Event("Normal", "VersionsPublished", message))
-    now.result.actions.append(Delete("Job", name, stage="after"))
-    update = {
-        "state": "Published",
-        "stable": outcome.stable_version or store.stable,
-        "message": message,
-        "failures": 0,
-        "update_time": now.stamp,
-    }
-    return marked, store.model_copy(update=update)
-
-
-def lora_adapters(model: str, stable: ModelVersion) -> list[dict[str, str]]:
-    """spec.model.lora.adapters of an LLMInferenceService serving the stable version (KServe's LLMModelSpec)."""
-    return [{"name": served_name(model, stable.version), "uri": stable.adapter.uri}]
-
-
-def _serve_kserve(
-    now: Round,
-    versions: Sequence[ModelVersion],
-    stable: int | None,
-    recorded: ModelStatus,
-    service: Mapping[str, Any] | None,
-) -> dict[str, Any] | None:
-    """Point the LLMInferenceService's LoRA adapters at the stable version, if it exists and shows another."""
-    target = now.spec.serving.llm_inference_service
-    if target is None:
-        return None
-    before = recorded.serving.llm_inference_service if recorded.serving else None
-    shown = before.to_json_dict() if before and before.name == target.name else {"name": target.name}
-    stable_version = numbered(versions, stable)
-    if service is None:
-        now.recheck(TARGET_RECHECK_SECONDS)
-        return {"name": target.name}  # no version: it shows nothing
-    if stable_version is None:
-        return shown
-    wanted = lora_adapters(now.owner.name, stable_version)
-    current = (((service.get("spec") or {}).get("model") or {}).get("lora") or {}).get("adapters")
-    if current == wanted:
-        return {**shown, "version": stable}
-    now.result.actions.append(Patch(LLMISVC, target.name, {"spec": {"model": {"lora": {"adapters": wanted}}}}))
-    message = f"LLMInferenceService {target.name} now serves v{stable}"
-    now.result.events.append(Event("Normal", "ServingUpdated", message))
-    return {"name": target.name, "version": stable, "updateTime": now.stamp}
-
-
 def _conditions(
     spec: ModelSpec,
     pin: Any,
@@ -502,7 +272,7 @@ def _conditions(
     serving: Mapping[str, Any] | None,
     store: StoreStatus | None,
 ) -> list[dict[str, Any]]:
-    conditions = [make_condition("Validated", True, "SpecValid", "spec is valid"), _ready(spec, stable, serving)]
+    conditions = [make_condition("Validated", True, "SpecValid", "spec is valid"), ready(spec, stable, serving)]
     if pin is not None:
         conditions.append(make_condition("Pinned", pin.usable, pin.reason, pin.message))
     if spec.store.enabled and store is not None:
@@ -510,34 +280,6 @@ def _conditions(
         reason = {"Publishing": "Publishing", "Published": "StorePublished", "Failed": "PublishFailed"}[store.state]
         conditions.append(make_condition("Published", published, reason, store.message or store.uri))
     return conditions
-
-
-def _ready(spec: ModelSpec, stable: int | None, serving: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Ready: a stable version exists and every serving target shows it; else which target does not, and why."""
-    if stable is None:
-        return make_condition("Ready", False, "NoStableVersion", "no version has passed the gate yet")
-    shown = serving or {}
-    kserve = spec.serving.llm_inference_service
-    if kserve is not None and "version" not in (shown.get("llmInferenceService") or {}):
-        message = (
-            f"spec.serving.llmInferenceService: LLMInferenceService {kserve.name} was not found in this namespace "
-            "(is KServe installed, with its serving.kserve.io/v1alpha2 CRD?); it is looked for again every "
-            f"{TARGET_RECHECK_SECONDS:.0f} s"
-        )
-        return make_condition("Ready", False, "ServingTargetMissing", message)
-    behind = [f"ConfigMap {spec.serving.config_map.name}"] if spec.serving.config_map else []
-    if behind and shown.get("version") == stable:
-        behind = []
-    if kserve is not None and (shown.get("llmInferenceService") or {}).get("version") != stable:
-        behind.append(f"LLMInferenceService {kserve.name}")
-    if behind:
-        return make_condition(
-            "Ready", False, "ServingBehind", f"serving does not show v{stable} yet ({', '.join(behind)})"
-        )
-    where = [f"ConfigMap {spec.serving.config_map.name}"] if spec.serving.config_map else []
-    where += [f"LLMInferenceService {kserve.name}"] if kserve else []
-    served = f"; {' and '.join(where)} {'serve' if len(where) > 1 else 'serves'} it" if where else ""
-    return make_condition("Ready", True, "StableServed", f"v{stable} is stable{served}")
 
 
 CONTROLLER: Controller[Inputs] = Controller(kind=MODEL, gather=gather, plan=plan, observe=observe)

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..api import API_VERSION, EVALRUN
-from ..api.contract import ModelPublishRunSpec, version_role
+from ..api.contract import ModelPublishRunSpec, version_folder, version_role
 from ..api.evalrun import EvalModel
 from ..api.model import ConfigMapTarget, ModelSpec, ModelVersion, StablePointer
 from ..config import OperatorSettings
 from .evalrun import evalrun_spec
 from .job import build_job, chore_plan, secret_env
 from .names import Owner, bounded_name, child_metadata
-from .runspec import resource_ref, storage_settings
+from .runspec import output_root, resource_ref, storage_settings
 
 LORA_MODULES = "lora-modules.json"
 ADAPTERS = "adapters.json"
@@ -91,12 +91,7 @@ def build_serving_configmap(owner: Owner, target: ConfigMapTarget, data: dict[st
 
 def store_prefix(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> str:
     """`<store>/models/<namespace>/<name>/` (storage layout, a contract): the registry's copy."""
-    root = (spec.store.uri or settings.output_uri).rstrip("/")
-    return f"{root}/models/{owner.namespace}/{owner.name}/"
-
-
-def version_folder(prefix: str, version: int) -> str:
-    return f"{prefix}v{version}/"
+    return f"{output_root(spec.store.uri, settings)}/models/{owner.namespace}/{owner.name}/"
 
 
 def publish_job_name(model: str, round_: int) -> str:

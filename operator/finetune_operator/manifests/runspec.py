@@ -13,10 +13,14 @@ from ..config import OperatorSettings
 from .names import Owner
 
 
+def output_root(output_uri: str | None, settings: OperatorSettings) -> str:
+    """<output>, without its trailing slash: the resource's own URI, else the operator's default."""
+    return (output_uri or settings.output_uri).rstrip("/")
+
+
 def owner_prefix(owner: Owner, output_uri: str | None, settings: OperatorSettings) -> str:
     """<output>/<namespace>/<name>/<uid>/: everything one object ever publishes, and nothing else."""
-    prefix = (output_uri or settings.output_uri).rstrip("/")
-    return f"{prefix}/{owner.namespace}/{owner.name}/{owner.uid}/"
+    return f"{output_root(output_uri, settings)}/{owner.namespace}/{owner.name}/{owner.uid}/"
 
 
 def attempt_prefix(owner: Owner, output_uri: str | None, attempt: int, settings: OperatorSettings) -> str:

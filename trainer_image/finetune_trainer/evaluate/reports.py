@@ -33,10 +33,15 @@ def _clip(text: str) -> str:
 
 
 def md_cell(text: str) -> str:
-    """Text a model or a dataset wrote, safe in one Markdown table cell: no character that ends the row
-    (any line break, carriage returns included), starts a new cell (`|`, and a backslash that would
-    escape the next cell's `|`) or opens raw HTML."""
-    text = _clip(text.translate(_LINE_BREAKS))
+    """Text a model or a dataset wrote, safe in one Markdown table cell, and clipped to CELL_LIMIT."""
+    return md_escape(_clip(text))
+
+
+def md_escape(text: str) -> str:
+    """Text safe in one Markdown table cell: no character that ends the row (any line break, carriage
+    returns included), starts a new cell (`|`, and a backslash that would escape the next cell's `|`) or
+    opens raw HTML."""
+    text = text.translate(_LINE_BREAKS)
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
 
 

@@ -13,13 +13,17 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from finetune_operator.api.contract import ModelPublishRunSpec, TrainerResult, version_role
+from finetune_operator.api.contract import (
+    STABLE_POINTER,
+    ModelPublishRunSpec,
+    TrainerResult,
+    version_folder,
+    version_role,
+)
 from finetune_operator.api.model import ModelVersion
 
 from ..model_card import LOSS_CURVE, TRAINER_STATE, loss_curve_svg, loss_series, render_card
 from ..storage import MANIFEST, Store, fetch_verified, join, publish, store_for
-
-STABLE = "stable.json"
 
 
 def add_card(local: Path, run: ModelPublishRunSpec, version: ModelVersion) -> None:
@@ -41,7 +45,7 @@ def publish_version(
     shutil.rmtree(local, ignore_errors=True)
     fetch_verified(adapter_store, version.adapter.uri, local)
     add_card(local, run, version)
-    folder = join(run.uri, f"v{version.version}") + "/"
+    folder = version_folder(run.uri, version.version)
     metadata = {
         "kind": "model-version",
         "model": run.resource.name,
@@ -63,7 +67,7 @@ def publish_model(run: ModelPublishRunSpec, workdir: Path, environ: Mapping[str,
         publish_version(store, adapter_store, run, version, workdir)
         done.append(version.version)
     if run.stable is not None:
-        store.write_text(join(run.uri, STABLE), json.dumps(run.stable.to_json_dict(), indent=2, sort_keys=True))
+        store.write_text(join(run.uri, STABLE_POINTER), json.dumps(run.stable.to_json_dict(), indent=2, sort_keys=True))
     listed = ", ".join(f"v{n}" for n in done) or "no version"
     pointer = f"; stable.json -> v{run.stable.version}" if run.stable else ""
     return TrainerResult(
