@@ -36,6 +36,14 @@ for tool in mmdebstrap dockerd docker gcc; do
   command -v "$tool" >/dev/null || die "'$tool' is missing: apt-get install mmdebstrap docker.io gcc libc6-dev"
 done
 mkdir -p "$IMAGES"
+started_dockerd=""
+disk_report() { df -h "$CACHE" >&2; du -sh "$CACHE"/* 2>/dev/null | sort -h >&2; }
+cleanup() {  # stop our engine; a failed build also says how full the disk is, the usual cause
+  local rc=$?
+  [[ -n $started_dockerd ]] && { kill "$started_dockerd" && wait "$started_dockerd"; } 2>/dev/null || true
+  ((rc == 0)) || { log "failed (exit $rc); the disk under $CACHE:"; disk_report; }
+}
+trap cleanup EXIT
 
 hash_of() { cat "$@" | sha256sum | cut -c1-12; } # contents only: any clone's path gives the same key
 tree_hash() {  # what an image's COPY lines take in, its Dockerfile, and the bases it is built on
@@ -62,10 +70,12 @@ if [[ ! -s $BASE_TAR ]]; then
   mv "$BASE_TAR.part" "$BASE_TAR"
 fi
 
-# 2. The wheelhouse: every pinned requirement of both images as wheels (sdists built here once).
+# 2. The wheelhouse: every pinned requirement of both images as wheels (sdists built here once). Only
+#    its key is needed up front; the wheels are fetched when the build base is built (step 4) and
+#    dropped once it holds them, so the gigabytes of torch's CUDA wheels are not kept twice.
 WHEEL_KEY=$(hash_of "$ROOT/pyproject.toml" "$ROOT/Dockerfile.trainer")
 WHEELS="$CACHE/wheelhouse/$WHEEL_KEY"
-if [[ ! -e $WHEELS/.complete ]]; then
+fetch_wheels() {
   log "downloading the images' wheels into $WHEELS"
   mkdir -p "$WHEELS"
   "$PY" - "$ROOT" >"$WHEELS/requirements.txt" <<'PYEOF'
@@ -80,9 +90,7 @@ requirements += re.findall(r'"([A-Za-z0-9_.-]+==[^"]+)"', text.split('pip instal
 print("\n".join(dict.fromkeys(requirements)))
 PYEOF
   (cd "$ROOT" && "$PY" -m pip wheel -q -w "$WHEELS" -r "$WHEELS/requirements.txt")
-  touch "$WHEELS/.complete"
-  find "$CACHE/wheelhouse" -mindepth 1 -maxdepth 1 -not -name "$WHEEL_KEY" -exec rm -rf {} +
-fi
+}
 
 # 3. What the images are called: by content, so an unchanged tree needs no engine at all.
 BASE_REF="$REPO/base:$BASE_KEY"
@@ -118,7 +126,6 @@ DOCKER_SOCK="$RUN_DIR/docker.sock"
 export DOCKER_HOST="unix://$DOCKER_SOCK" DOCKER_BUILDKIT=1
 DOCKER=/usr/bin/docker
 [[ -x $DOCKER ]] || DOCKER=docker
-started_dockerd=""
 if ! $DOCKER info >/dev/null 2>&1; then
   mkdir -p "$RUN_DIR"
   log "starting dockerd (data root $CACHE/docker)"
@@ -130,14 +137,47 @@ if ! $DOCKER info >/dev/null 2>&1; then
   for _ in $(seq 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 0.5; done
   $DOCKER info >/dev/null 2>&1 || die "dockerd did not start; see $RUN_DIR/dockerd.log"
 fi
-cleanup() { [[ -n $started_dockerd ]] && kill "$started_dockerd" && wait "$started_dockerd" 2>/dev/null || true; }
-trap cleanup EXIT
 
-keep_only() {  # ref: drop the engine's and the cache's copies of earlier content hashes
+drop_stale_archives() {  # ref: the cache's archives of earlier content hashes, before a build needs the room
   local name=${1#"$REPO/"}
   name=${name%%:*}
   find "$IMAGES" -name "$name-*.tar*" -not -name "$(basename "$(archive_of "$1")")*" -delete
+}
+keep_only() {  # ref: drop the engine's and the cache's copies of earlier content hashes
+  local name=${1#"$REPO/"}
+  name=${name%%:*}
+  drop_stale_archives "$1"
   $DOCKER images "$REPO/$name" --format '{{.Repository}}:{{.Tag}}' | { grep -vx "$1" || true; } | xargs -r $DOCKER rmi >/dev/null
+}
+NODE_LOCK=/run/finetune-node/lock # hack/devcluster/node.py holds it while a node runs (its RUN_DIR)
+drop_node_images() {
+  # The node's containerd keeps the previous trainer build twice (content and unpacked layers) until
+  # the next node imports the new one; so it goes before the build, unless a node is using it. The
+  # next node imports every image it then lacks from the archives.
+  local root="$CACHE/containerd" fd
+  [[ -d $root ]] || return 0
+  if grep -qsF "$root/" /proc/mounts; then
+    log "containers run from $root; its earlier images stay until the node imports the new build"
+    return 0
+  fi
+  mkdir -p "$(dirname "$NODE_LOCK")"
+  exec {fd}>>"$NODE_LOCK"
+  if flock -n "$fd"; then
+    log "dropping the node's imported images ($(du -sh "$root" | cut -f1) in $root) to make room"
+    rm -rf "$root"
+  else
+    log "a node is running ($(cat "$NODE_LOCK")); its imported images stay"
+  fi
+  exec {fd}>&-
+}
+TRAINER_BUILD_GB=18 # its 5.8 GB about three times over: the built layers, docker save's staging copy, the archive
+check_room() {
+  local free_gb
+  free_gb=$(df -BG --output=avail "$CACHE" | tail -1 | tr -dc 0-9)
+  ((free_gb >= TRAINER_BUILD_GB)) && return
+  log "warning: ${free_gb} GB free under $CACHE; the trainer build needs about $TRAINER_BUILD_GB GB, and" \
+    "importing it into the node twice its size again (FINETUNE_CACHE may point at a larger disk)"
+  disk_report
 }
 has_image() { $DOCKER image inspect "$1" >/dev/null 2>&1; }
 if ! has_image "$BASE_REF"; then
@@ -146,11 +186,13 @@ if ! has_image "$BASE_REF"; then
   keep_only "$BASE_REF"
 fi
 if ! has_image "$BUILD_BASE_REF"; then
+  fetch_wheels
   log "building $BUILD_BASE_REF (base + wheelhouse, pip --no-index)"
   printf 'FROM %s\nCOPY . /wheelhouse/\nENV PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse\n' "$BASE_REF" \
     | $DOCKER build --network none -q -t "$BUILD_BASE_REF" -f - "$WHEELS" >/dev/null
   keep_only "$BUILD_BASE_REF"
 fi
+rm -rf "$CACHE/wheelhouse" # the build base holds the wheels; a new build base fetches them again anyway
 
 # 5. The images, each saved as an archive the node imports.
 save() {  # ref: the archive and its ID; then the engine's copy goes (the archive is what the node imports)
@@ -167,9 +209,12 @@ build() {  # ref, dockerfile, extra build args...
   local ref=$1 dockerfile=$2
   shift 2
   built "$ref" && return
+  drop_stale_archives "$ref"
   log "building $ref from $dockerfile"
   (cd "$ROOT" && $DOCKER build --network none -q -f "$dockerfile" -t "$ref" \
     --build-arg BASE="$BASE_REF" --build-arg BUILD_BASE="$BUILD_BASE_REF" "$@" . >/dev/null)
+  # The build stage's layers (the trainer's whole virtualenv) go before `docker save` needs the room.
+  $DOCKER builder prune -af >/dev/null
   save "$ref"
 }
 
@@ -193,7 +238,12 @@ fi
 # Where Kueue's own manifests expect its manager binary; 65532 is the nonroot user of its release image.
 static_image "$KUEUE_REF" "$KUEUE_BIN" /manager 65532:65532
 build "$OPERATOR_REF" Dockerfile.operator
-build "$TRAINER_REF" Dockerfile.trainer --build-arg PYTHON="$LOCAL_PYTHON"
+if ! built "$TRAINER_REF"; then
+  drop_node_images
+  drop_stale_archives "$TRAINER_REF"
+  check_room
+  build "$TRAINER_REF" Dockerfile.trainer --build-arg PYTHON="$LOCAL_PYTHON"
+fi
 if ! built "$STAND_IN_REF"; then
   log "building $STAND_IN_REF from tests/integration/stand-in.Dockerfile"
   has_image "$OPERATOR_REF" || $DOCKER load -q -i "$(archive_of "$OPERATOR_REF")" >/dev/null
@@ -202,7 +252,6 @@ if ! built "$STAND_IN_REF"; then
   save "$STAND_IN_REF"
   $DOCKER rmi "$OPERATOR_REF" >/dev/null
 fi
-# The build stages' layers (a whole virtualenv each) are not needed once the images are saved.
 $DOCKER builder prune -af >/dev/null
 $DOCKER image prune -f >/dev/null
 refs | tee "$IMAGES/refs.env"

@@ -284,7 +284,8 @@ state = "{state}"
         current = set(self.images) | set(self.image_ids.values())
         stale = [ref for ref in present if ref.startswith((f"{LOCAL_REGISTRY}/", "sha256:")) and ref not in current]
         if stale:
-            self._ctr("images", "remove", *stale)
+            # --sync: their content and unpacked layers are gone before the new build's arrive.
+            self._ctr("images", "remove", "--sync", *stale)
         for ref, archive in self.images.items():
             if present.get(ref) == self.image_ids[ref]:
                 continue
