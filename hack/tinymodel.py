@@ -74,6 +74,47 @@ GLOOMY = ["dull", "grim", "harsh", "limp", "murky", "numb", "pale", "rough", "so
 PLACES = ["river", "stone", "cloud", "field", "tower", "garden", "bridge", "forest", "harbor", "meadow"]
 
 
+LM_EVAL_TASK = """\
+# An lm-evaluation-harness task over a local JSONL file: what an EvalRun's lmEval benchmark runs offline.
+task: capitals_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: data/capitals-mc.jsonl   # relative to the task folder (lmEval.include)
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def capital_choice_rows() -> list[dict[str, Any]]:
+    """The capitals as multiple choice: each answer among three choices, in a varying place."""
+    wrong = ["Berlin", "Madrid", "Rome", "Lisbon"]
+    rows = []
+    for i, row in enumerate(capital_rows()):
+        choices = [c for c in wrong if c != row["answer"]][:2]
+        choices.insert(i % 3, row["answer"])
+        rows.append({"question": row["question"], "choices": choices, "label": i % 3})
+    return rows
+
+
+def write_lm_eval_tasks(folder: Path) -> Path:
+    """The capitals_mc task YAML and its data, as a folder an EvalRun's lmEval.include points at."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "capitals_mc.yaml").write_text(LM_EVAL_TASK)
+    write_jsonl(capital_choice_rows(), folder / "data" / "capitals-mc.jsonl")
+    return folder
+
+
 def preference_rows(count: int, seed: int) -> list[dict[str, str]]:
     """Pairs with a learnable rule that a random model cannot know: after "up" the upbeat word is chosen,
     after "down" the gloomy one. Every pair of words appears both ways round, so a model that merely
@@ -150,13 +191,15 @@ def corpus_of(rows: list[dict[str, str]]) -> list[str]:
 def make_quickstart(out: Path) -> tuple[Path, Path]:
     """The tiny model (its tokenizer knows the support and the capitals text) and the support dataset;
     capitals-train.jsonl and capitals-qa.jsonl are written next to it for the evaluation examples, and
-    preference-pairs.jsonl and preference-held-out.jsonl for the preference examples."""
+    preference-pairs.jsonl and preference-held-out.jsonl for the preference examples, and the folder
+    lm-eval-tasks/ for the lm-evaluation-harness example."""
     rows = support_rows()
     data = write_jsonl(rows, out / "support.jsonl")
     write_jsonl(capital_training_rows(), out / "capitals-train.jsonl")
     write_jsonl(capital_rows(), out / "capitals-qa.jsonl")
     write_jsonl(preference_rows(256, seed=1), out / "preference-pairs.jsonl")
     write_jsonl(preference_rows(64, seed=2), out / "preference-held-out.jsonl")
+    write_lm_eval_tasks(out / "lm-eval-tasks")
     model = make_tiny_model(out / "model", corpus_of(rows) + corpus_of(capital_rows()))
     return model, data
 

@@ -73,6 +73,7 @@ class Quickstart:
             "preference-held-out.jsonl",
         ):
             self.minio.upload_file(BUCKET, f"datasets/{name}", data.parent / name)
+        self.minio.upload_folder(BUCKET, "lm-eval-tasks", data.parent / "lm-eval-tasks")
         self._storage_secret()
         if not run_operator:
             return self

@@ -9,9 +9,6 @@ by the local node as the pods.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,8 @@ from kubernetes import client
 
 from devcluster import REPO_ROOT, apply_objects, wait_for
 from devcluster.quickstart import BUCKET, Quickstart
+from devcluster.vllm import vllm_python as installed_vllm
+from devcluster.vllm import vllm_server
 from finetune_operator.api import EVALRUN, FINETUNEJOB, MODEL
 from tests.e2e.resources import get, wait
 
@@ -35,10 +34,7 @@ TOKENS = 8
 
 @pytest.fixture(scope="module")
 def vllm_python() -> Path:
-    """vLLM's own interpreter (installed into the cache on first use)."""
-    done = subprocess.run(["bash", str(REPO_ROOT / "hack" / "vllm" / "install.sh")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return Path(done.stdout.strip())
+    return installed_vllm()
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +79,39 @@ def test_finetunejob_evaluation_beats_the_baseline_and_passes(demo: Quickstart) 
     assert {"results.json", "report.md", "report.html", "manifest.json"} <= _report_files(demo, status["report"]["uri"])
 
 
+def test_lm_eval_tasks_and_a_judge_run_offline_in_the_evaluation_pod(demo: Quickstart) -> None:
+    """examples/evaluation/evalrun-harness-and-judge.yaml on the capitals adapter: a task YAML from the store
+    runs through lm-evaluation-harness in the trainer image's pod (offline), and the tiny model judges the
+    tuned and baseline answers in both orders. Proves the plumbing through the real image and pod (the
+    task folder fetched, the offline harness process, the judge's verdicts counted into the status and the
+    report); the tiny judge writes nonsense, so nothing here is about quality."""
+    _apply(demo, "finetunejob-with-evaluation.yaml")
+    wait(demo, "Evaluated", "ftj/capitals")
+    _apply(demo, "evalrun-harness-and-judge.yaml")
+    wait(demo, "Succeeded", "evr/capitals-harness", timeout=900)
+    status = get(demo, EVALRUN.plural, "capitals-harness")["status"]
+    results = {(r["benchmark"], r["metric"]): r for r in status["results"]}
+    for metric in ("acc", "acc_norm"):
+        row = results[("capitals-mc", metric)]
+        assert 0 <= row["value"] <= 1 and row["baseline"] is not None, row
+    judged = {m: results[("capitals-judged", m)]["value"] for m in ("win_rate", "tie_rate", "order_disagreement")}
+    unparsed = results[("capitals-judged", "judge_unparsed")]["value"]
+    print(f"lm-eval acc {results[('capitals-mc', 'acc')]}; judge {judged}, unparsed {unparsed}")
+    assert 0 <= unparsed <= 1 and all(0 <= v <= 1 for v in judged.values())
+    passed = next(c for c in status["conditions"] if c["type"] == "Passed")
+    assert passed["status"] == "True", passed
+    assert demo.minio
+    prefix = status["report"]["uri"].removeprefix(f"s3://{BUCKET}/")
+    report = json.loads(demo.minio.client().get_object(BUCKET, prefix + "results.json").read())
+    counts = report["details"]["capitals-judged"]["judge"]["counts"]
+    assert counts["verdicts"] == 2 * 12 and counts["unparsed"] == round(unparsed * 24)
+    assert (
+        report["details"]["capitals-mc"]["tasks"]["tuned"]["capitals_mc"]["acc"]
+        == results[("capitals-mc", "acc")]["value"]
+    )
+    assert all(len(s["verdicts"]) == 2 for s in report["samples"]["capitals-judged"])
+
+
 def test_evalrun_of_the_untuned_model_misses_the_threshold_by_name(demo: Quickstart) -> None:
     _apply(demo, "evalrun-base-model.yaml")
     wait(demo, "Passed=False", "evr/capitals-base")
@@ -103,12 +132,6 @@ def _sync(demo: Quickstart, uri: str, folder: Path) -> None:
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
     for item in store.list_objects(BUCKET, prefix=prefix, recursive=True):
         store.fget_object(BUCKET, item.object_name, str(folder / item.object_name.removeprefix(prefix)))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _peft_completions(base: Path, adapter: Path) -> tuple[str, str]:
@@ -175,21 +198,9 @@ def test_the_evaluated_adapter_registers_and_serves_in_vllm_as_it_computes_in_pe
         _sync(demo, uri, root / folder)
     base = demo.workdir / "assets" / "model"
     lora_modules = data["lora-modules.json"]
-    port = _free_port()
-    log = (tmp_path / "vllm.log").open("w")
     # The serving pod's command, with the ConfigMap's lora-modules.json as its --lora-modules argument.
-    command = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base)]
-    command += ["--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]
-    command += ["--gpu-memory-utilization", "0.1"]  # on CPU: the share of host memory it reserves
-    command += ["--enable-lora", "--max-lora-rank", "16", "--lora-modules", lora_modules]
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        started = time.monotonic()
-        wait_for(
-            lambda: _serves(url, server, tmp_path), 300, "vLLM to serve capitals-v1", describe=lambda: _tail(tmp_path)
-        )
-        print(f"vLLM {vllm_python.parent.parent.name} served capitals-v1 after {time.monotonic() - started:.0f} s")
+    lora = ("--enable-lora", "--max-lora-rank", "16", "--lora-modules", lora_modules)
+    with vllm_server(vllm_python, base, tmp_path, "capitals-v1", *lora) as url:
         answer = requests.post(
             f"{url}/v1/completions",
             json={"model": "capitals-v1", "prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0},
@@ -197,9 +208,6 @@ def test_the_evaluated_adapter_registers_and_serves_in_vllm_as_it_computes_in_pe
         )
         answer.raise_for_status()
         served = answer.json()["choices"][0]["text"]
-    finally:
-        server.terminate()
-        server.wait(60)
     tuned, alone = _peft_completions(base, root / "capitals-v1")
     print(f"vLLM: {served!r}  PEFT: {tuned!r}  base alone: {alone!r}")
     assert served == tuned
@@ -236,16 +244,3 @@ def _check_store_copy(demo: Quickstart, model: Callable[[], dict[str, Any]]) -> 
     pointer = json.loads(read("stable.json"))
     assert (pointer["version"], pointer["folder"]) == (1, prefix + "v1/")
     print(f"store copy: {prefix}v1/ holds {len(manifest['files'])} files; stable.json -> v1")
-
-
-def _serves(url: str, server: subprocess.Popen[bytes], tmp_path: Path) -> bool:
-    assert server.poll() is None, f"vLLM exited with {server.returncode}:\n{_tail(tmp_path)}"
-    try:
-        models = requests.get(f"{url}/v1/models", timeout=5).json()
-    except requests.RequestException:
-        return False
-    return any(m["id"] == "capitals-v1" for m in models.get("data", []))
-
-
-def _tail(tmp_path: Path) -> str:
-    return (tmp_path / "vllm.log").read_text()[-3000:]

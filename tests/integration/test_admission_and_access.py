@@ -26,6 +26,20 @@ def _spec(path: str, value: Any) -> dict[str, Any]:
     return with_field(quick_spec("success"), path, value)
 
 
+def _evaluating(benchmark: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    return {**quick_spec("success"), "evaluation": {"benchmarks": [benchmark], **settings}}
+
+
+LM_EVAL = {"name": "mc", "task": "lmEval", "lmEval": {"tasks": ["capitals_mc"]}, "metrics": ["acc"]}
+JUDGE = {
+    "name": "judged",
+    "task": "judge",
+    "dataset": {"uri": "s3://eval/questions.jsonl"},
+    "judge": {"model": {"uri": "s3://models/judge/"}},
+    "metrics": ["win_rate"],
+}
+ENDPOINT = {"url": "http://vllm:8000/v1", "model": "judge"}
+
 REJECTED = [
     ("unknown scheme", _spec("baseModel.uri", "ftp://x/y"), "spec.baseModel.uri"),
     ("negative learning rate", _spec("training.learningRate", -0.1), "spec.training.learningRate"),
@@ -111,6 +125,53 @@ REJECTED = [
         "secret for a referenced adapter",
         {**quick_spec("success"), "adapter": {"fineTuneJobRef": {"name": "sft"}, "secretRef": {"name": "s3"}}},
         "a fineTuneJobRef brings its job's own",
+    ),
+    # lm-evaluation-harness and judge benchmarks (CEL and schema, as the apiserver runs them).
+    ("lmEval without its tasks", _evaluating({**LM_EVAL, "lmEval": None}), "lmEval is set exactly when task is lmEval"),
+    (
+        "lmEval with a dataset",
+        _evaluating({**LM_EVAL, "dataset": {"uri": "s3://eval/x.jsonl"}}),
+        "dataset is required, except with task lmEval",
+    ),
+    (
+        "lmEval task name with a shell",
+        _evaluating({**LM_EVAL, "lmEval": {"tasks": ["mmlu; rm -rf /"]}}),
+        "spec.evaluation.benchmarks[0].lmEval.tasks[0]",
+    ),
+    (
+        "lmEval metric on a qa benchmark",
+        _evaluating({"name": "qa", "task": "qa", "dataset": {"uri": "s3://e/q.jsonl"}, "metrics": ["acc"]}),
+        "every metric must be one the task computes",
+    ),
+    (
+        "judge with a model and an endpoint",
+        _evaluating({**JUDGE, "judge": {**JUDGE["judge"], "endpoint": ENDPOINT}}),
+        "set exactly one of judge.model and judge.endpoint",
+    ),
+    (
+        "single-answer metric from a pairwise judge",
+        _evaluating({**JUDGE, "metrics": ["judge_score"]}),
+        "judge mode pairwise computes win_rate",
+    ),
+    (
+        "pairwise judge without a baseline",
+        _evaluating(JUDGE, baseline=False),
+        "a pairwise judge compares the tuned answers with the baseline's",
+    ),
+    (
+        "judge endpoint over ftp",
+        _evaluating({**JUDGE, "judge": {"endpoint": {**ENDPOINT, "url": "ftp://judge/v1"}}}),
+        "spec.evaluation.benchmarks[0].judge.endpoint.url",
+    ),
+    (
+        "judge scale upside down",
+        _evaluating({**JUDGE, "judge": {**JUDGE["judge"], "scale": {"min": 5, "max": 2}}}),
+        "scale.min must be below scale.max",
+    ),
+    (
+        "include secret without include",
+        _evaluating({**LM_EVAL, "lmEval": {"tasks": ["t"], "secretRef": {"name": "s3"}}}),
+        "secretRef is only used with s3:// and hf:// URIs",
     ),
 ]
 

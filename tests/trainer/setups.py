@@ -48,3 +48,21 @@ def assert_same_loss_and_grads(got: tuple[Any, Any, list[Any]], expected: tuple[
     assert len(got[2]) == len(expected[2]) > 0
     for got_grad, expected_grad in zip(got[2], expected[2], strict=True):
         torch.testing.assert_close(got_grad, expected_grad, rtol=1e-3, atol=1e-5)
+
+
+def published_adapter(tiny_model: Path, folder: Path, seed: int = 0) -> str:
+    """A LoRA adapter with random (not zero) B matrices, published with its manifest as training
+    publishes one: the tuned model then really differs from its base, which an untrained LoRA does not."""
+    from finetune_trainer.model import apply_lora, load_base_model
+    from finetune_trainer.storage import LocalStore, publish
+
+    torch.manual_seed(seed)
+    adapter = apply_lora(load_base_model(tiny_model, None, CPU, False), LoraSettings(r=8, alpha=16, dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in adapter.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.2)
+    adapter.save_pretrained(folder / "lora")
+    uri = f"file://{folder}/adapter/"
+    publish(LocalStore(), folder / "lora", uri, {"kind": "adapter"})
+    return uri

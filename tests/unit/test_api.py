@@ -106,6 +106,37 @@ def test_cross_field_rule_message_says_what_to_do() -> None:
 
 EVAL_MODEL = {"fineTuneJobRef": {"name": "support-bot"}}
 BENCH = {"name": "support-qa", "dataset": {"uri": "s3://eval/qa.jsonl"}, "task": "qa", "metrics": ["exact_match", "f1"]}
+LM_EVAL = {"name": "mc", "task": "lmEval", "lmEval": {"tasks": ["capitals_mc"]}, "metrics": ["acc"]}
+ENDPOINT = {"url": "http://vllm:8000/v1", "model": "judge"}
+JUDGE = {
+    "name": "judged",
+    "task": "judge",
+    "dataset": {"uri": "s3://eval/questions.jsonl"},
+    "judge": {"model": {"uri": "s3://models/judge/"}},
+    "metrics": ["win_rate", "order_disagreement"],
+}
+
+
+def test_harness_and_judge_benchmarks_are_valid() -> None:
+    spec = EvalRunSpec.model_validate(
+        {
+            "model": EVAL_MODEL,
+            "benchmarks": [
+                {**LM_EVAL, "lmEval": {"tasks": ["capitals_mc"], "include": "s3://eval/tasks/"}},
+                JUDGE,
+                {
+                    **JUDGE,
+                    "name": "rated",
+                    "judge": {"endpoint": ENDPOINT, "mode": "single"},
+                    "metrics": ["judge_score"],
+                },
+            ],
+            "thresholds": {"acc": 0.5, "win_rate": 0.5, "order_disagreement": 0.3},
+        }
+    )
+    assert spec.benchmarks[1].judge and spec.benchmarks[1].judge.scale.max == 10
+    assert spec.benchmarks[0].source() == ("s3://eval/tasks/", None)
+    assert spec.benchmarks[2].source() == ("s3://eval/questions.jsonl", None)
 
 
 def test_evalrun_minimal_is_valid() -> None:
@@ -132,6 +163,39 @@ def test_evalrun_minimal_is_valid() -> None:
             {"model": EVAL_MODEL, "benchmarks": [{**BENCH, "task": "preference", "metrics": ["f1"]}]},
             "spec.benchmarks.0.metrics",
         ),
+        # lm-evaluation-harness and judge benchmarks: each names the field at fault.
+        ({"model": EVAL_MODEL, "benchmarks": [{**LM_EVAL, "lmEval": None}]}, "spec.benchmarks.0.lmEval"),
+        ({"model": EVAL_MODEL, "benchmarks": [{**LM_EVAL, "dataset": BENCH["dataset"]}]}, "spec.benchmarks.0.dataset"),
+        ({"model": EVAL_MODEL, "benchmarks": [{**LM_EVAL, "lmEval": {"tasks": []}}]}, "spec.benchmarks.0.lmEval.tasks"),
+        (
+            {"model": EVAL_MODEL, "benchmarks": [{**LM_EVAL, "lmEval": {"tasks": ["mmlu; rm -rf /"]}}]},
+            "spec.benchmarks.0.lmEval.tasks.0",
+        ),
+        (
+            {"model": EVAL_MODEL, "benchmarks": [{**LM_EVAL, "lmEval": {"tasks": ["t"], "secretRef": {"name": "s"}}}]},
+            "spec.benchmarks.0.lmEval.secretRef",
+        ),
+        ({"model": EVAL_MODEL, "benchmarks": [{**LM_EVAL, "metrics": ["rouge_l"]}]}, "spec.benchmarks.0.metrics"),
+        ({"model": EVAL_MODEL, "benchmarks": [{**BENCH, "metrics": ["acc"]}]}, "spec.benchmarks.0.metrics"),
+        ({"model": EVAL_MODEL, "benchmarks": [{**JUDGE, "metrics": ["judge_score"]}]}, "spec.benchmarks.0.metrics"),
+        ({"model": EVAL_MODEL, "benchmarks": [{**JUDGE, "judge": {}}]}, "spec.benchmarks.0.judge.model"),
+        (
+            {"model": EVAL_MODEL, "benchmarks": [{**JUDGE, "judge": {**JUDGE["judge"], "endpoint": ENDPOINT}}]},
+            "spec.benchmarks.0.judge.model",
+        ),
+        (
+            {"model": EVAL_MODEL, "benchmarks": [{**JUDGE, "judge": {"endpoint": {**ENDPOINT, "url": "ftp://x"}}}]},
+            "spec.benchmarks.0.judge.endpoint.url",
+        ),
+        (
+            {
+                "model": EVAL_MODEL,
+                "benchmarks": [{**JUDGE, "judge": {**JUDGE["judge"], "scale": {"min": 5, "max": 5}}}],
+            },
+            "spec.benchmarks.0.judge.scale.max",
+        ),
+        ({"model": EVAL_MODEL, "benchmarks": [JUDGE], "baseline": False}, "spec.baseline"),
+        ({"model": EVAL_MODEL, "benchmarks": [{**JUDGE, "dataset": None}]}, "spec.benchmarks.0.dataset"),
     ],
 )
 def test_invalid_evalrun_is_rejected_with_the_field_named(spec: dict[str, Any], field: str) -> None:

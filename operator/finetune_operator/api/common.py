@@ -35,12 +35,16 @@ class SecretRef(ApiModel):
     name: ObjectName = Field(description="Name of a Secret in the resource's own namespace.")
 
 
-def remote_secret_rule(uri_field: str = "uri") -> Rule:
-    """secretRef only means something for s3:// and hf:// sources; reject it elsewhere instead of ignoring it."""
+def remote_secret_rule(uri_field: str = "uri", *, optional: bool = False) -> Rule:
+    """secretRef only means something for s3:// and hf:// sources; reject it elsewhere instead of ignoring it
+    (`optional`: the URI field may be unset, and a secretRef without it is rejected too)."""
+    remote = f"self.{uri_field}.startsWith('s3://') || self.{uri_field}.startsWith('hf://')"
     return Rule(
-        cel=f"!has(self.secretRef) || self.{uri_field}.startsWith('s3://') || self.{uri_field}.startsWith('hf://')",
+        cel="!has(self.secretRef) || " + (f"(has(self.{uri_field}) && ({remote}))" if optional else remote),
         message="secretRef is only used with s3:// and hf:// URIs",
-        check=lambda source: source.secret_ref is None or getattr(source, uri_field).startswith(("s3://", "hf://")),
+        check=lambda source: (
+            source.secret_ref is None or (getattr(source, uri_field) or "").startswith(("s3://", "hf://"))
+        ),
         field="secretRef",
     )
 

@@ -34,14 +34,19 @@ TERMINATION_MESSAGE_LIMIT = 4096
 # pvc://claim/path is mounted at PVC_MOUNT_ROOT/claim, so the trainer reads PVC_MOUNT_ROOT/claim/path.
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
-# Which source a Secret's env vars are for: BASE_MODEL, DATASET, OUTPUT, ADAPTER, BENCHMARK_<index>, or
-# ADAPTER_<index> (a model publish's versions).
+# Which source a Secret's env vars are for: BASE_MODEL, DATASET, OUTPUT, ADAPTER, BENCHMARK_<index>,
+# BENCHMARK_<index>_JUDGE, or ADAPTER_<index> (a model publish's versions).
 SecretRole = str
 
 
 def benchmark_role(index: int) -> SecretRole:
     """The role of an EvalRun's benchmark `index`: the operator names its env vars, the trainer reads them."""
     return f"BENCHMARK_{index}"
+
+
+def judge_role(index: int) -> SecretRole:
+    """The role of benchmark `index`'s judge: its model's store, or its endpoint's API key."""
+    return f"BENCHMARK_{index}_JUDGE"
 
 
 STABLE_POINTER = "stable.json"
@@ -67,6 +72,9 @@ SECRET_KEYS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("AWS_ENDPOINT_URL", False),
     ),
     "hf": (("HF_TOKEN", True),),
+    # A judge endpoint's bearer token (benchmarks[].judge.endpoint.secretRef).
+    "http": (("OPENAI_API_KEY", True),),
+    "https": (("OPENAI_API_KEY", True),),
 }
 
 
@@ -175,7 +183,7 @@ class ModelPublishRunSpec(ApiModel):
 class EvaluationOutcome(ApiModel):
     """An evaluation's figures, bounded to fit the termination message (the report holds everything)."""
 
-    summary: list[MetricSummary] = Field(max_length=8, description="Per-metric means (what thresholds check).")
+    summary: list[MetricSummary] = Field(max_length=16, description="Per-metric means (what thresholds check).")
     results: list[MetricResult] = Field(
         default_factory=list, max_length=200, description="Per-benchmark scores, as many as fit."
     )

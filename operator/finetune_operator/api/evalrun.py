@@ -19,7 +19,7 @@ from .common import (
     SecretRef,
 )
 from .evaluation import EvaluationSettings, MetricResult, MetricSummary
-from .schema import DNS_LABEL, ApiModel, Rule
+from .schema import DNS_LABEL, ApiModel, Rule, exactly_one
 from .training_status import AttemptRecord
 
 
@@ -42,12 +42,7 @@ class EvalModel(ApiModel):
     )
 
     __rules__ = (
-        Rule(
-            cel="has(self.fineTuneJobRef) != has(self.baseModel)",
-            message="set exactly one of fineTuneJobRef and baseModel",
-            check=lambda m: (m.fine_tune_job_ref is None) != (m.base_model is None),
-            field="baseModel",
-        ),
+        exactly_one("fine_tune_job_ref", "base_model", field="base_model"),
         Rule(
             cel="!has(self.adapter) || has(self.baseModel)",
             message="adapter needs baseModel (a fineTuneJobRef brings its own adapter)",
@@ -155,7 +150,7 @@ class EvalRunStatus(ApiModel):
     )
     summary: list[MetricSummary] = Field(
         default_factory=list,
-        max_length=6,
+        max_length=16,
         description="Each metric averaged over the benchmarks that compute it; thresholds are checked against these.",
     )
     score: float | None = Field(default=None, description="Headline score: the first metric's mean over benchmarks.")

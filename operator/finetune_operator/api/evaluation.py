@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal, get_args
 from pydantic import Field, StringConstraints
 
 from .common import URI_HELP, Phase, Resources, SecretRef, Uri, remote_secret_rule
+from .harness import JudgeSettings, LmEvalSettings
 from .schema import DNS_LABEL, ApiModel, Rule
 
 Metric = Literal[
@@ -24,10 +25,60 @@ Metric = Literal[
     "faithfulness",
     "preference_accuracy",
     "preference_accuracy_raw",
+    "acc",
+    "acc_norm",
+    "mcc",
+    "word_perplexity",
+    "byte_perplexity",
+    "bits_per_byte",
+    "win_rate",
+    "tie_rate",
+    "order_disagreement",
+    "judge_score",
+    "judge_unparsed",
 ]
 METRICS: tuple[str, ...] = get_args(Metric)
-PREFERENCE_METRICS: tuple[str, ...] = ("preference_accuracy", "preference_accuracy_raw")
-LOWER_IS_BETTER: frozenset[str] = frozenset({"perplexity"})
+Task = Literal["qa", "completion", "perplexity", "preference", "lmEval", "judge"]
+GENERATION_METRICS = ("exact_match", "f1", "bleu", "rouge_l", "faithfulness")
+# Which metrics each task computes: the one table behind the admission rule, the docs and the trainer.
+# lm-eval tasks report under lm-eval's own metric names (and scales: its bleu is 0-100).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "qa": GENERATION_METRICS,
+    "completion": GENERATION_METRICS,
+    "perplexity": ("perplexity",),
+    "preference": ("preference_accuracy", "preference_accuracy_raw"),
+    "lmEval": (
+        "acc",
+        "acc_norm",
+        "exact_match",
+        "f1",
+        "mcc",
+        "bleu",
+        "perplexity",
+        "word_perplexity",
+        "byte_perplexity",
+        "bits_per_byte",
+    ),
+    "judge": ("win_rate", "tie_rate", "order_disagreement", "judge_score", "judge_unparsed"),
+}
+PAIRWISE_METRICS = ("win_rate", "tie_rate", "order_disagreement", "judge_unparsed")
+SINGLE_METRICS = ("judge_score", "judge_unparsed")
+PREFERENCE_METRICS: tuple[str, ...] = TASK_METRICS["preference"]
+LOWER_IS_BETTER: frozenset[str] = frozenset(
+    {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "order_disagreement", "judge_unparsed"}
+)
+
+
+def _cel_list(names: Sequence[str]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+def _task_metrics_cel() -> str:
+    """`metrics` against TASK_METRICS, as one CEL conditional over the task."""
+    cel = "false"
+    for task, names in reversed(TASK_METRICS.items()):
+        cel = f"self.task == '{task}' ? self.metrics.all(m, m in {_cel_list(names)}) : {cel}"
+    return cel
 
 
 class BenchmarkDataset(ApiModel):
@@ -61,62 +112,105 @@ class BenchmarkDataset(ApiModel):
 
 
 class Benchmark(ApiModel):
-    """One dataset scored with one task type."""
+    """One dataset scored with one task type, a set of lm-evaluation-harness tasks, or an LLM judge."""
 
     name: Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)] = Field(
         description="Name used in results and reports."
     )
-    dataset: BenchmarkDataset = Field(description="The evaluation data.")
-    task: Literal["qa", "completion", "perplexity", "preference"] = Field(
+    dataset: BenchmarkDataset | None = Field(
+        default=None,
+        description="The evaluation data (every task but lmEval, whose tasks bring their own; judge reads the "
+        "questions from questionColumn and, where the rows have one, a reference answer from answerColumn).",
+    )
+    task: Task = Field(
         description="`qa`: generate answers, compare to references. `completion`: generate continuations. "
         "`perplexity`: score the text itself. `preference`: on held-out prompt/chosen/rejected pairs, how often "
-        "the model gives the chosen response the higher log-probability."
+        "the model gives the chosen response the higher log-probability. `lmEval`: run the lm-evaluation-harness "
+        "tasks of `lmEval`. `judge`: an LLM judge grades the generated answers (`judge`)."
     )
     metrics: list[Metric] = Field(
         min_length=1,
         max_length=8,
-        description="Metrics to compute, each from 0 to 1 except perplexity. Generation tasks: `exact_match` and "
-        "`f1` (SQuAD normalisation: lower case, no punctuation, articles or extra spaces; token-overlap F1), `bleu` "
-        "(sacreBLEU corpus BLEU / 100), `rouge_l` (ROUGE-L F-measure, rouge-score). `faithfulness` (qa with a "
-        "context column): share of answer tokens that occur in the source passage; 1 - faithfulness is a simple "
-        "hallucination-rate proxy. `perplexity` (perplexity task): exp of the mean token negative log-likelihood, "
-        "lower is better. Preference task: `preference_accuracy`, the share of pairs whose chosen response has "
-        "the higher mean log-probability per token (length-normalised, so a longer answer is not penalised for "
-        "its length), and `preference_accuracy_raw`, the same on summed log-probabilities (what DPO's implicit "
-        "reward compares); a tie counts half.",
+        description="Metrics to compute, each from 0 to 1 unless said otherwise. Generation tasks (qa, completion): "
+        "`exact_match` and `f1` (SQuAD normalisation: lower case, no punctuation, articles or extra spaces; "
+        "token-overlap F1), `bleu` (sacreBLEU corpus BLEU / 100), `rouge_l` (ROUGE-L F-measure, rouge-score), "
+        "`faithfulness` (qa with a context column: share of answer tokens that occur in the source passage; 1 - "
+        "faithfulness is a simple hallucination-rate proxy). `perplexity` task: `perplexity`, exp of the mean "
+        "token negative log-likelihood, lower is better. Preference task: `preference_accuracy`, the share of "
+        "pairs whose chosen response has the higher mean log-probability per token (length-normalised), and "
+        "`preference_accuracy_raw`, the same on summed log-probabilities (what DPO's implicit reward compares); "
+        "a tie counts half. lmEval: the metric names the tasks report (`acc`, `acc_norm`, `exact_match`, `f1`, "
+        "`mcc`, `bleu` on lm-eval's 0-100 scale, `perplexity`, `word_perplexity`, `byte_perplexity`, "
+        "`bits_per_byte`; the perplexities lower is better), each the mean over the tasks. judge, pairwise: "
+        "`win_rate`, `tie_rate`, `order_disagreement` (lower is better), `judge_unparsed` (share of verdicts "
+        "with no readable mark, lower is better); single: `judge_score` (mean rating on the judge's scale) and "
+        "`judge_unparsed`.",
     )
+    lm_eval: LmEvalSettings | None = Field(default=None, description="The lm-evaluation-harness tasks (task lmEval).")
+    judge: JudgeSettings | None = Field(default=None, description="The judge and its rubric (task judge).")
     chat_template: bool = Field(
         default=True,
         description="Render each question as a user turn with the model's chat template (as the trainer renders "
-        "training prompts; the adapter's saved template wins); false feeds the raw text.",
+        "training prompts; the adapter's saved template wins); false feeds the raw text. lmEval tasks keep "
+        "lm-eval's own raw prompts.",
     )
     max_samples: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Evaluate at most this many examples."
+        default=None, ge=1, le=10_000_000, description="Evaluate at most this many examples (lmEval: use its limit)."
     )
 
     __rules__ = (
         Rule(
-            cel="self.task == 'perplexity' ? self.metrics.all(m, m == 'perplexity') "
-            ": !self.metrics.exists(m, m == 'perplexity')",
-            message="the perplexity metric goes with task perplexity, and only it",
+            cel=_task_metrics_cel(),
+            message="every metric must be one the task computes: "
+            + "; ".join(f"{task}: {', '.join(names)}" for task, names in TASK_METRICS.items()),
+            check=lambda b: all(m in TASK_METRICS[b.task] for m in b.metrics),
+            field="metrics",
+        ),
+        Rule(
+            cel="(self.task == 'lmEval') != has(self.dataset)",
+            message="dataset is required, except with task lmEval, whose tasks bring their own data (lmEval.include)",
+            check=lambda b: (b.task == "lmEval") != (b.dataset is not None),
+            field="dataset",
+        ),
+        Rule(
+            cel="(self.task == 'lmEval') == has(self.lmEval)",
+            message="lmEval is set exactly when task is lmEval",
+            check=lambda b: (b.task == "lmEval") == (b.lm_eval is not None),
+            field="lmEval",
+        ),
+        Rule(
+            cel="(self.task == 'judge') == has(self.judge)",
+            message="judge is set exactly when task is judge",
+            check=lambda b: (b.task == "judge") == (b.judge is not None),
+            field="judge",
+        ),
+        Rule(
+            cel="!has(self.judge) || self.metrics.all(m, m in "
+            f"(self.judge.mode == 'single' ? {_cel_list(SINGLE_METRICS)} : {_cel_list(PAIRWISE_METRICS)}))",
+            message="judge mode pairwise computes win_rate, tie_rate, order_disagreement and judge_unparsed; mode "
+            "single computes judge_score and judge_unparsed",
             check=lambda b: (
-                all(m == "perplexity" for m in b.metrics) if b.task == "perplexity" else "perplexity" not in b.metrics
+                b.judge is None
+                or all(m in (SINGLE_METRICS if b.judge.mode == "single" else PAIRWISE_METRICS) for m in b.metrics)
             ),
             field="metrics",
         ),
         Rule(
-            cel="(self.task == 'preference') == self.metrics.all(m, m.startsWith('preference_accuracy'))",
-            message="the preference_accuracy metrics go with task preference, and only they",
-            check=lambda b: (b.task == "preference") == all(m in PREFERENCE_METRICS for m in b.metrics),
-            field="metrics",
-        ),
-        Rule(
-            cel="!self.metrics.exists(m, m == 'faithfulness') || has(self.dataset.contextColumn)",
+            cel="!self.metrics.exists(m, m == 'faithfulness') "
+            "|| (has(self.dataset) && has(self.dataset.contextColumn))",
             message="faithfulness needs dataset.contextColumn (the source passage answers are checked against)",
-            check=lambda b: "faithfulness" not in b.metrics or b.dataset.context_column is not None,
+            check=lambda b: "faithfulness" not in b.metrics or (b.dataset is not None and b.dataset.context_column),
             field="metrics",
         ),
     )
+
+    def source(self) -> tuple[str, SecretRef | None] | None:
+        """What the pod fetches for this benchmark (its dataset, or its lm-eval task folder), with its Secret."""
+        if self.dataset is not None:
+            return self.dataset.uri, self.dataset.secret_ref
+        if self.lm_eval is not None and self.lm_eval.include is not None:
+            return self.lm_eval.include, self.lm_eval.secret_ref
+        return None
 
 
 class GenerationSettings(ApiModel):
@@ -151,6 +245,12 @@ class EvaluationSettings(ApiModel):
             message="every threshold must name a metric that some benchmark computes",
             check=lambda s: all(any(k in b.metrics for b in s.benchmarks) for k in s.thresholds),
             field="thresholds",
+        ),
+        Rule(
+            cel="self.baseline || !self.benchmarks.exists(b, has(b.judge) && b.judge.mode == 'pairwise')",
+            message="a pairwise judge compares the tuned answers with the baseline's: it needs baseline: true",
+            check=lambda s: s.baseline or not any(b.judge and b.judge.mode == "pairwise" for b in s.benchmarks),
+            field="baseline",
         ),
     )
 

@@ -20,7 +20,7 @@ from .common import (
     remote_secret_rule,
 )
 from .evaluation import Evaluation
-from .schema import DNS_LABEL, ApiModel, ObjectName, Rule
+from .schema import DNS_LABEL, ApiModel, ObjectName, Rule, exactly_one
 
 DEFAULT_EPOCHS = 3.0
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -298,12 +298,7 @@ class StartAdapter(ApiModel):
     secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
 
     __rules__ = (
-        Rule(
-            cel="has(self.uri) != has(self.fineTuneJobRef)",
-            message="set exactly one of uri and fineTuneJobRef",
-            check=lambda a: (a.uri is None) != (a.fine_tune_job_ref is None),
-            field="uri",
-        ),
+        exactly_one("uri", "fine_tune_job_ref"),
         Rule(
             cel="!has(self.secretRef) || (has(self.uri) && self.uri.startsWith('s3://'))",
             message="secretRef is only used with an s3:// uri (a fineTuneJobRef brings its job's own)",

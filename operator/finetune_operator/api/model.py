@@ -195,7 +195,7 @@ class VersionEvaluation(ApiModel):
         default_factory=list, max_length=64, description="Scores per benchmark and metric (what mustBeat compares)."
     )
     summary: list[MetricSummary] = Field(
-        default_factory=list, max_length=8, description="Each metric's mean over the benchmarks."
+        default_factory=list, max_length=16, description="Each metric's mean over the benchmarks."
     )
     report_uri: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
         default=None, description="The EvalRun's report."

@@ -49,6 +49,18 @@ class Rule:
         return rule
 
 
+def exactly_one(first: str, second: str, *, field: str | None = None, named: str = "") -> Rule:
+    """The rule for two optional fields (Python names) of which one must be set: the message names both,
+    as `named` + the camelCase name, and points at `field` (default: the first)."""
+    camel_first, camel_second = to_camel(first), to_camel(second)
+    return Rule(
+        cel=f"has(self.{camel_first}) != has(self.{camel_second})",
+        message=f"set exactly one of {named}{camel_first} and {named}{camel_second}",
+        check=lambda m: (getattr(m, first) is None) != (getattr(m, second) is None),
+        field=to_camel(field or first),
+    )
+
+
 def _add_rules_to_schema(schema: dict[str, Any], cls: type[Any]) -> None:
     rules: tuple[Rule, ...] = getattr(cls, "__rules__", ())
     if rules:

@@ -21,6 +21,7 @@ from ..api.contract import (
     CleanupRunSpec,
     SecretRole,
     benchmark_role,
+    judge_role,
     secret_env_name,
 )
 from ..api.evalrun import EvalRunSpec, ResolvedModel
@@ -305,9 +306,16 @@ def build_eval_job(
         secrets += secret_env("ADAPTER", model.adapter.uri, model.adapter.secret_ref, default)
         uris.append((model.adapter.uri, False))
     for index, benchmark in enumerate(spec.benchmarks):
-        data = benchmark.dataset
-        secrets += secret_env(benchmark_role(index), data.uri, data.secret_ref, default)
-        uris.append((data.uri, False))
+        if (source := benchmark.source()) is not None:
+            secrets += secret_env(benchmark_role(index), *source, default)
+            uris.append((source[0], False))
+        if benchmark.judge is not None and benchmark.judge.model is not None:
+            judge = benchmark.judge.model
+            secrets += secret_env(judge_role(index), judge.uri, judge.secret_ref, default)
+            uris.append((judge.uri, False))
+        elif benchmark.judge is not None and benchmark.judge.endpoint is not None:
+            endpoint = benchmark.judge.endpoint
+            secrets += secret_env(judge_role(index), endpoint.url, endpoint.secret_ref, None)
     secrets += secret_env("OUTPUT", run_spec.report_uri, spec.output_secret_ref, default)
     return build_job(
         owner,

@@ -85,6 +85,25 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             f"| {row['benchmark']} | {row['metric']} | {_fmt(row['value'])} | {_fmt(row.get('baseline'))} | "
             f"{_delta(row.get('delta'))} |"
         )
+    if tasks := lm_eval_rows(document):
+        lines += [
+            "",
+            "## lm-eval tasks",
+            "",
+            "| benchmark | task | metric | tuned | baseline |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['benchmark']} | {md_escape(r['task'])} | {r['metric']} | {_fmt(r['value'])} | "
+            f"{_fmt(r['baseline'])} |"
+            for r in tasks
+        ]
+    for name, counts, verdicts in judge_rows(document):
+        lines += ["", f"## Judge verdicts: {name}", "", ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+        lines += ["| question | about | read | raw verdict |", "|---|---|---|---|"]
+        lines += [
+            "| " + " | ".join(md_cell(v[k]) for k in ("question", "about", "read", "raw")) + " |" for v in verdicts
+        ]
     if document["missed"]:
         lines += ["", "## Missed thresholds", "", *(f"- {m}" for m in document["missed"])]
     lines += ["", f"## Samples (first {SAMPLES_SHOWN} per benchmark)", ""]
@@ -180,6 +199,17 @@ def render_html(document: Mapping[str, Any]) -> str:
         f"<h2>Summary (mean over benchmarks) and thresholds</h2>{summary}"
         f"<h2>Per benchmark</h2>"
         f"{table(document['results'], ['benchmark', 'metric', 'value', 'baseline', 'delta'])}"
+        + (
+            f"<h2>lm-eval tasks</h2>{table(tasks, ['benchmark', 'task', 'metric', 'value', 'baseline'])}"
+            if (tasks := lm_eval_rows(document))
+            else ""
+        )
+        + "".join(
+            f"<h2>Judge verdicts: {html.escape(name)}</h2><p>"
+            + html.escape(", ".join(f"{k} {v}" for k, v in counts.items()))
+            + f"</p>{table(verdicts, ['question', 'about', 'read', 'raw'])}"
+            for name, counts, verdicts in judge_rows(document)
+        )
         + (f"<h2>Missed thresholds</h2><ul>{missed}</ul>" if missed else "")
         + f"<h2>Samples (first {SAMPLES_SHOWN} per benchmark)</h2>{samples}"
         + "</body></html>\n"
@@ -195,7 +225,10 @@ def build_document(
     thresholds: Mapping[str, float],
     missed: Sequence[str],
     samples: Mapping[str, list[dict[str, Any]]],
+    details: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`details`: per benchmark, what its metrics alone do not show (lm-eval's per-task scores, a judge's
+    counts); the samples of a judge benchmark carry every raw verdict."""
     verdict = "no thresholds set" if not thresholds else ("passed" if not missed else "failed")
     return {
         "title": title,
@@ -205,8 +238,47 @@ def build_document(
         "missed": list(missed),
         "summary": [s.to_json_dict() for s in summary],
         "results": [r.to_json_dict() for r in results],
+        "details": {name: dict(d) for name, d in (details or {}).items()},
         "samples": dict(samples),
     }
+
+
+def judge_rows(document: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], list[dict[str, str]]]]:
+    """Per judge benchmark: its counts, and the verdicts on its first samples (which order or model each
+    was about, what was read from it, the raw text clipped)."""
+    rows = []
+    for name, detail in document.get("details", {}).items():
+        if "judge" not in detail:
+            continue
+        verdicts = [
+            {
+                "question": _clip(sample.get("input") or ""),
+                "about": str(v.get("order") or v.get("model")),
+                "read": str(
+                    v.get("verdict", v.get("rating")) if v.get("verdict", v.get("rating")) is not None else "unparsed"
+                ),
+                "raw": _clip(v.get("raw") or ""),
+            }
+            for sample in document["samples"].get(name, [])[:SAMPLES_SHOWN]
+            for v in sample.get("verdicts", [])
+        ]
+        rows.append((name, dict(detail["judge"]["counts"]), verdicts))
+    return rows
+
+
+def lm_eval_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each lm-eval task's own scores, tuned and baseline, under its benchmark."""
+    rows = []
+    for name, detail in document.get("details", {}).items():
+        tasks = detail.get("tasks")
+        if not tasks:
+            continue
+        baseline = tasks.get("baseline") or {}
+        for task, metrics in tasks["tuned"].items():
+            for metric, value in metrics.items():
+                before = baseline.get(task, {}).get(metric)
+                rows.append({"benchmark": name, "task": task, "metric": metric, "value": value, "baseline": before})
+    return rows
 
 
 def write_reports(document: Mapping[str, Any], folder: Path) -> list[Path]:

@@ -4,7 +4,9 @@
     result = recipe.run()   # setup (inputs, tokenizer, model + adapter) -> score (tuned, baseline) -> publish
 
 The baseline is the same loaded model with the adapter switched off (peft's `disable_adapter`), so
-both passes share weights, quantization and prompts, and differ only by the adapter.
+both passes share weights, quantization and prompts, and differ only by the adapter. lm-evaluation-harness
+benchmarks run first, in a process of their own (evaluate/lmeval.py), before this one loads the model;
+a judge model is loaded once the answers it grades are written.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.contract import EvaluationOutcome, EvaluationRunSpec, TrainerResult, benchmark_role
+from finetune_operator.api.contract import (
+    EvaluationOutcome,
+    EvaluationRunSpec,
+    TrainerResult,
+    benchmark_role,
+    judge_role,
+    secret_env_name,
+)
 from finetune_operator.api.evalrun import Report
 from finetune_operator.api.evaluation import Benchmark, MetricResult, judge, summarize
 
+from ..errors import InputError
 from ..evaluate.benchmarks import Rows, read_benchmark
 from ..evaluate.generate import Prompter, answer_log_probs, generate, negative_log_likelihood
+from ..evaluate.judge import EndpointJudge, Grading, Judge, ModelJudge, grade_pairwise, grade_single
+from ..evaluate.lmeval import HarnessBenchmark, HarnessOutcome, HarnessRequest, benchmark_means, run_harness
 from ..evaluate.metrics import perplexity, preference_accuracy, preferred, score_generations
 from ..evaluate.reports import build_document, write_reports
 from ..inputs import Stores, fetch_model
@@ -42,12 +54,18 @@ class EvaluationRecipe:
         self.device = device_for(run.model.quantization)
         self.stores = Stores(run.storage, environ)
         self.with_baseline = self.spec.baseline and run.model.adapter is not None
+        self.environ = environ
         self.done = 0
         self.total = 0
         self.started = time.monotonic()
         self.model_dir = workdir / "base-model"
         self.adapter_dir: Path | None = None
-        self.rows: list[Rows] = []
+        self.folders: list[Path | None] = []
+        self.judge_dirs: dict[str, Path] = {}
+        self.rows: list[Rows | None] = []
+        self.harness = HarnessOutcome()
+        self.details: dict[str, dict[str, Any]] = {}
+        """Per benchmark, what its metrics alone do not show: lm-eval's per-task scores, a judge's counts."""
         self.tokenizer: Any = None
         self.model: Any = None
 
@@ -74,33 +92,75 @@ class EvaluationRecipe:
 
     def setup(self) -> None:
         self.setup_inputs()
-        self.setup_model()
+        self.run_harness()
+        if any(b.task != "lmEval" for b in self.spec.benchmarks):
+            self.setup_model()
 
     def setup_inputs(self) -> None:
-        """Fetch the base model, the adapter and every benchmark's data, and read the benchmarks."""
+        """Fetch the base model, the adapter, every benchmark's data and judge model, and read the benchmarks."""
         self._progress("fetching the model, adapter and benchmarks")
         model = self.run_spec.model
         fetch_model(self.stores("BASE_MODEL", model.base_model.uri), model.base_model.uri, self.model_dir)
         if model.adapter is not None:
             self.adapter_dir = self.workdir / "adapter"
             fetch_verified(self.stores("ADAPTER", model.adapter.uri), model.adapter.uri, self.adapter_dir)
-        folders = []
         for index, benchmark in enumerate(self.spec.benchmarks):
-            folder = self.workdir / "benchmarks" / benchmark.name
-            fetch(self.stores(benchmark_role(index), benchmark.dataset.uri), benchmark.dataset.uri, folder)
-            folders.append(folder)
-        self.rows = [read_benchmark(path, b) for path, b in zip(folders, self.spec.benchmarks, strict=True)]
+            folder = None
+            if (source := benchmark.source()) is not None:
+                folder = self.workdir / "benchmarks" / benchmark.name
+                fetch(self.stores(benchmark_role(index), source[0]), source[0], folder)
+            self.folders.append(folder)
+            if benchmark.judge is not None and benchmark.judge.model is not None:
+                uri = benchmark.judge.model.uri
+                self.judge_dirs[benchmark.name] = self.workdir / "judges" / benchmark.name
+                fetch_model(self.stores(judge_role(index), uri), uri, self.judge_dirs[benchmark.name])
+        self.rows = [
+            read_benchmark(path, b) if path is not None and b.task != "lmEval" else None
+            for path, b in zip(self.folders, self.spec.benchmarks, strict=True)
+        ]
         passes = 2 if self.with_baseline else 1
-        self.total = passes * sum(len(r.inputs) for r in self.rows)
+        self.total = passes * sum(len(r.inputs) for r in self.rows if r is not None)
+
+    def _tokenizer_dir(self) -> Path:
+        """The adapter folder carries the tokenizer (and chat template) the model was trained with."""
+        if self.adapter_dir and (self.adapter_dir / "tokenizer_config.json").exists():
+            return self.adapter_dir
+        return self.model_dir
+
+    def run_harness(self) -> None:
+        """Every lmEval benchmark, in one offline harness process, before this process loads a model."""
+        wanted = [
+            HarnessBenchmark(
+                name=b.name,
+                tasks=b.lm_eval.tasks,
+                include=str(folder) if folder is not None else None,
+                num_fewshot=b.lm_eval.num_few_shot,
+                limit=b.lm_eval.limit,
+                metrics=list(b.metrics),
+            )
+            for b, folder in zip(self.spec.benchmarks, self.folders, strict=True)
+            if b.lm_eval is not None
+        ]
+        if not wanted:
+            return
+        self._progress(f"running lm-evaluation-harness: {', '.join(b.name for b in wanted)}")
+        model = self.run_spec.model
+        request = HarnessRequest(
+            model_dir=str(self.model_dir),
+            tokenizer_dir=str(self._tokenizer_dir()),
+            adapter_dir=str(self.adapter_dir) if self.adapter_dir else None,
+            quantization=model.quantization,
+            trust_remote_code=model.base_model.trust_remote_code,
+            batch_size=self.spec.generation.batch_size,
+            baseline=self.with_baseline,
+            benchmarks=wanted,
+        )
+        self.harness = run_harness(request, self.workdir / "harness")
 
     def setup_model(self) -> None:
         self._progress("loading the model")
         model = self.run_spec.model
-        # The adapter folder carries the tokenizer (and chat template) the model was trained with.
-        source = (
-            self.adapter_dir if self.adapter_dir and (self.adapter_dir / "tokenizer_config.json").exists() else None
-        )
-        self.tokenizer = load_tokenizer(source or self.model_dir, model.base_model.trust_remote_code)
+        self.tokenizer = load_tokenizer(self._tokenizer_dir(), model.base_model.trust_remote_code)
         base = load_base_model(self.model_dir, model.quantization, self.device, model.base_model.trust_remote_code)
         if self.adapter_dir is not None:
             from peft import PeftModel
@@ -124,6 +184,8 @@ class EvaluationRecipe:
         if benchmark.task == "preference":
             return self._preference(prompter, rows, advance)
         predictions = generate(self.model, prompter, rows.inputs, self.spec.generation, on_batch=advance)
+        if benchmark.task == "judge":  # the judge scores them (_grade)
+            return {}, predictions
         totals, _ = score_generations(benchmark.metrics, predictions, rows.references, rows.sources)
         return totals, predictions
 
@@ -146,16 +208,94 @@ class EvaluationRecipe:
         }
         return totals, sides
 
+    def _answers(self, benchmark: Benchmark, rows: Rows) -> tuple[list[str], list[str]]:
+        """The tuned model's answers, and the baseline's where there is one to compare."""
+        tuned = self._score(benchmark, rows, "tuned")[1]
+        if not self.with_baseline:
+            return tuned, []
+        with self.model.disable_adapter():
+            return tuned, self._score(benchmark, rows, "baseline")[1]
+
+    def _judge(self, benchmark: Benchmark, index: int) -> Judge:
+        settings = benchmark.judge
+        assert settings is not None
+        field = f"benchmarks[{index}].judge"
+        if settings.endpoint is not None:
+            key = self.environ.get(secret_env_name(judge_role(index), "OPENAI_API_KEY"))
+            return EndpointJudge(settings.endpoint, key, settings.max_new_tokens, f"{field}.endpoint")
+        assert settings.model is not None
+        self._progress(f"loading the judge of {benchmark.name}", benchmark.name)
+        folder, trust = self.judge_dirs[benchmark.name], settings.model.trust_remote_code
+        model = load_base_model(folder, None, self.device, trust).eval()
+        return ModelJudge(model, load_tokenizer(folder, trust), settings, self.spec.generation.batch_size)
+
+    def _grade(self, benchmark: Benchmark, index: int, rows: Rows) -> tuple[Grading, list[str], list[str]]:
+        """Answers from the model under test, then the judge's verdicts on them."""
+        settings = benchmark.judge
+        assert settings is not None
+        tuned, baseline = self._answers(benchmark, rows)
+        if settings.mode == "pairwise" and not baseline:
+            raise InputError(
+                f"benchmark {benchmark.name}: a pairwise judge compares the tuned and the baseline answers, but "
+                "this run has no adapter to compare with its base model (use judge.mode: single)"
+            )
+        judge_ = self._judge(benchmark, index)
+        self._progress(f"judging {benchmark.name}", benchmark.name)
+        references = rows.references or [None] * len(rows.inputs)
+        if settings.mode == "pairwise":
+            grading = grade_pairwise(
+                judge_, settings, rows.inputs, tuned=tuned, baseline=baseline, references=references
+            )
+        else:
+            answers = {"tuned": tuned, "baseline": baseline} if baseline else {"tuned": tuned}
+            grading = grade_single(judge_, settings, rows.inputs, answers=answers, references=references)
+        return grading, tuned, baseline
+
+    def _benchmark(
+        self, benchmark: Benchmark, index: int, rows: Rows | None
+    ) -> tuple[dict[str, float], dict[str, float], list[dict[str, Any]]]:
+        """(tuned metrics, baseline metrics, report samples) of one benchmark, whatever its task."""
+        if benchmark.task == "lmEval":
+            scores = self.harness.benchmarks[benchmark.name]
+            baseline = benchmark_means(scores.baseline, benchmark.metrics) if scores.baseline else {}
+            samples = [
+                {**s, "input": f"[{task}] {s['input']}"} for task, rows_ in scores.samples.items() for s in rows_
+            ]
+            self.details[benchmark.name] = {"tasks": {"tuned": scores.tuned, "baseline": scores.baseline}}
+            return benchmark_means(scores.tuned, benchmark.metrics), baseline, samples
+        assert rows is not None
+        if benchmark.task == "judge":
+            grading, tuned, base = self._grade(benchmark, index, rows)
+            self.details[benchmark.name] = {"judge": {"counts": grading.counts}}
+            samples = self._samples(rows, tuned, base)
+            for sample, verdicts in zip(samples, grading.verdicts, strict=True):
+                sample["verdicts"] = verdicts
+            return grading.tuned, grading.baseline, samples
+        tuned_scores, predictions = self._score(benchmark, rows, "tuned")
+        baseline_scores: dict[str, float] = {}
+        baseline_predictions: list[str] = []
+        if self.with_baseline:
+            with self.model.disable_adapter():
+                baseline_scores, baseline_predictions = self._score(benchmark, rows, "baseline")
+        return tuned_scores, baseline_scores, self._samples(rows, predictions, baseline_predictions)
+
+    @staticmethod
+    def _samples(rows: Rows, predictions: list[str], baseline: list[str]) -> list[dict[str, Any]]:
+        return [
+            {
+                "input": text,
+                "reference": rows.references[i] if rows.references else None,
+                "prediction": predictions[i] if predictions else None,
+                "baselinePrediction": baseline[i] if baseline else None,
+            }
+            for i, text in enumerate(rows.inputs)
+        ]
+
     def score(self) -> tuple[list[MetricResult], dict[str, list[dict[str, Any]]]]:
         results: list[MetricResult] = []
         samples: dict[str, list[dict[str, Any]]] = {}
-        for benchmark, rows in zip(self.spec.benchmarks, self.rows, strict=True):
-            tuned, predictions = self._score(benchmark, rows, "tuned")
-            baseline: dict[str, float] = {}
-            baseline_predictions: list[str] = []
-            if self.with_baseline:
-                with self.model.disable_adapter():
-                    baseline, baseline_predictions = self._score(benchmark, rows, "baseline")
+        for index, (benchmark, rows) in enumerate(zip(self.spec.benchmarks, self.rows, strict=True)):
+            tuned, baseline, samples[benchmark.name] = self._benchmark(benchmark, index, rows)
             for metric in benchmark.metrics:
                 value, before = tuned[metric], baseline.get(metric)
                 results.append(
@@ -167,15 +307,6 @@ class EvaluationRecipe:
                         delta=round(value - before, 6) if before is not None else None,
                     )
                 )
-            samples[benchmark.name] = [
-                {
-                    "input": text,
-                    "reference": rows.references[i] if rows.references else None,
-                    "prediction": predictions[i] if predictions else None,
-                    "baselinePrediction": baseline_predictions[i] if baseline_predictions else None,
-                }
-                for i, text in enumerate(rows.inputs)
-            ]
             log.info("benchmark %s: %s", benchmark.name, [r.to_json_dict() for r in results[-len(benchmark.metrics) :]])
         return results, samples
 
@@ -194,6 +325,7 @@ class EvaluationRecipe:
             thresholds=thresholds,
             missed=missed,
             samples=samples,
+            details=self.details,
         )
         local = self.workdir / "report"
         write_reports(document, local)
@@ -209,6 +341,7 @@ class EvaluationRecipe:
                 summary=summary,
                 results=results,
                 report=Report(uri=uri.rstrip("/") + "/"),
-                samples=sum(len(r.inputs) for r in self.rows),
+                samples=sum(len(r.inputs) for r in self.rows if r is not None)
+                + sum(h.documents for h in self.harness.benchmarks.values()),
             ),
         )
