@@ -135,3 +135,28 @@ def test_a_judge_server_that_refuses_the_key_is_named(tiny_model: Path, judge_se
     environ = {secret_env_name(judge_role(0), "OPENAI_API_KEY"): "wrong"}
     with pytest.raises(InputError, match=r"benchmarks\[0\]\.judge\.endpoint: .*/v1/chat/completions answered 401"):
         _run(tiny_model, tmp_path, {"endpoint": endpoint}, PAIRWISE, environ)
+
+
+def test_a_pairwise_judge_of_a_base_model_alone_is_refused_before_any_work(tiny_model: Path, tmp_path: Path) -> None:
+    """Admission cannot know it (a fineTuneJobRef always brings an adapter, an explicit model may not)."""
+    data = write_jsonl(QUESTIONS, tmp_path / "questions.jsonl")
+    benchmark = {
+        "name": "judged",
+        "task": "judge",
+        "dataset": {"uri": f"file://{data}"},
+        "judge": {"model": {"uri": f"file://{tiny_model}"}},
+        "metrics": PAIRWISE,
+    }
+    spec = EvaluationRunSpec.model_validate(
+        {
+            "attempt": 1,
+            "trainerImage": "test",
+            "evaluation": {"model": {"baseModel": {"uri": f"file://{tiny_model}"}}, "benchmarks": [benchmark]},
+            "model": {"baseModel": {"uri": f"file://{tiny_model}"}},
+            "reportUri": f"file://{tmp_path}/report/",
+        }
+    )
+    recipe = EvaluationRecipe(spec, tmp_path / "work", {}, ProgressReporter(None))
+    with pytest.raises(InputError, match=r"benchmark judged: a pairwise judge compares .* no adapter .*mode: single"):
+        recipe.run()
+    assert not (tmp_path / "work" / "base-model").exists()  # refused before fetching anything

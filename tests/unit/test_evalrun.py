@@ -119,6 +119,43 @@ def test_a_succeeded_finetunejob_starts_an_eval_job_on_its_adapter() -> None:
     assert plan.created()[1]["rules"][0]["resources"] == [f"{EVALRUN.plural}/status"]
 
 
+def test_harness_and_judge_sources_get_their_own_credentials() -> None:
+    """An lmEval task folder reads under its benchmark's role, a judge model under the judge's, and an
+    endpoint judge gets only its bearer token, from its own Secret; no local path is given a Secret."""
+    benchmarks = [
+        {"name": "mc", "task": "lmEval", "lmEval": {"tasks": ["t"], "include": "s3://eval/tasks/"}, "metrics": ["acc"]},
+        {
+            "name": "judged",
+            "task": "judge",
+            "dataset": {"uri": "s3://eval/questions.jsonl"},
+            "judge": {"model": {"uri": "s3://models/judge/", "secretRef": {"name": "judge-store"}}},
+            "metrics": ["win_rate"],
+        },
+        {
+            "name": "served",
+            "task": "judge",
+            "dataset": {"uri": "file:///data/q.jsonl"},
+            "judge": {
+                "endpoint": {"url": "https://judge.example/v1", "model": "j", "secretRef": {"name": "judge-key"}}
+            },
+            "metrics": ["win_rate"],
+        },
+        {"name": "local", "task": "lmEval", "lmEval": {"tasks": ["u"]}, "metrics": ["acc"]},
+    ]
+    plan = _plan(evalrun({"model": {"fineTuneJobRef": {"name": "support-bot"}}, "benchmarks": benchmarks}), trained())
+    env = {e["name"]: e for e in plan.created()[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    def secret(name: str) -> tuple[str, str]:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        return ref["name"], ref["key"]
+
+    assert secret("FINETUNE_BENCHMARK_0_AWS_ACCESS_KEY_ID") == ("finetune-storage", "AWS_ACCESS_KEY_ID")
+    assert secret("FINETUNE_BENCHMARK_1_AWS_ACCESS_KEY_ID") == ("finetune-storage", "AWS_ACCESS_KEY_ID")
+    assert secret("FINETUNE_BENCHMARK_1_JUDGE_AWS_SECRET_ACCESS_KEY") == ("judge-store", "AWS_SECRET_ACCESS_KEY")
+    assert secret("FINETUNE_BENCHMARK_2_JUDGE_OPENAI_API_KEY") == ("judge-key", "OPENAI_API_KEY")
+    assert not [name for name in env if name.startswith(("FINETUNE_BENCHMARK_2_AWS", "FINETUNE_BENCHMARK_3"))]
+
+
 def test_verdict_from_the_result_and_thresholds() -> None:
     spec = {"model": {"fineTuneJobRef": {"name": "support-bot"}}, "benchmarks": BENCHMARKS}
     for thresholds, passed, reason in (

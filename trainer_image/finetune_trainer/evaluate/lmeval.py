@@ -139,7 +139,9 @@ def run_harness(request: HarnessRequest, workdir: Path) -> HarnessOutcome:
     workdir.mkdir(parents=True, exist_ok=True)
     request_path, outcome_path = workdir / "request.json", workdir / "outcome.json"
     request_path.write_text(request.model_dump_json())
-    env = {**os.environ, **OFFLINE_ENV, "HF_DATASETS_CACHE": str(workdir / "datasets-cache")}
+    # The pod's root filesystem is read-only: lm-eval's and datasets' caches go to the work folder.
+    caches = {"HF_DATASETS_CACHE": str(workdir / "datasets-cache"), "LM_HARNESS_CACHE_PATH": str(workdir / "cache")}
+    env = {**os.environ, **OFFLINE_ENV, **caches}
     command = [sys.executable, "-m", WORKER, str(request_path), str(outcome_path)]
     log.info("running lm-evaluation-harness offline: %s", ", ".join(t for b in request.benchmarks for t in b.tasks))
     done = subprocess.run(command, env=env, check=False)

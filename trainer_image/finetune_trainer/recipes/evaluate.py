@@ -91,10 +91,20 @@ class EvaluationRecipe:
         return self.publish(results, samples)
 
     def setup(self) -> None:
+        self.check_benchmarks()
         self.setup_inputs()
         self.run_harness()
         if any(b.task != "lmEval" for b in self.spec.benchmarks):
             self.setup_model()
+
+    def check_benchmarks(self) -> None:
+        """What admission cannot know: whether the model resolved to one with an adapter."""
+        for benchmark in self.spec.benchmarks:
+            if benchmark.judge is not None and benchmark.judge.mode == "pairwise" and not self.with_baseline:
+                raise InputError(
+                    f"benchmark {benchmark.name}: a pairwise judge compares the tuned and the baseline answers, "
+                    "but this run evaluates a base model with no adapter (use judge.mode: single)"
+                )
 
     def setup_inputs(self) -> None:
         """Fetch the base model, the adapter, every benchmark's data and judge model, and read the benchmarks."""
@@ -234,11 +244,6 @@ class EvaluationRecipe:
         settings = benchmark.judge
         assert settings is not None
         tuned, baseline = self._answers(benchmark, rows)
-        if settings.mode == "pairwise" and not baseline:
-            raise InputError(
-                f"benchmark {benchmark.name}: a pairwise judge compares the tuned and the baseline answers, but "
-                "this run has no adapter to compare with its base model (use judge.mode: single)"
-            )
         judge_ = self._judge(benchmark, index)
         self._progress(f"judging {benchmark.name}", benchmark.name)
         references = rows.references or [None] * len(rows.inputs)
