@@ -42,6 +42,9 @@ from ..storage import fetch, fetch_verified, publish
 
 log = logging.getLogger("finetune_trainer")
 
+Pass = tuple[dict[str, float], list[str]]
+"""One model's pass over a benchmark: its metrics, and its answers (or preferred sides) per example."""
+
 
 class EvaluationRecipe:
     def __init__(
@@ -218,13 +221,13 @@ class EvaluationRecipe:
         }
         return totals, sides
 
-    def _answers(self, benchmark: Benchmark, rows: Rows) -> tuple[list[str], list[str]]:
-        """The tuned model's answers, and the baseline's where there is one to compare."""
-        tuned = self._score(benchmark, rows, "tuned")[1]
+    def _passes(self, benchmark: Benchmark, rows: Rows) -> tuple[Pass, Pass]:
+        """The tuned model's scores and answers, and the baseline's (empty without one)."""
+        tuned = self._score(benchmark, rows, "tuned")
         if not self.with_baseline:
-            return tuned, []
+            return tuned, ({}, [])
         with self.model.disable_adapter():
-            return tuned, self._score(benchmark, rows, "baseline")[1]
+            return tuned, self._score(benchmark, rows, "baseline")
 
     def _judge(self, benchmark: Benchmark, index: int) -> Judge:
         settings = benchmark.judge
@@ -243,7 +246,7 @@ class EvaluationRecipe:
         """Answers from the model under test, then the judge's verdicts on them."""
         settings = benchmark.judge
         assert settings is not None
-        tuned, baseline = self._answers(benchmark, rows)
+        (_, tuned), (_, baseline) = self._passes(benchmark, rows)
         judge_ = self._judge(benchmark, index)
         self._progress(f"judging {benchmark.name}", benchmark.name)
         references = rows.references or [None] * len(rows.inputs)
@@ -276,12 +279,7 @@ class EvaluationRecipe:
             for sample, verdicts in zip(samples, grading.verdicts, strict=True):
                 sample["verdicts"] = verdicts
             return grading.tuned, grading.baseline, samples
-        tuned_scores, predictions = self._score(benchmark, rows, "tuned")
-        baseline_scores: dict[str, float] = {}
-        baseline_predictions: list[str] = []
-        if self.with_baseline:
-            with self.model.disable_adapter():
-                baseline_scores, baseline_predictions = self._score(benchmark, rows, "baseline")
+        (tuned_scores, predictions), (baseline_scores, baseline_predictions) = self._passes(benchmark, rows)
         return tuned_scores, baseline_scores, self._samples(rows, predictions, baseline_predictions)
 
     @staticmethod
