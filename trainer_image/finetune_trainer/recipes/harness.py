@@ -64,6 +64,18 @@ class _LenientLoader(yaml.SafeLoader):
 _LenientLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
+def task_manager(benchmark: HarnessBenchmark) -> Any:
+    """The include folder's tasks alone when they are all the benchmark names: indexing the ~15,000 task
+    YAMLs lm-eval ships takes seconds (docs/benchmarks.md, "lm-evaluation-harness process")."""
+    from lm_eval.tasks import TaskManager
+
+    if benchmark.include is not None:
+        own = TaskManager(include_path=benchmark.include, include_defaults=False)
+        if all(name in own.task_index for name in benchmark.tasks):
+            return own
+    return TaskManager(include_path=benchmark.include)
+
+
 def load_tasks(manager: Any, benchmark: HarnessBenchmark) -> list[Any]:
     """Every leaf task the benchmark names (a group brings its members), each loaded once."""
     tasks: list[Any] = []
@@ -107,13 +119,12 @@ def _score(
 
 def evaluate(request: HarnessRequest) -> HarnessOutcome:
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     model, tokenizer = load_model(request)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=request.batch_size)
     outcome = HarnessOutcome()
     for benchmark in request.benchmarks:
-        manager = TaskManager(include_path=benchmark.include)
+        manager = task_manager(benchmark)
         tasks = load_tasks(manager, benchmark)
         log.info("benchmark %s: lm-eval tasks %s (tuned)", benchmark.name, [t.task_name for t in tasks])
         tuned, tuned_samples, documents = _score(lm, manager, tasks, benchmark)
