@@ -105,7 +105,9 @@ def test_a_local_task_yaml_scores_the_adapter_and_its_base_as_computed_by_hand(
     assert 0.0 <= rows["acc_norm"].value <= 1.0 and rows["acc_norm"].baseline is not None
     assert result.evaluation.samples == len(docs)
 
-    assert report["details"]["capitals-mc"]["tasks"]["tuned"]["capitals_mc"]["acc"] == rows["acc"].value
+    assert report["details"]["capitals-mc"]["tasks"]["tuned"]["capitals_mc"]["acc"] == pytest.approx(
+        rows["acc"].value, abs=1e-6
+    )
     assert report["samples"]["capitals-mc"][0]["input"].startswith("[capitals_mc] Question: What is the capital")
     markdown = (tmp_path / "work" / "report" / "report.md").read_text()
     assert "## lm-eval tasks" in markdown and "| capitals-mc | capitals_mc | acc |" in markdown
