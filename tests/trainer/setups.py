@@ -66,3 +66,32 @@ def published_adapter(tiny_model: Path, folder: Path, seed: int = 0) -> str:
     uri = f"file://{folder}/adapter/"
     publish(LocalStore(), folder / "lora", uri, {"kind": "adapter"})
     return uri
+
+
+def evaluation_spec(
+    model: Path,
+    benchmarks: list[dict[str, Any]],
+    report: Path,
+    *,
+    adapter: str | None = None,
+    quantization: dict[str, Any] | None = None,
+    **evaluation: Any,
+) -> Any:
+    """The EvaluationRunSpec an evaluation pod gets for `model` (plus `adapter`), as the operator resolves it
+    for an EvalRun with these benchmarks and settings (`thresholds`, `generation`, ...)."""
+    from finetune_operator.api.contract import EvaluationRunSpec
+
+    resolved: dict[str, Any] = {"baseModel": {"uri": f"file://{model}"}}
+    if adapter is not None:
+        resolved["adapter"] = {"uri": adapter}
+    if quantization is not None:
+        resolved["quantization"] = quantization
+    return EvaluationRunSpec.model_validate(
+        {
+            "attempt": 1,
+            "trainerImage": "test",
+            "evaluation": {"model": {"baseModel": {"uri": f"file://{model}"}}, "benchmarks": benchmarks, **evaluation},
+            "model": resolved,
+            "reportUri": f"file://{report}/",
+        }
+    )

@@ -19,14 +19,14 @@ import pytest
 import requests
 
 from devcluster.vllm import vllm_python, vllm_server
-from finetune_operator.api.contract import EvaluationRunSpec, judge_role, secret_env_name
+from finetune_operator.api.contract import judge_role, secret_env_name
 from finetune_operator.api.harness import JudgeScale
 from finetune_trainer.data.encode import FALLBACK_CHAT_TEMPLATE
 from finetune_trainer.errors import InputError
 from finetune_trainer.evaluate.judge import parse_rating, parse_side, single_prompt
 from finetune_trainer.recipes.evaluate import EvaluationRecipe
 from finetune_trainer.report import ProgressReporter
-from tests.trainer.setups import published_adapter
+from tests.trainer.setups import evaluation_spec, published_adapter
 from tinymodel import capital_rows, write_jsonl
 
 QUESTIONS = capital_rows()[:4]
@@ -39,26 +39,15 @@ MODELS = ("tuned", "baseline")
 def _run(tiny_model: Path, tmp_path: Path, judge: dict[str, Any], metrics: list[str], environ: dict[str, str]) -> Any:
     adapter = published_adapter(tiny_model, tmp_path / "published")
     data = write_jsonl(QUESTIONS, tmp_path / "questions.jsonl")
-    spec = EvaluationRunSpec.model_validate(
-        {
-            "attempt": 1,
-            "trainerImage": "test",
-            "evaluation": {
-                "model": {"baseModel": {"uri": f"file://{tiny_model}"}},
-                "benchmarks": [
-                    {
-                        "name": "judged",
-                        "task": "judge",
-                        "dataset": {"uri": f"file://{data}"},
-                        "judge": {"rubric": RUBRIC, "maxNewTokens": 12, **judge},
-                        "metrics": metrics,
-                    }
-                ],
-                "generation": {"maxNewTokens": 8},
-            },
-            "model": {"baseModel": {"uri": f"file://{tiny_model}"}, "adapter": {"uri": adapter}},
-            "reportUri": f"file://{tmp_path}/work/report/",
-        }
+    benchmark = {
+        "name": "judged",
+        "task": "judge",
+        "dataset": {"uri": f"file://{data}"},
+        "judge": {"rubric": RUBRIC, "maxNewTokens": 12, **judge},
+        "metrics": metrics,
+    }
+    spec = evaluation_spec(
+        tiny_model, [benchmark], tmp_path / "work" / "report", adapter=adapter, generation={"maxNewTokens": 8}
     )
     work = tmp_path / "work"
     result = EvaluationRecipe(spec, work, environ, ProgressReporter(None)).run()
@@ -147,15 +136,7 @@ def test_a_pairwise_judge_of_a_base_model_alone_is_refused_before_any_work(tiny_
         "judge": {"model": {"uri": f"file://{tiny_model}"}},
         "metrics": PAIRWISE,
     }
-    spec = EvaluationRunSpec.model_validate(
-        {
-            "attempt": 1,
-            "trainerImage": "test",
-            "evaluation": {"model": {"baseModel": {"uri": f"file://{tiny_model}"}}, "benchmarks": [benchmark]},
-            "model": {"baseModel": {"uri": f"file://{tiny_model}"}},
-            "reportUri": f"file://{tmp_path}/report/",
-        }
-    )
+    spec = evaluation_spec(tiny_model, [benchmark], tmp_path / "report")
     recipe = EvaluationRecipe(spec, tmp_path / "work", {}, ProgressReporter(None))
     with pytest.raises(InputError, match=r"benchmark judged: a pairwise judge compares .* no adapter .*mode: single"):
         recipe.run()

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-from finetune_operator.api.contract import EvaluationRunSpec
 from finetune_trainer.errors import InputError
 from finetune_trainer.evaluate.lmeval import task_metrics
 from finetune_trainer.recipes.evaluate import EvaluationRecipe
 from finetune_trainer.report import ProgressReporter
-from tests.trainer.setups import published_adapter
+from tests.trainer.setups import evaluation_spec, published_adapter
 from tinymodel import capital_choice_rows, write_lm_eval_tasks
 
 
@@ -51,26 +50,14 @@ def accuracy(picked: list[int], docs: list[dict[str, Any]]) -> float:
     return sum(p == d["label"] for p, d in zip(picked, docs, strict=True)) / len(docs)
 
 
-def _spec(model: Path, adapter: str, tasks: Path, work: Path, **lm_eval: Any) -> EvaluationRunSpec:
+def _spec(model: Path, adapter: str, tasks: Path, work: Path, **lm_eval: Any) -> Any:
     benchmark = {
         "name": "capitals-mc",
         "task": "lmEval",
         "lmEval": {"tasks": ["capitals_mc"], "include": f"file://{tasks}/", **lm_eval},
         "metrics": ["acc", "acc_norm"],
     }
-    return EvaluationRunSpec.model_validate(
-        {
-            "attempt": 1,
-            "trainerImage": "test",
-            "evaluation": {
-                "model": {"baseModel": {"uri": f"file://{model}"}},
-                "benchmarks": [benchmark],
-                "thresholds": {"acc": 0.0},
-            },
-            "model": {"baseModel": {"uri": f"file://{model}"}, "adapter": {"uri": adapter}},
-            "reportUri": f"file://{work}/report/",
-        }
-    )
+    return evaluation_spec(model, [benchmark], work / "report", adapter=adapter, thresholds={"acc": 0.0})
 
 
 def test_a_local_task_yaml_scores_the_adapter_and_its_base_as_computed_by_hand(

@@ -23,13 +23,14 @@ import pytest
 import yaml
 
 from devcluster import wait_for
-from finetune_operator.api.contract import EvaluationRunSpec, TrainerResult, TrainingRunSpec
+from finetune_operator.api.contract import TrainerResult, TrainingRunSpec
 from finetune_operator.api.finetunejob import DatasetSource
 from finetune_trainer.data import load_examples
 from finetune_trainer.data.load import Row
 from finetune_trainer.data.preference import load_pairs, pair_or_reason, prepare_pairs
 from finetune_trainer.errors import InputError
 from finetune_trainer.report import ProgressReporter
+from tests.trainer.setups import evaluation_spec
 from tinymodel import corpus_of, make_tiny_model, preference_rows, write_jsonl
 
 TRAINER = [sys.executable, "-m", "finetune_trainer.cli"]
@@ -87,29 +88,19 @@ def pairwise_accuracy(setup: dict[str, Path], adapter: Path, work: Path) -> tupl
     """(tuned, baseline) preference_accuracy on the held-out pairs, through the EvalRun recipe."""
     from finetune_trainer.recipes.evaluate import EvaluationRecipe
 
-    spec = EvaluationRunSpec.model_validate(
-        {
-            "attempt": 1,
-            "trainerImage": "test",
-            "evaluation": {
-                "model": {"baseModel": {"uri": f"file://{setup['model']}"}},
-                "benchmarks": [
-                    {
-                        "name": "held-out-pairs",
-                        "dataset": {"uri": f"file://{setup['held']}"},
-                        "task": "preference",
-                        "metrics": ["preference_accuracy", "preference_accuracy_raw"],
-                    }
-                ],
-                "thresholds": {"preference_accuracy": 0.8},
-            },
-            "model": {
-                "baseModel": {"uri": f"file://{setup['model']}"},
-                "adapter": {"uri": f"file://{adapter}/"},
-                "quantization": {"bits": 4},
-            },
-            "reportUri": f"file://{work}/report/",
-        }
+    benchmark = {
+        "name": "held-out-pairs",
+        "dataset": {"uri": f"file://{setup['held']}"},
+        "task": "preference",
+        "metrics": ["preference_accuracy", "preference_accuracy_raw"],
+    }
+    spec = evaluation_spec(
+        setup["model"],
+        [benchmark],
+        work / "report",
+        adapter=f"file://{adapter}/",
+        quantization={"bits": 4},
+        thresholds={"preference_accuracy": 0.8},
     )
     result = EvaluationRecipe(spec, work, {}, ProgressReporter(None)).run()
     assert result.evaluation is not None
