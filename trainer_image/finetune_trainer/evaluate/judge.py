@@ -13,7 +13,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -229,20 +229,14 @@ class EndpointJudge:
         api_key: str | None,
         max_tokens: int,
         field: str,
-        on_verdict: Callable[[], None] = lambda: None,
     ) -> None:
         self.endpoint = endpoint
         self.api_key = api_key
         self.max_tokens = max_tokens
         self.field = field
-        self.on_verdict = on_verdict
 
     def verdicts(self, prompts: Sequence[str]) -> list[str]:
-        out = []
-        for prompt in prompts:
-            out.append(self._ask(prompt))
-            self.on_verdict()
-        return out
+        return [self._ask(prompt) for prompt in prompts]
 
     def _ask(self, prompt: str) -> str:
         body = {

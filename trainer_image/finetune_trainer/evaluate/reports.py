@@ -254,9 +254,7 @@ def judge_rows(document: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], l
             {
                 "question": _clip(sample.get("input") or ""),
                 "about": str(v.get("order") or v.get("model")),
-                "read": str(
-                    v.get("verdict", v.get("rating")) if v.get("verdict", v.get("rating")) is not None else "unparsed"
-                ),
+                "read": str(_read(v)),
                 "raw": _clip(v.get("raw") or ""),
             }
             for sample in document["samples"].get(name, [])[:SAMPLES_SHOWN]
@@ -264,6 +262,12 @@ def judge_rows(document: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], l
         ]
         rows.append((name, dict(detail["judge"]["counts"]), verdicts))
     return rows
+
+
+def _read(verdict: Mapping[str, Any]) -> Any:
+    """What was read from one verdict: a pairwise outcome or a rating, else `unparsed`."""
+    read = verdict.get("verdict", verdict.get("rating"))
+    return "unparsed" if read is None else read
 
 
 def lm_eval_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
