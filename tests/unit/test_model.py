@@ -17,8 +17,9 @@ from pydantic import ValidationError
 
 from finetune_operator.api.model import ModelSpec, ModelVersion
 from finetune_operator.config import OperatorSettings
+from finetune_operator.kinds.chores import ChoreJobs, backoff
 from finetune_operator.kinds.model import Inputs, observe, plan
-from finetune_operator.kinds.model_outputs import PublishJobs, publish_backoff, unpublished
+from finetune_operator.kinds.model_outputs import unpublished
 from finetune_operator.manifests.model import ADAPTERS, LORA_MODULES, STABLE
 from finetune_operator.plan import Patch, Plan, is_idle
 from tests import factories
@@ -340,7 +341,7 @@ def run_publishing(
     now: datetime = NOW,
 ) -> Plan:
     runs = {e["metadata"]["name"]: e for e in evalruns}
-    return plan(Inputs(body, jobs, runs, OperatorSettings(), PublishJobs(*children)), now)
+    return plan(Inputs(body, jobs, runs, OperatorSettings(), ChoreJobs(*children)), now)
 
 
 def test_a_decided_version_is_published_to_the_store_by_a_pod_without_api_access_then_recorded() -> None:
@@ -402,7 +403,7 @@ def test_a_failed_publish_is_named_and_retried_after_a_growing_backoff() -> None
     assert not soon.created("Job") and soon.recheck_after == pytest.approx(20)
     later = run_publishing(body, [first], [first_eval], ([], []), NOW + timedelta(seconds=31))
     assert [j["metadata"]["name"] for j in later.created("Job")] == ["support-publish-2"]
-    assert publish_backoff(2) == 60 and publish_backoff(20) == 3600
+    assert backoff(2) == 60 and backoff(20) == 3600
 
 
 def test_the_stable_version_is_published_first_and_undecided_versions_wait() -> None:

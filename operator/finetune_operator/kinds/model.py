@@ -57,7 +57,8 @@ from ..registry import (
     with_scores,
 )
 from .base import FINETUNEJOBS_BY_MODEL, Controller, Indices, children_of, observed, watched
-from .model_outputs import LLMISVC, PublishJobs, Round, publish, ready, serve
+from .chores import ChoreJobs
+from .model_outputs import LLMISVC, Round, publish, ready, serve
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Inputs:
     evalruns: Mapping[str, Mapping[str, Any]]
     """EvalRuns that may judge its versions (its own `<model>-v<N>`, the jobs' `<job>-eval`), by name."""
     settings: OperatorSettings
-    publishing: PublishJobs = field(default_factory=PublishJobs)
+    publishing: ChoreJobs = field(default_factory=ChoreJobs)
     """Its publish Jobs and their pods."""
     llm_inference_service: Mapping[str, Any] | None = None
     """spec.serving.llmInferenceService as just read (None: it, or KServe's CRD, is missing)."""
@@ -94,7 +95,7 @@ def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings
         for run_name in sorted(n for n in wanted if n)
         if (run := watched(indices, EVALRUN, namespace, run_name)) is not None
     }
-    publishing = PublishJobs(*children_of(indices, body))
+    publishing = ChoreJobs(*children_of(indices, body))
     target = next((n for k, n in observe(body) if k == LLMISVC), None)
     service = observed(indices, LLMISVC, target) if target else None
     return Inputs(body, jobs, evalruns, settings, publishing, service)

@@ -23,10 +23,11 @@ from ..manifests.model import (
     serving_data,
     store_prefix,
 )
-from ..manifests.names import LABEL_JOB_NAME, Owner
+from ..manifests.names import Owner
 from ..plan import Create, Delete, Event, Patch, Plan
 from ..registry import numbered
-from ..status import CONFIG_WAITING, IMAGE_PULL_WAITING, format_time, last_result, parse_time, view_job, view_pod
+from ..status import view_job
+from .chores import UNSEEN_SECONDS, ChoreJobs, Timed, backoff, outcome
 
 LLMISVC = "LLMInferenceService"
 TARGET_RECHECK_SECONDS = 30.0
@@ -34,25 +35,13 @@ TARGET_RECHECK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
-class Round:
+class Round(Timed):
     """What every step of one reconcile of a Model shares: its spec, itself, the time, the plan it adds to."""
 
     spec: ModelSpec
     owner: Owner
     time: datetime
     result: Plan
-
-    @property
-    def stamp(self) -> str:
-        return format_time(self.time)
-
-    def since(self, stamp: str | None) -> float:
-        """Seconds from `stamp` (RFC 3339; None: now) to this reconcile."""
-        return (self.time - (parse_time(stamp) or self.time)).total_seconds()
-
-    def recheck(self, seconds: float) -> None:
-        current = self.result.recheck_after
-        self.result.recheck_after = seconds if current is None else min(current, seconds)
 
 
 def serve(
@@ -149,51 +138,11 @@ def ready(spec: ModelSpec, stable: int | None, serving: Mapping[str, Any] | None
     return make_condition("Ready", True, "StableServed", f"v{stable} is stable{served}")
 
 
-PUBLISH_UNSEEN_SECONDS = 300
-"""How long a publish Job may stay unseen by the watch before its round counts as failed (deleted by hand)."""
-PUBLISH_BACKOFF_SECONDS = (30.0, 3600.0)
-"""The wait before retrying a failed publish: the first, doubling per failure in a row, up to the second."""
-
-
-def publish_backoff(failures: int) -> float:
-    first, most = PUBLISH_BACKOFF_SECONDS
-    return min(most, first * 2.0 ** max(failures - 1, 0))
-
-
 def unpublished(versions: Sequence[ModelVersion], prefix: str, stable: int | None) -> list[ModelVersion]:
     """Decided versions whose folder under `prefix` is not written yet: the stable one first (stable.json may
     point only at a published folder), then oldest first."""
     waiting = [v for v in versions if v.verdict is not None and v.store_uri != version_folder(prefix, v.version)]
     return sorted(waiting, key=lambda v: (v.version != stable, v.version))
-
-
-STUCK = CONFIG_WAITING | IMAGE_PULL_WAITING
-"""Waiting reasons of a publish pod worth showing: they last until someone acts (a missing Secret, an
-image that cannot be pulled), bounded by the Job's activeDeadlineSeconds, after which the round fails."""
-
-
-@dataclass(frozen=True)
-class PublishJobs:
-    """A Model's publish Jobs and their pods, as watched (the only Jobs it owns)."""
-
-    jobs: Sequence[Mapping[str, Any]] = ()
-    pods: Sequence[Mapping[str, Any]] = ()
-
-    def job(self, name: str) -> Mapping[str, Any] | None:
-        return next((j for j in self.jobs if j["metadata"]["name"] == name), None)
-
-    def pods_of(self, job: str) -> list[Mapping[str, Any]]:
-        return [p for p in self.pods if (p["metadata"].get("labels") or {}).get(LABEL_JOB_NAME) == job]
-
-
-def publish_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> TrainerResult:
-    """A finished publish Job's result, in the trainer's words when its last pod left one."""
-    name, view = job["metadata"]["name"], view_job(job)
-    if view.complete:
-        done = last_result(pods, "succeeded")
-        return done or TrainerResult(result="succeeded", message=f"Job {name} completed without a result")
-    failed = last_result(pods, "failed")
-    return failed or TrainerResult(result="failed", message=view.failed_message or f"Job {name} failed")
 
 
 def publish(
@@ -203,7 +152,7 @@ def publish(
     recorded: StoreStatus | None,
     *,
     settings: OperatorSettings,
-    children: PublishJobs,
+    children: ChoreJobs,
 ) -> tuple[list[ModelVersion], StoreStatus | None]:
     """Keep the store copy in step: settle the publish Job at work, else start one for what is missing."""
     spec, owner = now.spec, now.owner
@@ -223,7 +172,7 @@ def publish(
     if not missing and store.stable == stable:
         return versions, store
     if store.state == "Failed":
-        wait = publish_backoff(store.failures) - now.since(store.update_time)
+        wait = backoff(store.failures) - now.since(store.update_time)
         if wait > 0:
             now.recheck(wait)
             return versions, store
@@ -245,46 +194,45 @@ def publish(
 
 
 def _settle(
-    now: Round, versions: list[ModelVersion], store: StoreStatus, children: PublishJobs
+    now: Round, versions: list[ModelVersion], store: StoreStatus, children: ChoreJobs
 ) -> tuple[list[ModelVersion], StoreStatus]:
     """Record what the publish Job of store.round did, once it finished (or vanished)."""
     name = publish_job_name(now.owner.name, store.round)
     job, pods = children.job(name), children.pods_of(name)
     waited = now.since(store.update_time)
-    if job is None and waited < PUBLISH_UNSEEN_SECONDS:
-        now.recheck(PUBLISH_UNSEEN_SECONDS - waited)
+    if job is None and waited < UNSEEN_SECONDS:
+        now.recheck(UNSEEN_SECONDS - waited)
         return versions, store
     if job is not None and not view_job(job).finished:
-        waiting = next((w for w in map(view_pod, pods) if w.waiting_reason in STUCK), None)
-        if waiting is None:
+        stuck = children.stuck(name)
+        if stuck is None:
             return versions, store
-        detail = f"publish pod {waiting.name} waits: {waiting.waiting_reason}: {waiting.waiting_message or ''}"
-        return versions, store.model_copy(update={"message": detail[:2048]})
-    outcome = (
-        publish_outcome(job, pods)
+        return versions, store.model_copy(update={"message": f"publish {stuck}"[:2048]})
+    result = (
+        outcome(job, pods)
         if job is not None
         else TrainerResult(result="failed", message=f"publish Job {name} is gone before it finished")
     )
-    if outcome.result == "failed":
-        message = f"publish Job {name} failed: {outcome.reason or 'Error'}: {outcome.message or 'no detail'}"[:2048]
+    if result.result == "failed":
+        message = f"publish Job {name} failed: {result.reason or 'Error'}: {result.message or 'no detail'}"[:2048]
         now.result.events.append(Event("Warning", "PublishFailed", message))
         failures = store.failures + 1
-        now.recheck(publish_backoff(failures))
+        now.recheck(backoff(failures))
         update = {"state": "Failed", "message": message, "failures": failures, "update_time": now.stamp}
         return versions, store.model_copy(update=update)
-    published = set(outcome.published_versions or [])
+    published = set(result.published_versions or [])
     marked = [
         v.model_copy(update={"store_uri": version_folder(store.uri, v.version)}) if v.version in published else v
         for v in versions
     ]
     listed = ", ".join(f"v{n}" for n in sorted(published)) or "no new version"
-    pointer = f"; stable.json -> v{outcome.stable_version}" if outcome.stable_version else ""
+    pointer = f"; stable.json -> v{result.stable_version}" if result.stable_version else ""
     message = f"published {listed} under {store.uri}{pointer}"
     now.result.events.append(Event("Normal", "VersionsPublished", message))
     now.result.actions.append(Delete("Job", name, stage="after"))
     update = {
         "state": "Published",
-        "stable": outcome.stable_version or store.stable,
+        "stable": result.stable_version or store.stable,
         "message": message,
         "failures": 0,
         "update_time": now.stamp,
