@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .api import EVALRUN, KINDS, MODEL
+from .api import EVALRUN, FINETUNEJOB, KINDS, MODEL
 from .api.common import Phase
 from .status import parse_time
 
@@ -186,7 +186,7 @@ class OperatorMetrics:
             self.observe_evalrun(namespace, name, status)
         elif kind == MODEL.kind:
             self.observe_model(namespace, name, status)
-        else:
+        elif kind == FINETUNEJOB.kind:
             self.observe_status(namespace, name, status)
 
     def forget_resource(self, kind: str, namespace: str, name: str) -> None:
@@ -195,7 +195,7 @@ class OperatorMetrics:
         elif kind == MODEL.kind:
             with self._lock:
                 self._models.pop((namespace, name), None)
-        else:
+        elif kind == FINETUNEJOB.kind:
             self.forget(namespace, name)
 
     def observe_transition(self, phase: str, reason: str, kind: str = "FineTuneJob") -> None:

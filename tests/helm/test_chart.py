@@ -44,7 +44,7 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
         [
             "ClusterRole",
             "ClusterRoleBinding",
-            *["CustomResourceDefinition"] * 3,  # FineTuneJob, EvalRun, Model
+            *["CustomResourceDefinition"] * 4,  # FineTuneJob, EvalRun, Model, FineTuneSchedule
             "Deployment",
             "Service",
             "ServiceAccount",

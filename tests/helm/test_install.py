@@ -115,6 +115,26 @@ class Installed:
             body["spec"]["evaluation"] = with_evaluation["spec"]["evaluation"]
         apply_objects(self.api, [body])
 
+    def apply_schedule(self, name: str) -> None:
+        """A FineTuneSchedule whose run-now annotation asks for one run, `<name>-1`, of the quickstart job."""
+        template = yaml.safe_load(EXAMPLE.read_text())["spec"]
+        template["training"].update(maxSteps=10, saveSteps=10)
+        template["resources"]["cpu"] = "500m"
+        body = {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneSchedule",
+            "metadata": {"name": name, "namespace": "default", "annotations": {"finetune.dev/run-now": "probe"}},
+            "spec": {"jobTemplate": {"spec": template}},
+        }
+        apply_objects(self.api, [body])
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.status(name)
+        except ApiException:
+            return False
+        return True
+
     def status(self, name: str) -> dict[str, Any]:
         body = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
             "finetune.dev", "v1alpha1", "default", FINETUNEJOB.plural, name
@@ -211,9 +231,10 @@ def _never(probe: Any, seconds: float) -> bool:
     return False
 
 
-# What breaks without each rule: (a word of the rule's resources, what to check, what it means).
+# What breaks without each rule: (a word of the rule's resources, optionally `:<verb>` the rule must grant,
+# what to check, what it means).
 BREAKS = [
-    (FINETUNEJOB.plural, "no-status", "the operator never sees FineTuneJobs"),
+    (f"{FINETUNEJOB.plural}:watch", "no-status", "the operator never sees FineTuneJobs"),
     (f"{FINETUNEJOB.plural}/status", "no-status", "status (phase, conditions, adapter) is never written"),
     (f"{FINETUNEJOB.plural}/finalizers", "no-job", "children with blockOwnerDeletion are refused, so no Job"),
     (EVALRUN.plural, "no-evalrun", "spec.evaluation never gets its EvalRun"),
@@ -224,6 +245,7 @@ BREAKS = [
     ("services", "no-group-job", "a two-node job gets no headless Service for its pods' names, so no Job"),
     ("events", "no-events", "the job succeeds but no Kubernetes Events are recorded"),
     (MODEL.plural, "no-status", "kopf cannot list Models, and it runs no handler before every index is filled"),
+    (f"{FINETUNEJOB.plural}:create", "no-run", "a FineTuneSchedule's check finds a run due, but no run starts"),
     ("configmaps", "no-configmap", "a Model's serving ConfigMap is never written"),
     ("llminferenceservices", "no-llmisvc", "a Model's LLMInferenceService never gets the stable adapter"),
 ]
@@ -244,9 +266,12 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
     seen = []
     try:
         for index, (word, symptom, meaning) in enumerate(BREAKS):
-            # The rule for exactly this resource if there is one (evalruns: create/delete), else the first naming it.
-            rule = next((r for r in full_rules if r["resources"] == [word]), None) or next(
-                r for r in full_rules if word in r["resources"]
+            # The rule for exactly this resource if there is one (evalruns: create/delete), else the first naming
+            # it; either granting the verb, if one is given.
+            resource, _, verb = word.partition(":")
+            grants = [r for r in full_rules if not verb or verb in r["verbs"]]
+            rule = next((r for r in grants if r["resources"] == [resource]), None) or next(
+                r for r in grants if resource in r["resources"]
             )
             reduced = [r for r in full_rules if r is not rule]
             rbac.patch_cluster_role(ROLE, {"rules": reduced})
@@ -256,10 +281,16 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
             model = name if word in MODEL_RULES else None
             if model:
                 installed.apply_model(model, kserve=word in KSERVE_RULES)
-            installed.apply_job(
-                name, evaluation=symptom == "no-evalrun", nodes=nodes, model=model, maxSteps=10, saveSteps=10
-            )
-            if symptom == "no-status":
+            if symptom == "no-run":
+                installed.apply_schedule(name)
+            else:
+                installed.apply_job(
+                    name, evaluation=symptom == "no-evalrun", nodes=nodes, model=model, maxSteps=10, saveSteps=10
+                )
+            if symptom == "no-run":
+                # The check pod starts (a trainer image pod) and finds the run due in well under a minute.
+                assert _never(lambda n=name: installed.exists(f"{n}-1"), 60), meaning
+            elif symptom == "no-status":
                 assert _never(lambda n=name: installed.status(n), 15), meaning
             elif symptom in {"no-job", "no-group-job"}:
                 assert _never(lambda n=name: _has_job(installed, n), 15), meaning
@@ -282,7 +313,8 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
         rbac.patch_cluster_role(ROLE, {"rules": copy.deepcopy(full_rules)})
         installed.restart_operator()
     # With every rule back, the jobs that were stuck complete: the failures were the missing rules.
-    for index, (word, _, _) in enumerate(BREAKS):
+    for index, (word, symptom, _) in enumerate(BREAKS):
+        job = f"probe-{index}-1" if symptom == "no-run" else f"probe-{index}"
         if word in MODEL_RULES:
             wait_for(
                 lambda n=f"probe-{index}": _has_configmap(installed, f"{n}-lora"),
@@ -298,10 +330,10 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
                 describe=lambda n=f"probe-{index}": str(installed.model_status(n)),
             )
         wait_for(
-            lambda n=f"probe-{index}": installed.status(n).get("phase") == "Succeeded",
+            lambda n=job: installed.exists(n) and installed.status(n).get("phase") == "Succeeded",
             240,
-            f"probe-{index} to succeed once the rules are restored",
-            describe=lambda n=f"probe-{index}": str(installed.status(n)),
+            f"{job} to succeed once the rules are restored",
+            describe=lambda n=job: str(installed.status(n)) if installed.exists(n) else "not created",
         )
     print("\n".join(f"without [{resources}]: {meaning}" for resources, meaning in seen))
 

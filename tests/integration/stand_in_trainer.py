@@ -11,7 +11,10 @@ oom (allocates past its cgroup's memory limit until the kernel kills it), slow; 
 evaluation (`finetune-trainer eval`), by its first benchmark's: eval-pass (exact_match 0.9), eval-score-<x>
 (exact_match x); and for a Model's store copy (`finetune-trainer publish-model`), by the store URI:
 one containing `publish-fail` fails as an unreachable store does, any other reports every version published
-(it writes nothing: the real command is tested against MinIO in tests/e2e and tests/trainer).
+(it writes nothing: the real command is tested against MinIO in tests/e2e and tests/trainer); and for a
+FineTuneSchedule's check (`finetune-trainer check-schedule`), a run is due exactly when the operator says
+so (`due`), on the template's own dataset (it reads and writes nothing either: the real command is tested
+in tests/trainer/test_check_schedule.py and tests/e2e/test_schedule.py).
 bench/operator_scale.py runs it as a host process under the stand-in node agent instead.
 """
 
@@ -97,6 +100,12 @@ def publish_model(run: dict) -> None:
     finish({"result": "succeeded", "publishedVersions": versions, "stableVersion": stable}, 0)
 
 
+def check_schedule(run: dict) -> None:
+    due = run.get("due") or []
+    outcome = {"reasons": due, "datasetUri": run["dataset"]["uri"], "rows": 10} if due else {}
+    finish({"result": "succeeded", "message": "; ".join(due) or "no run is due", "schedule": outcome}, 0)
+
+
 def stop_on_sigterm(signum: int, frame: object) -> None:
     """What the real trainer does on SIGTERM, minus the checkpoint. A handler is needed at all because
     a container's first process ignores SIGTERM without one: it would wait out the grace period."""
@@ -110,6 +119,8 @@ def main() -> None:
         evaluate(run)
     if run.get("kind") == "ModelPublishRun":
         publish_model(run)
+    if run.get("kind") == "ScheduleCheckRun":
+        check_schedule(run)
     scenario = run["job"]["dataset"]["uri"].rsplit("/", 1)[-1]
     print(f"stand-in trainer: scenario {scenario} for {run['resource']['name']}", flush=True)
     if scenario == "success":

@@ -9,13 +9,18 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api import EvalRunSpec, FineTuneJobSpec
+from finetune_operator.api import EvalRunSpec, FineTuneJobSpec, FineTuneScheduleSpec, ModelSpec
 from tests.kube import Kube
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE = REPO / "examples" / "gitops" / "kustomize"
-SPECS: dict[str, Any] = {"FineTuneJob": FineTuneJobSpec, "EvalRun": EvalRunSpec}
+SPECS: dict[str, Any] = {
+    "FineTuneJob": FineTuneJobSpec,
+    "EvalRun": EvalRunSpec,
+    "Model": ModelSpec,
+    "FineTuneSchedule": FineTuneScheduleSpec,
+}
 
 
 def _finetune_docs(text: str) -> list[dict[str, Any]]:

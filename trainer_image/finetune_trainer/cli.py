@@ -1,5 +1,5 @@
-"""`finetune-trainer train|eval|cleanup|publish-model|prepare`: the trainer image's entry points (contract:
-exit codes, results)."""
+"""`finetune-trainer train|eval|cleanup|publish-model|check-schedule|prepare`: the trainer image's entry points
+(contract: exit codes, results)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
-from finetune_operator.api.contract import CleanupRunSpec, EvaluationRunSpec, ModelPublishRunSpec, TrainerResult
+from finetune_operator.api.contract import (
+    CleanupRunSpec,
+    EvaluationRunSpec,
+    ModelPublishRunSpec,
+    ScheduleCheckRunSpec,
+    TrainerResult,
+)
 
 from .distributed import Ranks
 from .errors import EXIT_RETRIABLE, TrainerError
@@ -47,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         ("eval", "benchmark a model (and adapter) and publish the report"),
         ("cleanup", "delete everything a deleted FineTuneJob published (output.deletePolicy: Delete)"),
         ("publish-model", "copy a Model's versions into its store folder with their model cards, then stable.json"),
+        (
+            "check-schedule",
+            "check a FineTuneSchedule's store triggers; when a run is due, write its training set",
+        ),
         ("prepare", "only load, check and tokenise the dataset; print what training would see"),
     ):
         command = commands.add_parser(name, help=text, description=text)
@@ -117,6 +127,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> TrainerResult | None:
         from .recipes.publish_model import publish_model
 
         return publish_model(load_run_spec(args.spec, os.environ, ModelPublishRunSpec), workdir, os.environ)
+    if args.command == "check-schedule":
+        from .recipes.check_schedule import check_schedule
+
+        return check_schedule(load_run_spec(args.spec, os.environ, ScheduleCheckRunSpec), workdir, os.environ)
     if args.command == "eval":
         evaluation = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
         from .recipes.evaluate import EvaluationRecipe

@@ -1,4 +1,4 @@
-"""API models of FineTuneJob, EvalRun and Model (group finetune.dev, version v1alpha1).
+"""API models of FineTuneJob, EvalRun, Model and FineTuneSchedule (group finetune.dev, version v1alpha1).
 
 Importable without kopf, kubernetes or torch: the trainer validates its run spec with these models.
 """
@@ -13,6 +13,7 @@ from .common import TERMINAL_PHASES, Condition, Phase
 from .evalrun import EvalRunSpec, EvalRunStatus
 from .finetunejob import FineTuneJobSpec
 from .model import ModelSpec, ModelStatus
+from .schedule import FineTuneScheduleSpec, FineTuneScheduleStatus
 from .schema import API_VERSION, GROUP, VERSION, ApiModel
 from .training_status import FineTuneJobStatus
 
@@ -133,7 +134,37 @@ MODEL = Kind(
     attempts=False,
 )
 
-KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN, MODEL)
+FINETUNESCHEDULE = Kind(
+    kind="FineTuneSchedule",
+    plural="finetuneschedules",
+    singular="finetuneschedule",
+    short_names=("fts",),
+    spec_model=FineTuneScheduleSpec,
+    status_model=FineTuneScheduleStatus,
+    description="FineTuneSchedule retrains the way a CronJob repeats Jobs: on a cron schedule, when new data, "
+    "negative feedback or drifted documents pile up in the store, or by hand (annotation finetune.dev/run-now), "
+    "it creates a FineTuneJob from its template on a training set with the feedback folded in, registered into "
+    "a Model whose gate promotes it only if it beats stable.",
+    columns=(
+        PrinterColumn("Schedule", ".spec.schedule", "string", "Cron schedule."),
+        PrinterColumn("Suspend", ".spec.suspend", "boolean", "Whether new runs are held."),
+        PrinterColumn("Last Run", ".status.lastRun.name", "string", "The latest run's FineTuneJob."),
+        PrinterColumn("Reason", ".status.lastRun.reasons[0]", "string", "Why the latest run started."),
+        PrinterColumn("Next", ".status.nextScheduleTime", "date", "The next cron time."),
+        PrinterColumn("Drift", ".status.drift.score", "number", "The last drift score.", 1),
+        PrinterColumn(
+            "Negative", ".status.feedback.pendingNegative", "integer", "Negative feedback not consumed yet.", 1
+        ),
+        PrinterColumn("Model", ".spec.model", "string", "The Model runs register into.", 1),
+        _AGE,
+    ),
+    label=f"{GROUP}/finetuneschedule",
+    attempt_neutral=(),
+    metrics_family="finetune_schedules",
+    attempts=False,
+)
+
+KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN, MODEL, FINETUNESCHEDULE)
 _BY_NAME = {k.kind: k for k in KINDS}
 
 
@@ -173,6 +204,7 @@ __all__ = [
     "CATEGORY",
     "EVALRUN",
     "FINETUNEJOB",
+    "FINETUNESCHEDULE",
     "GROUP",
     "KINDS",
     "MODEL",
@@ -183,6 +215,8 @@ __all__ = [
     "EvalRunStatus",
     "FineTuneJobSpec",
     "FineTuneJobStatus",
+    "FineTuneScheduleSpec",
+    "FineTuneScheduleStatus",
     "Kind",
     "ModelSpec",
     "ModelStatus",

@@ -3,7 +3,9 @@
 - The Job runs `finetune-trainer train` with a `TrainingRunSpec` (FineTuneJob), `finetune-trainer eval`
   with an `EvaluationRunSpec` (EvalRun), or `finetune-trainer cleanup` with a `CleanupRunSpec` (a deleted
   FineTuneJob with output.deletePolicy Delete), or `finetune-trainer publish-model` with a
-  `ModelPublishRunSpec` (a Model's store copy), as JSON in `FINETUNE_RUN_SPEC`.
+  `ModelPublishRunSpec` (a Model's store copy), or `finetune-trainer check-schedule` with a
+  `ScheduleCheckRunSpec` (a FineTuneSchedule's triggers and a run's training set), as JSON in
+  `FINETUNE_RUN_SPEC`.
 - Credentials arrive only as `secretKeyRef` env vars named by `secret_env_name`.
 - The trainer patches `status.progress` of `resource` (its ServiceAccount may do nothing else), and
   writes a `TrainerResult` (< 4 KiB) to the termination-message file. The operator trusts that result,
@@ -23,8 +25,9 @@ from pydantic import Field, StringConstraints
 
 from .evalrun import EvalRunSpec, Report, ResolvedModel
 from .evaluation import MetricResult, MetricSummary
-from .finetunejob import FineTuneJobSpec
+from .finetunejob import DatasetSource, FineTuneJobSpec
 from .model import ModelVersion, StablePointer
+from .schedule import DriftScore, FeedbackCounts, Triggers
 from .schema import ApiModel
 from .training_status import Artifact, Checkpoint, Provenance, TrainingMetrics
 
@@ -61,6 +64,21 @@ def version_folder(prefix: str, version: int) -> str:
 def version_role(index: int) -> SecretRole:
     """The role that reads the adapter of a model publish's version `index` (each has its own secretRef)."""
     return f"ADAPTER_{index}"
+
+
+# A FineTuneSchedule's check pod reads each trigger's prefix under its own role.
+NEW_DATA_ROLE: SecretRole = "NEW_DATA"
+FEEDBACK_ROLE: SecretRole = "FEEDBACK"
+DRIFT_ROLE: SecretRole = "DRIFT"
+
+SCHEDULE_STATE = "state.json"
+"""A FineTuneSchedule's record in the store (`<output>/schedules/<ns>/<name>/<uid>/state.json`): the consumed
+feedback ids and data objects, and each run's outcome (storage layout, a contract)."""
+
+
+def schedule_run_folder(prefix: str, run: int) -> str:
+    """Where run N's training set lies under a FineTuneSchedule's store prefix."""
+    return f"{prefix}runs/{run}/data/"
 
 
 # Keys a storage Secret may hold, per URI scheme: (key, required).
@@ -180,6 +198,42 @@ class ModelPublishRunSpec(ApiModel):
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
 
 
+class ScheduleCheckRunSpec(ApiModel):
+    """`finetune-trainer check-schedule`: read a FineTuneSchedule's store triggers; when a run is due (given in
+    `due`, or a trigger fires), build its training set under `runs/<run>/data/`, then record the consumed
+    feedback and data in state.json (last). Run again for the same `run`, it answers what it recorded."""
+
+    api_version: Literal["finetune.dev/v1alpha1"] = Field(
+        default="finetune.dev/v1alpha1", description="Contract version."
+    )
+    kind: Literal["ScheduleCheckRun"] = Field(default="ScheduleCheckRun", description="Run kind.")
+    resource: ResourceRef = Field(description="The FineTuneSchedule.")
+    run: int = Field(ge=1, description="The check's number: the run it may start is `<schedule>-<run>`.")
+    due: list[str] = Field(
+        default_factory=list, max_length=4, description="Reasons a run is due regardless of the triggers."
+    )
+    uri: str = Field(description="The schedule's store prefix (read and written with role OUTPUT).")
+    dataset: DatasetSource = Field(description="The template's dataset (role DATASET): every run's base rows.")
+    objective: Literal["sft", "dpo", "orpo"] = Field(description="The template's objective.")
+    triggers: Triggers = Field(description="The schedule's store triggers.")
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="Object store settings.")
+
+
+class ScheduleCheckOutcome(ApiModel):
+    """What a check found, and the training set of the run it started (bounded for the termination message)."""
+
+    reasons: list[str] = Field(default_factory=list, max_length=8, description="Why a run starts; empty: none.")
+    dataset_uri: str | None = Field(default=None, description="The run's training set (with reasons).")
+    rows: int | None = Field(default=None, ge=0, description="Rows in it.")
+    new_objects: int | None = Field(default=None, ge=0, description="New data objects not consumed before.")
+    feedback: FeedbackCounts | None = Field(default=None, description="Feedback counts.")
+    drift: DriftScore | None = Field(default=None, description="The drift score.")
+    problems: list[Annotated[str, StringConstraints(max_length=300)]] = Field(
+        default_factory=list, max_length=6, description="Bad input skipped, each naming its file and line."
+    )
+    problem_count: int = Field(default=0, ge=0, description="All problems found (more than listed, maybe).")
+
+
 class EvaluationOutcome(ApiModel):
     """An evaluation's figures, bounded to fit the termination message (the report holds everything)."""
 
@@ -212,6 +266,7 @@ class TrainerResult(ApiModel):
         default=None, max_length=PUBLISH_BATCH, description="Versions a model publish wrote (model card last)."
     )
     stable_version: int | None = Field(default=None, ge=1, description="The version stable.json now points at.")
+    schedule: ScheduleCheckOutcome | None = Field(default=None, description="A schedule check's findings.")
     rank: int | None = Field(
         default=None, ge=0, description="Global rank that wrote this result, in a job of several ranks."
     )

@@ -8,12 +8,13 @@ from typing import Any
 
 import kopf
 
-from ..api import EVALRUN, FINETUNEJOB, GROUP, KINDS, VERSION, Kind
+from ..api import EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, GROUP, KINDS, VERSION, Kind
 from ..kinds import CONTROLLERS
 from ..kinds.base import (
     EVALRUNS_BY_JOB,
     FINETUNEJOBS_BY_ADAPTER_JOB,
     FINETUNEJOBS_BY_MODEL,
+    FINETUNEJOBS_BY_SCHEDULE,
     Packed,
     indices_in,
     needs_reconcile,
@@ -63,6 +64,14 @@ async def finetunejobs_by_model(
     return {(namespace or "", model): name} if model else None
 
 
+@kopf.index(GROUP, VERSION, FINETUNEJOB.plural, id=FINETUNEJOBS_BY_SCHEDULE)
+async def finetunejobs_by_schedule(
+    namespace: str | None, name: str, labels: Mapping[str, str], **_: Any
+) -> dict[tuple[str, str], str] | None:
+    schedule = labels.get(FINETUNESCHEDULE.label)
+    return {(namespace or "", schedule): name} if schedule else None
+
+
 async def resource_event(
     *,
     type: str | None,
@@ -84,7 +93,8 @@ async def resource_event(
     else:
         runtime.metrics.observe_resource(kind.kind, namespace, name, status)
     indices = indices_in(kwargs)
-    if needs_reconcile(type, body, CONTROLLERS[kind.kind].finalizer):
+    controller = CONTROLLERS[kind.kind]
+    if needs_reconcile(type, body, controller.finalizer) or (type != "DELETED" and controller.pending(body)):
         wake(runtime, kind, namespace, name, indices)
     wake_dependents(runtime, kind, type, body, indices)
 

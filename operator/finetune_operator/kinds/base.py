@@ -7,8 +7,9 @@ both, executes the plan and schedules a recheck.
 The indices (kopf keeps them up to date from its watches, handlers/indices.py registers them):
 trainer Jobs and Pods by their owner's uid, every resource of our kinds by (namespace, name) as
 watched, EvalRuns by the FineTuneJob their fineTuneJobRef names, and FineTuneJobs by the one whose
-adapter they start from (spec.adapter.fineTuneJobRef), and FineTuneJobs by the Model they publish into
-(spec.output.model). One more "index" is not kopf's: `observed`, the objects of other projects
+adapter they start from (spec.adapter.fineTuneJobRef), FineTuneJobs by the Model they publish into
+(spec.output.model), and FineTuneJobs by the FineTuneSchedule whose run they are (its label). One more
+"index" is not kopf's: `observed`, the objects of other projects
 a controller reads (Controller.observe: a KServe LLMInferenceService, whose CRD may not be installed,
 so no watch could be set up for it at start), read by the reconcile loop just before gather.
 """
@@ -35,6 +36,7 @@ TRAINER_PODS = "trainer_pods"
 EVALRUNS_BY_JOB = "evalruns_by_job"
 FINETUNEJOBS_BY_ADAPTER_JOB = "finetunejobs_by_adapter_job"
 FINETUNEJOBS_BY_MODEL = "finetunejobs_by_model"
+FINETUNEJOBS_BY_SCHEDULE = "finetunejobs_by_schedule"
 OBSERVED = "observed"
 
 
@@ -108,6 +110,9 @@ class Controller(Generic[InputsT]):
     dependents: Callable[[str | None, Mapping[str, Any], Indices], list[tuple[Kind, str]]] = lambda *_: []
     """(kind, name) in the same namespace of the resources to wake when `mirrored` changed,
     given the event type and body."""
+    pending: Callable[[Mapping[str, Any]], bool] = lambda _: False
+    """Whether an event of the resource carries news that a new spec generation does not show (a
+    FineTuneSchedule's run-now annotation): it then wakes a reconcile too."""
     observe: Callable[[Mapping[str, Any]], Sequence[tuple[str, str]]] = lambda _: ()
     """(kind name, name) in the resource's namespace of objects no watch covers that its plan reads:
     the loop GETs each before gather and hands them over as the `observed` index."""
@@ -145,6 +150,7 @@ INDEX_NAMES: tuple[str, ...] = (
     EVALRUNS_BY_JOB,
     FINETUNEJOBS_BY_ADAPTER_JOB,
     FINETUNEJOBS_BY_MODEL,
+    FINETUNEJOBS_BY_SCHEDULE,
     *(watched_index(k) for k in KINDS),
 )
 """Every index a reconcile reads (handlers/ registers each under this name)."""

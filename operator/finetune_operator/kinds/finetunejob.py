@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..api import EVALRUN, FINETUNEJOB, MODEL, TERMINAL_PHASES, Kind, format_validation_error
+from ..api import EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, MODEL, TERMINAL_PHASES, Kind, format_validation_error
 from ..api.contract import TrainerResult
 from ..api.evalrun import EvalRunSpec
 from ..api.finetunejob import FineTuneJobSpec, StartAdapter
@@ -320,14 +320,17 @@ def mirrored(body: Mapping[str, Any]) -> tuple[object, ...]:
 
 def dependents(event_type: str | None, body: Mapping[str, Any], indices: Indices) -> list[tuple[Kind, str]]:
     """EvalRuns that reference this job, and FineTuneJobs that start from its adapter, wait for it to
-    finish (or run again on its new adapter); the Model it publishes into registers what it published."""
+    finish (or run again on its new adapter); the Model it publishes into registers what it published; the
+    FineTuneSchedule whose run it is may start the next run (concurrencyPolicy Forbid) or drop old ones."""
     status = body.get("status") or {}
     if event_type != "DELETED" and status.get("phase") not in TERMINAL_PHASES:
         return []
     key = (body["metadata"].get("namespace") or "", body["metadata"]["name"])
     evalruns = [(EVALRUN, name) for name in indices[EVALRUNS_BY_JOB].get(key, [])]
     model = ((body.get("spec") or {}).get("output") or {}).get("model")
+    schedule = (body["metadata"].get("labels") or {}).get(FINETUNESCHEDULE.label)
     return [
+        *([(FINETUNESCHEDULE, schedule)] if schedule else []),
         *evalruns,
         *((FINETUNEJOB, name) for name in indices[FINETUNEJOBS_BY_ADAPTER_JOB].get(key, [])),
         *([(MODEL, model)] if model else []),
