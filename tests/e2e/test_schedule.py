@@ -138,7 +138,7 @@ def test_negative_feedback_starts_one_run_that_trains_on_it_and_registers_into_t
     problems = {c["type"]: c for c in shown["conditions"]}["InputProblems"]
     assert problems["status"] == "True"
     assert (
-        "day1.jsonl line 3: not JSON" in problems["message"]
+        "day1.jsonl line 3: invalid JSON" in problems["message"]
         and "line 5: rating 9 is not on the 1-5" in problems["message"]
     )
     wait(demo, "Succeeded", f"ftj/{name}", 420)

@@ -82,7 +82,7 @@ def test_negative_feedback_starts_one_run_with_corrections_and_good_answers_as_r
     assert found.feedback is not None and (found.feedback.records, found.feedback.negative) == (4, 3)
     assert (found.feedback.corrections, found.feedback.positive, found.feedback.invalid) == (1, 1, 3)
     assert found.problems == [
-        "day1.jsonl line 5: not JSON (Expecting property name enclosed in double quotes at column 2)",
+        "day1.jsonl line 5: invalid JSON (Expecting property name enclosed in double quotes at column 2)",
         "day1.jsonl line 6: rating 7 is not on the 1-5 scale (an integer from 1, worst, to 5, best)",
         "day1.jsonl line 7: field 'prompt' must be a non-empty string",
     ]
@@ -169,3 +169,22 @@ def test_jensen_shannon_is_zero_for_the_same_words_and_one_for_disjoint_ones() -
     assert jensen_shannon(words(["a b c"]), words(["c b a a b c"])) == 0.0
     assert jensen_shannon(words(["a b"]), words(["c d"])) == 1.0
     assert 0.0 < jensen_shannon(words(["a b"]), words(["a c"])) < 1.0
+
+
+def test_a_bad_data_object_is_named_and_left_out_while_the_good_ones_train(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "base" / "train.jsonl", BASE)
+    write_jsonl(tmp_path / "incoming" / "good.jsonl", BASE[:2])
+    write_jsonl(tmp_path / "incoming" / "broken.jsonl", [BASE[0], "{oops"])
+    write_jsonl(tmp_path / "incoming" / "other.jsonl", [{"text": "raw text, not alpaca"}])
+    (tmp_path / "incoming" / "notes.txt").write_text("not a data file")
+    triggers = {"newData": {"uri": f"file://{tmp_path}/incoming/", "minObjects": 1}}
+    found = check(tmp_path, 1, triggers).schedule
+    assert found is not None and found.new_objects == 4 and found.rows == 6 + 2
+    assert found.problems == [
+        "triggers.newData.uri: broken.jsonl: broken.jsonl line 2: invalid JSON (Expecting property name "
+        "enclosed in double quotes at column 2)",
+        "triggers.newData.uri: notes.txt: notes.txt: unsupported file type '.txt' (use .jsonl, .json, .csv, .parquet)",
+        "triggers.newData.uri: other.jsonl: rows in the text layout, the dataset's is alpaca",
+    ]
+    manifest = json.loads((tmp_path / "store" / "runs" / "1" / "data" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"base/train.jsonl", "new-data/good.jsonl"}

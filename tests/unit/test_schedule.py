@@ -225,7 +225,7 @@ def test_a_check_that_finds_a_run_due_creates_the_run_named_after_it_and_deletes
             "consumed": 0,
             "invalid": 1,
         },
-        "problems": ["feedback/a.jsonl line 4: not JSON (Expecting value at column 1)"],
+        "problems": ["feedback/a.jsonl line 4: invalid JSON (Expecting value at column 1)"],
         "problemCount": 1,
     }
     body = schedule({"model": "support"}, status=checking(3, ["manual"]))
@@ -336,3 +336,13 @@ def test_a_run_is_the_template_on_the_prepared_training_set_read_with_the_output
     assert run.dataset.uri.endswith("/runs/1/data/") and run.dataset.secret_ref is not None
     assert run.dataset.secret_ref.name == "store-writer"
     assert run.output.model == "support"
+
+
+def test_the_same_bad_input_found_again_is_not_warned_about_again() -> None:
+    outcome = {"problems": ["feedback/a.jsonl line 4: invalid JSON"], "problemCount": 1}
+    children = ([check_job(2)], [check_pod(2, outcome)])
+    first = run_plan(schedule(status=checking(2, [])), children=children)
+    assert [e.reason for e in first.events] == ["InputProblems"]
+    shown = {**checking(2, []), "problems": outcome["problems"]}
+    again = run_plan(schedule(status=shown), children=children)
+    assert again.events == [] and again.status["problems"] == outcome["problems"]

@@ -145,7 +145,7 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
     update: dict[str, Any] = {}
     check = recorded.check
     if check is not None and check.state == "Checking":
-        check, found, runs = _settle(step, check, inputs, runs)
+        check, found, runs = _settle(step, check, inputs, runs, recorded.problems)
         if found is not None:
             update |= _findings(found)
     if check is None or check.state != "Checking":
@@ -188,9 +188,10 @@ def _findings(found: ScheduleCheckOutcome) -> dict[str, Any]:
 
 
 def _settle(
-    step: Step, check: ScheduleCheck, inputs: Inputs, runs: list[ScheduleRun]
+    step: Step, check: ScheduleCheck, inputs: Inputs, runs: list[ScheduleRun], shown: Sequence[str]
 ) -> tuple[ScheduleCheck, ScheduleCheckOutcome | None, list[ScheduleRun]]:
-    """Record what the check at work did once it finished: start the run it found due (or vanished)."""
+    """Record what the check at work did once it finished: start the run it found due (or vanished).
+    `shown`: the problems the status shows already (a Warning is posted only for new ones)."""
     job = inputs.checks.job(check.job)
     if job is None and step.since(check.start_time) < UNSEEN_SECONDS:
         return check, None, runs
@@ -215,7 +216,7 @@ def _settle(
         )
     step.result.actions.append(Delete("Job", check.job, stage="after"))
     found = result.schedule
-    if found.problems:
+    if found.problems and found.problems != list(shown)[: len(found.problems)]:
         step.result.events.append(Event("Warning", "InputProblems", "; ".join(found.problems)))
     if not found.reasons or found.dataset_uri is None:
         message = result.message or "no run is due"

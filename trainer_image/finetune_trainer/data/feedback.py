@@ -94,7 +94,7 @@ def _lines(name: str, path: Path, problems: list[str]) -> Iterator[tuple[str, An
             try:
                 yield where, json.loads(text)
             except json.JSONDecodeError as error:
-                problems.append(f"{where}: not JSON ({error.msg} at column {error.colno})")
+                problems.append(f"{where}: invalid JSON ({error.msg} at column {error.colno})")
 
 
 def counts(records: Sequence[Feedback], consumed: set[str], trigger: FeedbackTrigger, invalid: int) -> FeedbackCounts:

@@ -119,20 +119,24 @@ class Check:
         records = self.count_feedback(state, found, reasons)
         data = self.count_new_data(state, found, reasons)
         documents = self.score_drift(state, data, found, reasons)
-        found.problem_count = len(self.problems)
-        found.problems = [p[:300] for p in self.problems[:LISTED_PROBLEMS]]
-        for problem in self.problems:
-            log.warning("%s", problem)
         if not reasons:
+            self.report_problems(found)
             return TrainerResult(result="succeeded", message=_summary(found, "no run is due"), schedule=found)
         found.reasons = reasons[:8]
         found.dataset_uri, found.rows = self.write_dataset([(n, p) for _, n, p in data], records)
+        self.report_problems(found)
         state.feedback |= {r.id for r in records}
         state.objects |= {_key(prefix, n, p) for prefix, n, p in [*data, *documents]}
         state.runs[str(self.run.run)] = found.to_json_dict()
         state.last_dataset = found.dataset_uri
         self.store.write_text(join(self.run.uri, SCHEDULE_STATE), state.dump())
         return TrainerResult(result="succeeded", message=_summary(found, "; ".join(reasons)), schedule=found)
+
+    def report_problems(self, found: ScheduleCheckOutcome) -> None:
+        found.problem_count = len(self.problems)
+        found.problems = [p[:300] for p in self.problems[:LISTED_PROBLEMS]]
+        for problem in self.problems:
+            log.warning("%s", problem)
 
     def count_feedback(self, state: State, found: ScheduleCheckOutcome, reasons: list[str]) -> list[Feedback]:
         """Every valid feedback record; the counts go into `found`, a reason if enough negatives are pending."""
@@ -207,6 +211,20 @@ class Check:
             raise InputError(f"{self.run.dataset.uri}: the dataset has no rows")
         return fmt, rows
 
+    def data_rows(self, name: str, path: Path, fmt: Format) -> int:
+        """The rows of a data object if the whole file reads in the dataset's layout; else 0, and a problem
+        naming it (the training set is built without it, so one bad object costs only itself)."""
+        try:
+            rows = list(read_rows(path))
+            found = detect_format(rows[0], self.run.dataset.columns) if rows else None
+        except InputError as error:
+            self.problems.append(f"triggers.newData.uri: {name}: {error}")
+            return 0
+        if found is not None and found != fmt:
+            self.problems.append(f"triggers.newData.uri: {name}: rows in the {found} layout, the dataset's is {fmt}")
+            return 0
+        return len(rows)
+
     def write_dataset(self, data: list[tuple[str, Path]], records: list[Feedback]) -> tuple[str, int]:
         """The run's training set, published with its manifest: (its URI, its rows)."""
         local = self.workdir / "training-set"
@@ -216,11 +234,12 @@ class Check:
         dataset_store.download_prefix(self.run.dataset.uri, base)
         fmt, rows = self.dataset_format(base)
         for name, path in data:
-            target = local / "new-data" / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-        if data:
-            rows += sum(1 for _ in read_rows(local / "new-data"))
+            usable = self.data_rows(name, path, fmt)
+            if usable:
+                target = local / "new-data" / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                rows += usable
         triggers = self.run.triggers
         if triggers.feedback is not None:
             extra = training_rows(records, triggers.feedback, fmt, self.run.dataset.columns)
