@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .api import EVALRUN, FINETUNEJOB, KINDS, MODEL
+from .api import EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, KINDS, MODEL
 from .api.common import Phase
 from .status import parse_time
 
@@ -125,6 +125,26 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        self.schedule_gauges = {
+            "drift": Gauge(
+                "finetune_schedule_drift_score",
+                "A FineTuneSchedule's last drift score (Jensen-Shannon divergence of its new documents, 0-1).",
+                ["namespace", "name"],
+                registry=self.registry,
+            ),
+            "pendingNegative": Gauge(
+                "finetune_schedule_pending_negative_feedback",
+                "A FineTuneSchedule's negative feedback records not consumed by a run yet, at its last check.",
+                ["namespace", "name"],
+                registry=self.registry,
+            ),
+            "runs": Gauge(
+                "finetune_schedule_last_run_number",
+                "The number of a FineTuneSchedule's latest run (its FineTuneJob is <name>-<number>).",
+                ["namespace", "name"],
+                registry=self.registry,
+            ),
+        }
         self._models: dict[tuple[str, str], tuple[Tally[str], int]] = {}
         self.registry.register(_PhaseCollector(self))
         self.registry.register(_ModelCollector(self))
@@ -137,6 +157,21 @@ class OperatorMetrics:
         states = Tally(str(v.get("state")) for v in status.get("versions") or [])
         with self._lock:
             self._models[(namespace, name)] = (states, int(status.get("promotions") or 0))
+
+    def observe_schedule(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        shown = {
+            "drift": (status.get("drift") or {}).get("score"),
+            "pendingNegative": (status.get("feedback") or {}).get("pendingNegative"),
+            "runs": (status.get("lastRun") or {}).get("number"),
+        }
+        for key, value in shown.items():
+            if value is not None:
+                self.schedule_gauges[key].labels(namespace, name).set(value)
+
+    def forget_schedule(self, namespace: str, name: str) -> None:
+        for gauge in self.schedule_gauges.values():
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
 
     def phase_counts(self, kind: str = "FineTuneJob") -> Tally[str]:
         with self._lock:
@@ -186,6 +221,8 @@ class OperatorMetrics:
             self.observe_evalrun(namespace, name, status)
         elif kind == MODEL.kind:
             self.observe_model(namespace, name, status)
+        elif kind == FINETUNESCHEDULE.kind:
+            self.observe_schedule(namespace, name, status)
         elif kind == FINETUNEJOB.kind:
             self.observe_status(namespace, name, status)
 
@@ -195,6 +232,8 @@ class OperatorMetrics:
         elif kind == MODEL.kind:
             with self._lock:
                 self._models.pop((namespace, name), None)
+        elif kind == FINETUNESCHEDULE.kind:
+            self.forget_schedule(namespace, name)
         elif kind == FINETUNEJOB.kind:
             self.forget(namespace, name)
 

@@ -106,6 +106,19 @@ def test_model_versions_by_state_and_promotions_from_the_status() -> None:
     assert _sample(metrics, "finetune_model_versions", {**labels, "state": "Rejected"}) is None
 
 
+def test_a_schedules_drift_pending_feedback_and_latest_run_from_the_status_and_no_job_figures() -> None:
+    metrics = OperatorMetrics()
+    status = {"drift": {"score": 0.31}, "feedback": {"pendingNegative": 7}, "lastRun": {"number": 4}}
+    metrics.observe_resource("FineTuneSchedule", "a", "loop", status)
+    labels = {"namespace": "a", "name": "loop"}
+    assert _sample(metrics, "finetune_schedule_drift_score", labels) == 0.31
+    assert _sample(metrics, "finetune_schedule_pending_negative_feedback", labels) == 7
+    assert _sample(metrics, "finetune_schedule_last_run_number", labels) == 4
+    assert metrics.phase_counts("FineTuneJob") == {}  # a schedule is not counted as a job
+    metrics.forget_resource("FineTuneSchedule", "a", "loop")
+    assert _sample(metrics, "finetune_schedule_drift_score", labels) is None
+
+
 def test_duration_histogram_and_transitions() -> None:
     metrics = OperatorMetrics()
     metrics.observe_transition("Succeeded", "TrainingComplete")
@@ -155,3 +168,25 @@ def test_watched_copies_drop_what_planning_never_reads() -> None:
     assert body["metadata"]["managedFields"] and LAST_APPLIED in body["metadata"]["annotations"]  # untouched
     packed = Packed.of(watched)  # what the index keeps: compact JSON, a fresh copy on every read
     assert " " not in packed.text and packed.unpack() == watched and packed.unpack() is not packed.unpack()
+
+
+def test_every_metric_the_charts_dashboard_queries_is_one_the_operator_exports() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "helm/finetune-operator/files/dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"\bfinetune_[a-z_]+", target["expr"])
+    }
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported = {
+        family.name + suffix
+        for family in OperatorMetrics().registry.collect()
+        for suffix in ("", *suffixes.get(family.type, ()))
+    }
+    assert "finetune_schedule_drift_score" in queried
+    assert queried <= exported, sorted(queried - exported)
