@@ -33,6 +33,7 @@ EXAMPLE = REPO_ROOT / "examples" / "quickstart" / "finetunejob.yaml"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
     started = Quickstart(tmp_path_factory.mktemp("schedule")).start(say=lambda _: None)
+    apply_schedule(started, "nightly", schedule="* * * * *")
     yield started
     started.stop()
 
@@ -91,14 +92,6 @@ def feedback_line(ident: int, rating: int, correction: str | None = None) -> str
     return json.dumps(record)
 
 
-def test_a_cron_time_starts_one_run(demo: Quickstart) -> None:
-    apply_schedule(demo, "nightly", schedule="* * * * *")
-    run = one_run(demo, "nightly", 150)
-    assert run["metadata"]["annotations"]["finetune.dev/run-reasons"] == "schedule"
-    shown = status(demo, "nightly")
-    assert shown["lastRun"]["name"] == run["metadata"]["name"] and shown["nextScheduleTime"]
-
-
 def test_negative_feedback_starts_one_run_that_trains_on_it_and_registers_into_the_model(
     demo: Quickstart, tmp_path: Path
 ) -> None:
@@ -118,7 +111,7 @@ def test_negative_feedback_starts_one_run_that_trains_on_it_and_registers_into_t
     }
     apply_objects(demo.cluster.api(), [model])
     feedback = {"uri": f"s3://{BUCKET}/feedback/", "minNegative": 2}
-    apply_schedule(demo, "loop", suspend=False, model="loop", triggers={"feedback": feedback, "pollSeconds": 10})
+    apply_schedule(demo, "loop", suspend=False, model="loop", triggers={"feedback": feedback, "pollSeconds": 5})
     run = one_run(demo, "loop", 120)
     name = run["metadata"]["name"]
     assert run["metadata"]["annotations"]["finetune.dev/run-reasons"] == "2 negative feedback records >= 2"
@@ -182,7 +175,7 @@ def test_drifted_documents_start_a_run_and_undrifted_ones_do_not(demo: Quickstar
     print(f"drift: the dataset's own answers {calm:.3f}, a billing page {score:.3f} (threshold 0.5)")
     assert calm < 0.5 < score
     assert run["metadata"]["annotations"]["finetune.dev/run-reasons"] == f"drift {score:.2f} > 0.5"
-    time.sleep(15)
+    wait_for(lambda: status(demo, "calm")["check"]["number"] >= 3, 60, "three checks of calm")
     assert runs(demo, "calm") == []
 
 
@@ -201,7 +194,7 @@ def test_the_manual_trigger_survives_an_operator_restart_and_starts_exactly_one_
     run = one_run(demo, "by-hand", 60)
     assert run["metadata"]["name"] == "by-hand-1"
     assert run["metadata"]["annotations"]["finetune.dev/run-reasons"] == "manual"
-    time.sleep(10)
+    time.sleep(5)
     assert len(runs(demo, "by-hand")) == 1
 
 
@@ -222,3 +215,11 @@ def test_an_invalid_cron_expression_is_refused_at_admission(demo: Quickstart) ->
         apply_schedule(demo, "bad-cron", schedule="61 * * * *")
     assert refused.value.status == 422
     assert "spec.schedule: Invalid value" in refused.value.body and "not a valid cron expression" in refused.value.body
+
+
+def test_a_cron_time_starts_one_run(demo: Quickstart) -> None:
+    # Applied by the fixture, first, so the wait for the next minute overlaps the other tests.
+    run = one_run(demo, "nightly", 150)
+    assert run["metadata"]["annotations"]["finetune.dev/run-reasons"] == "schedule"
+    shown = status(demo, "nightly")
+    assert shown["lastRun"]["name"] == run["metadata"]["name"] and shown["nextScheduleTime"]

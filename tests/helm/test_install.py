@@ -186,6 +186,14 @@ def _has_job(installed: Installed, name: str) -> bool:
     return any(j.metadata.name.startswith(f"{name}-") for j in jobs)
 
 
+def _check_done(installed: Installed, schedule: str) -> bool:
+    jobs = client.BatchV1Api(installed.api).list_namespaced_job("default").items
+    return any(
+        j.metadata.name.startswith(f"{schedule}-") and "-check-" in j.metadata.name and (j.status.succeeded or 0) >= 1
+        for j in jobs
+    )
+
+
 def _has_evalrun(installed: Installed, name: str) -> bool:
     try:
         client.CustomObjectsApi(installed.api).get_namespaced_custom_object(
@@ -288,8 +296,9 @@ def test_removing_any_rule_breaks_a_named_behaviour(installed: Installed) -> Non
                     name, evaluation=symptom == "no-evalrun", nodes=nodes, model=model, maxSteps=10, saveSteps=10
                 )
             if symptom == "no-run":
-                # The check pod starts (a trainer image pod) and finds the run due in well under a minute.
-                assert _never(lambda n=name: installed.exists(f"{n}-1"), 60), meaning
+                # Once the check pod has found the run due (its Job succeeded), the run would follow at once.
+                wait_for(lambda n=name: _check_done(installed, n), 120, f"{name}'s check to finish")
+                assert _never(lambda n=name: installed.exists(f"{n}-1"), 15), meaning
             elif symptom == "no-status":
                 assert _never(lambda n=name: installed.status(n), 15), meaning
             elif symptom in {"no-job", "no-group-job"}:

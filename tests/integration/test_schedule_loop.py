@@ -44,9 +44,10 @@ def served_version(kube: Kube) -> int | None:
 
 
 def test_a_scheduled_run_ships_only_when_it_beats_stable(kube: Kube) -> None:
-    apply_model(
-        kube, "loop", promotion={"mustBeat": {"metric": "exact_match"}}, serving={"configMap": {"name": "loop-lora"}}
-    )
+    # No store copy: what is shown is the gate and the ConfigMap, without a publish pod per decision.
+    serving = {"configMap": {"name": "loop-lora"}}
+    promotion = {"mustBeat": {"metric": "exact_match"}}
+    apply_model(kube, "loop", promotion=promotion, serving=serving, store={"enabled": False})
     decided = []
     for number, (score, state) in enumerate([(0.8, "Stable"), (0.6, "Rejected"), (0.9, "Stable")], start=1):
         apply_schedule(kube, "retrain", score, trigger=str(number))
