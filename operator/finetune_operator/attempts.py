@@ -101,6 +101,12 @@ class Observed:
     attempt: int
     current: JobView | None
 
+    @property
+    def in_flight(self) -> bool:
+        """An attempt started and not finished: it keeps the inputs it resolved when it started (an adapter, a
+        dataset split), even if what they were resolved from has moved on."""
+        return self.attempt > 0 and self.status.get("phase") not in TERMINAL_PHASES
+
 
 def observe(body: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]]) -> Observed:
     status: Mapping[str, Any] = body.get("status") or {}

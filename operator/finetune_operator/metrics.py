@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .api import EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, KINDS, MODEL
+from .api import DATASET, EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, KINDS, MODEL
 from .api.common import Phase
 from .status import parse_time
 
@@ -225,6 +225,9 @@ class OperatorMetrics:
             self.observe_schedule(namespace, name, status)
         elif kind == FINETUNEJOB.kind:
             self.observe_status(namespace, name, status)
+        elif kind == DATASET.kind and status.get("phase"):
+            with self._lock:
+                self._phases[(kind, namespace, name)] = status["phase"]
 
     def forget_resource(self, kind: str, namespace: str, name: str) -> None:
         if kind == EVALRUN.kind:
@@ -236,6 +239,9 @@ class OperatorMetrics:
             self.forget_schedule(namespace, name)
         elif kind == FINETUNEJOB.kind:
             self.forget(namespace, name)
+        elif kind == DATASET.kind:
+            with self._lock:
+                self._phases.pop((kind, namespace, name), None)
 
     def observe_transition(self, phase: str, reason: str, kind: str = "FineTuneJob") -> None:
         self.transitions.labels(kind, phase, reason).inc()

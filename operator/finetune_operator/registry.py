@@ -32,6 +32,8 @@ class Publication:
     sha256: str | None
     provenance: Provenance | None
     completion_time: str
+    dataset_uri: str
+    """What it trained on: spec.dataset.uri, or the Dataset split its datasetRef resolved to."""
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,15 @@ def publication(body: Mapping[str, Any]) -> Publication | None:
         return None
     meta = body["metadata"]
     provenance = status.get("provenance")
+    spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
     return Publication(
         job=VersionJob(name=meta["name"], uid=meta["uid"], attempt=attempt),
-        spec=FineTuneJobSpec.model_validate(body.get("spec") or {}),
+        spec=spec,
         adapter_uri=adapter["uri"],
         sha256=adapter.get("sha256"),
         provenance=Provenance.model_validate(provenance) if provenance else None,
         completion_time=status.get("completionTime") or "",
+        dataset_uri=(status.get("dataset") or {}).get("uri") or spec.dataset.uri or "",
     )
 
 
@@ -107,7 +111,7 @@ def register(published: Publication, number: int, model: ModelSpec, gate_evalrun
         sha256=published.sha256,
         fine_tune_job=published.job,
         base_model=job_base,
-        dataset_uri=published.spec.dataset.uri,
+        dataset_uri=published.dataset_uri,
         output_uri=published.spec.output.uri,
         hyperparameters=hyperparameters(published.spec),
         quantization=published.spec.effective_quantization,

@@ -1,4 +1,4 @@
-"""`finetune-trainer train|eval|cleanup|publish-model|check-schedule|prepare`: the trainer image's entry points
+"""`finetune-trainer train|eval|cleanup|publish-model|check-schedule|build-dataset|prepare`: the trainer image's entry points
 (contract: exit codes, results)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from finetune_operator.api.contract import (
     CleanupRunSpec,
+    DatasetBuildRunSpec,
     EvaluationRunSpec,
     ModelPublishRunSpec,
     ScheduleCheckRunSpec,
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             "check-schedule",
             "check a FineTuneSchedule's store triggers; when a run is due, write its training set",
         ),
+        ("build-dataset", "turn a Dataset's documents into chunks and instruction pairs, and publish its splits"),
         ("prepare", "only load, check and tokenise the dataset; print what training would see"),
     ):
         command = commands.add_parser(name, help=text, description=text)
@@ -131,6 +133,11 @@ def _run(args: argparse.Namespace, workdir: Path) -> TrainerResult | None:
         from .recipes.check_schedule import check_schedule
 
         return check_schedule(load_run_spec(args.spec, os.environ, ScheduleCheckRunSpec), workdir, os.environ)
+    if args.command == "build-dataset":
+        from .recipes.build_dataset import build_dataset
+
+        build = load_run_spec(args.spec, os.environ, DatasetBuildRunSpec)
+        return build_dataset(build, workdir, os.environ, ProgressReporter(build.resource))
     if args.command == "eval":
         evaluation = load_run_spec(args.spec, os.environ, EvaluationRunSpec)
         from .recipes.evaluate import EvaluationRecipe

@@ -88,6 +88,15 @@ def encode_result(result: TrainerResult) -> str:
         evaluation = evaluation.model_copy(update={"results": evaluation.results[:-1], "results_truncated": True})
         result = result.model_copy(update={"evaluation": evaluation})
         text = result.model_dump_json(by_alias=True, exclude_none=True)
+    dataset = result.dataset
+    while (
+        len(text.encode()) > TERMINATION_MESSAGE_LIMIT and dataset is not None and (dataset.samples or dataset.failures)
+    ):
+        # The counts and the output always fit; samples go first, then the named failures (the log lists all).
+        field = "samples" if dataset.samples else "failures"
+        dataset = dataset.model_copy(update={field: getattr(dataset, field)[:-1]})
+        result = result.model_copy(update={"dataset": dataset})
+        text = result.model_dump_json(by_alias=True, exclude_none=True)
     if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and result.message:
         result = result.model_copy(update={"message": result.message[:1000]})
         text = result.model_dump_json(by_alias=True, exclude_none=True)

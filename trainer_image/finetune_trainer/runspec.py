@@ -14,14 +14,24 @@ from finetune_operator.api import format_validation_error
 from finetune_operator.api.contract import (
     RUN_SPEC_ENV,
     CleanupRunSpec,
+    DatasetBuildRunSpec,
     EvaluationRunSpec,
     ModelPublishRunSpec,
+    ScheduleCheckRunSpec,
     TrainingRunSpec,
 )
 
 from .errors import InputError
 
-RunSpec = TypeVar("RunSpec", TrainingRunSpec, EvaluationRunSpec, CleanupRunSpec, ModelPublishRunSpec)
+RunSpec = TypeVar(
+    "RunSpec",
+    TrainingRunSpec,
+    EvaluationRunSpec,
+    CleanupRunSpec,
+    ModelPublishRunSpec,
+    ScheduleCheckRunSpec,
+    DatasetBuildRunSpec,
+)
 
 
 def load_run_spec(
@@ -45,7 +55,12 @@ def load_run_spec(
     expected = model.model_fields["kind"].default
     if isinstance(raw, dict) and raw.get("kind", expected) != expected:
         commands = {"TrainingRun": "train", "EvaluationRun": "eval", "CleanupRun": "cleanup"}
-        command = {**commands, "ModelPublishRun": "publish-model"}.get(raw.get("kind"), "?")
+        more = {
+            "ModelPublishRun": "publish-model",
+            "ScheduleCheckRun": "check-schedule",
+            "DatasetBuildRun": "build-dataset",
+        }
+        command = {**commands, **more}.get(raw.get("kind"), "?")
         raise InputError(
             f"{source}: a {raw.get('kind')} run spec is for `finetune-trainer {command}`, not this command",
             reason="InvalidSpec",

@@ -1,4 +1,4 @@
-"""API models of FineTuneJob, EvalRun, Model and FineTuneSchedule (group finetune.dev, version v1alpha1).
+"""API models of FineTuneJob, EvalRun, Model, FineTuneSchedule and Dataset (group finetune.dev, version v1alpha1).
 
 Importable without kopf, kubernetes or torch: the trainer validates its run spec with these models.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from .common import TERMINAL_PHASES, Condition, Phase
+from .dataset import DatasetSpec, DatasetStatus
 from .evalrun import EvalRunSpec, EvalRunStatus
 from .finetunejob import FineTuneJobSpec
 from .model import ModelSpec, ModelStatus
@@ -164,7 +165,35 @@ FINETUNESCHEDULE = Kind(
     attempts=False,
 )
 
-KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN, MODEL, FINETUNESCHEDULE)
+DATASET = Kind(
+    kind="Dataset",
+    plural="datasets",
+    singular="dataset",
+    short_names=("ftd",),
+    spec_model=DatasetSpec,
+    status_model=DatasetStatus,
+    description="Dataset turns raw documents (text, markdown, HTML, PDF, docx, JSONL) into instruction pairs: "
+    "it chunks them along headings and paragraphs, generates question-answer pairs from templates or with a "
+    "model, filters them (duplicates, length, grounding in the chunk, language) and publishes train, validation "
+    "and test splits with their source chunks; a FineTuneJob trains on it with spec.dataset.datasetRef.",
+    columns=(
+        _PHASE,
+        PrinterColumn("Docs", ".status.documents.read", "integer", "Documents read."),
+        PrinterColumn("Failed", ".status.documents.failed", "integer", "Documents skipped (status.failures)."),
+        PrinterColumn("Chunks", ".status.chunks", "integer", "Chunks cut from the documents."),
+        PrinterColumn("Pairs", ".status.pairs.kept", "integer", "Pairs kept after the filters."),
+        PrinterColumn("Train", ".status.splits.train", "integer", "Rows in the train split.", 1),
+        PrinterColumn("Test", ".status.splits.test", "integer", "Rows in the test split.", 1),
+        PrinterColumn("Mode", ".spec.generation.mode", "string", "template or model.", 1),
+        PrinterColumn("Output", ".status.output.uri", "string", "Where the splits were published.", 1),
+        _AGE,
+    ),
+    label=f"{GROUP}/dataset",
+    attempt_neutral=("suspend",),
+    metrics_family="finetune_datasets",
+)
+
+KINDS: tuple[Kind, ...] = (FINETUNEJOB, EVALRUN, MODEL, FINETUNESCHEDULE, DATASET)
 _BY_NAME = {k.kind: k for k in KINDS}
 
 
@@ -202,6 +231,7 @@ def format_validation_error(error: ValidationError, root: str = "spec") -> str:
 __all__ = [
     "API_VERSION",
     "CATEGORY",
+    "DATASET",
     "EVALRUN",
     "FINETUNEJOB",
     "FINETUNESCHEDULE",
@@ -211,6 +241,8 @@ __all__ = [
     "TERMINAL_PHASES",
     "VERSION",
     "Condition",
+    "DatasetSpec",
+    "DatasetStatus",
     "EvalRunSpec",
     "EvalRunStatus",
     "FineTuneJobSpec",

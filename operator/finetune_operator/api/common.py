@@ -71,6 +71,32 @@ class LocalRef(ApiModel):
     name: ObjectName = Field(description="Name of the resource in this namespace.")
 
 
+SPLITS = ("train", "validation", "test")
+Split = Literal["train", "validation", "test"]
+
+
+class DatasetRef(ApiModel):
+    """A Dataset in the same namespace, and which of its splits to read."""
+
+    name: ObjectName = Field(
+        description="Name of the Dataset. The reader waits (Pending, WaitingForDataset) until the Dataset is "
+        "Ready, fails if it failed, and runs again when it publishes anew."
+    )
+    split: Split = Field(default="test", description="`train`, `validation` or `test`.")
+
+
+class ResolvedDataset(ApiModel):
+    """A datasetRef as the operator resolved it for the current attempt (kept while the attempt runs, even if
+    the Dataset is rebuilt meanwhile)."""
+
+    name: ObjectName = Field(description="The Dataset.")
+    uri: Annotated[str, StringConstraints(max_length=2048)] = Field(description="The split file read.")
+    attempt: int | None = Field(default=None, ge=1, description="The Dataset's attempt that published it.")
+    benchmark: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        default=None, description="The benchmark that reads it (an EvalRun's)."
+    )
+
+
 class AdapterSource(ApiModel):
     """A published PEFT adapter."""
 

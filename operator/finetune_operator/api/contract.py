@@ -4,8 +4,8 @@
   with an `EvaluationRunSpec` (EvalRun), or `finetune-trainer cleanup` with a `CleanupRunSpec` (a deleted
   FineTuneJob with output.deletePolicy Delete), or `finetune-trainer publish-model` with a
   `ModelPublishRunSpec` (a Model's store copy), or `finetune-trainer check-schedule` with a
-  `ScheduleCheckRunSpec` (a FineTuneSchedule's triggers and a run's training set), as JSON in
-  `FINETUNE_RUN_SPEC`.
+  `ScheduleCheckRunSpec` (a FineTuneSchedule's triggers and a run's training set), or
+  `finetune-trainer build-dataset` with a `DatasetBuildRunSpec` (a Dataset), as JSON in `FINETUNE_RUN_SPEC`.
 - Credentials arrive only as `secretKeyRef` env vars named by `secret_env_name`.
 - The trainer patches `status.progress` of `resource` (its ServiceAccount may do nothing else), and
   writes a `TrainerResult` (< 4 KiB) to the termination-message file. The operator trusts that result,
@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from .dataset import DatasetOutcome, DatasetSpec
 from .evalrun import EvalRunSpec, Report, ResolvedModel
 from .evaluation import MetricResult, MetricSummary
 from .finetunejob import DatasetSource, FineTuneJobSpec
@@ -38,7 +39,7 @@ TERMINATION_MESSAGE_LIMIT = 4096
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
 # Which source a Secret's env vars are for: BASE_MODEL, DATASET, OUTPUT, ADAPTER, BENCHMARK_<index>,
-# BENCHMARK_<index>_JUDGE, or ADAPTER_<index> (a model publish's versions).
+# BENCHMARK_<index>_JUDGE, ADAPTER_<index> (a model publish's versions), DOCUMENTS and GENERATOR (a Dataset's).
 SecretRole = str
 
 
@@ -70,6 +71,10 @@ def version_role(index: int) -> SecretRole:
 NEW_DATA_ROLE: SecretRole = "NEW_DATA"
 FEEDBACK_ROLE: SecretRole = "FEEDBACK"
 DRIFT_ROLE: SecretRole = "DRIFT"
+
+# A Dataset's build pod reads its documents and its generating model under roles of their own.
+DOCUMENTS_ROLE: SecretRole = "DOCUMENTS"
+GENERATOR_ROLE: SecretRole = "GENERATOR"
 
 SCHEDULE_STATE = "state.json"
 """A FineTuneSchedule's record in the store (`<output>/schedules/<ns>/<name>/<uid>/state.json`): the consumed
@@ -158,6 +163,16 @@ class EvaluationRunSpec(_AttemptRunSpec):
     evaluation: EvalRunSpec = Field(description="The EvalRun spec, defaults applied.")
     model: ResolvedModel = Field(description="The model under test.")
     report_uri: str = Field(description="Prefix the report is published under.")
+
+
+class DatasetBuildRunSpec(_AttemptRunSpec):
+    """Everything `finetune-trainer build-dataset` needs, resolved by the operator."""
+
+    kind: Literal["DatasetBuildRun"] = Field(default="DatasetBuildRun", description="Run kind.")
+    dataset: DatasetSpec = Field(description="The Dataset spec, defaults applied.")
+    output_uri: str = Field(
+        description="Prefix the splits are published under: <output>/<namespace>/<name>/<uid>/attempt-<n>/."
+    )
 
 
 class CleanupRunSpec(ApiModel):
@@ -267,6 +282,7 @@ class TrainerResult(ApiModel):
     )
     stable_version: int | None = Field(default=None, ge=1, description="The version stable.json now points at.")
     schedule: ScheduleCheckOutcome | None = Field(default=None, description="A schedule check's findings.")
+    dataset: DatasetOutcome | None = Field(default=None, description="What a Dataset build produced.")
     rank: int | None = Field(
         default=None, ge=0, description="Global rank that wrote this result, in a job of several ranks."
     )

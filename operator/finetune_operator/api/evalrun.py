@@ -15,6 +15,7 @@ from .common import (
     ModelSource,
     Phase,
     Quantization,
+    ResolvedDataset,
     Resources,
     SecretRef,
 )
@@ -143,6 +144,11 @@ class EvalRunStatus(ApiModel):
     )
     progress: EvalProgress | None = Field(default=None, description="Live progress reported by the evaluation pod.")
     model: ResolvedModel | None = Field(default=None, description="The model the current attempt evaluates.")
+    datasets: list[ResolvedDataset] = Field(
+        default_factory=list,
+        max_length=32,
+        description="The Dataset splits the current attempt scores (benchmarks[].dataset.datasetRef).",
+    )
     results: list[MetricResult] = Field(
         default_factory=list,
         max_length=200,

@@ -12,9 +12,9 @@ from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field, StringConstraints
 
-from .common import URI_HELP, Phase, Resources, SecretRef, Uri, remote_secret_rule
+from .common import URI_HELP, DatasetRef, Phase, Resources, SecretRef, Uri, remote_secret_rule
 from .harness import JudgeSettings, LmEvalSettings
-from .schema import DNS_LABEL, ApiModel, Rule
+from .schema import DNS_LABEL, ApiModel, Rule, exactly_one
 
 Metric = Literal[
     "exact_match",
@@ -82,9 +82,16 @@ def _task_metrics_cel() -> str:
 
 
 class BenchmarkDataset(ApiModel):
-    """Evaluation data: JSONL, JSON, CSV or Parquet."""
+    """Evaluation data: JSONL, JSON, CSV or Parquet, or a split of a Dataset."""
 
-    uri: Uri = Field(description="Location of the evaluation file or folder. " + URI_HELP)
+    uri: Uri | None = Field(default=None, description="Location of the evaluation file or folder. " + URI_HELP)
+    dataset_ref: DatasetRef | None = Field(
+        default=None,
+        description="Score a split of this Dataset (same namespace; default its test split), read with its "
+        "output.secretRef. Its columns are the Dataset's own (instruction, output, and context: the chunk each pair "
+        "came from, which faithfulness checks answers against), so the column fields below are not used. The run "
+        "waits (Pending, WaitingForDataset) until the Dataset is Ready. Set this or uri.",
+    )
     secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
     question_column: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
         default="question", description="Column with the prompt or question (qa, completion)."
@@ -108,7 +115,13 @@ class BenchmarkDataset(ApiModel):
         default="rejected", description="Column with the dispreferred response (preference)."
     )
 
-    __rules__ = (remote_secret_rule(),)
+    __rules__ = (exactly_one("uri", "dataset_ref"), remote_secret_rule(optional=True))
+
+    @property
+    def location(self) -> str:
+        """The URI read; only once a datasetRef is resolved (by the operator: kinds/evalrun.py)."""
+        assert self.uri is not None, "resolve datasetRef first"
+        return self.uri
 
 
 class Benchmark(ApiModel):
@@ -197,9 +210,13 @@ class Benchmark(ApiModel):
         ),
         Rule(
             cel="!self.metrics.exists(m, m == 'faithfulness') "
-            "|| (has(self.dataset) && has(self.dataset.contextColumn))",
-            message="faithfulness needs dataset.contextColumn (the source passage answers are checked against)",
-            check=lambda b: "faithfulness" not in b.metrics or (b.dataset is not None and b.dataset.context_column),
+            "|| (has(self.dataset) && (has(self.dataset.contextColumn) || has(self.dataset.datasetRef)))",
+            message="faithfulness needs dataset.contextColumn (the source passage answers are checked against) or "
+            "a dataset.datasetRef (whose chunks are the sources)",
+            check=lambda b: (
+                "faithfulness" not in b.metrics
+                or (b.dataset is not None and (b.dataset.context_column or b.dataset.dataset_ref))
+            ),
             field="metrics",
         ),
     )
@@ -207,7 +224,7 @@ class Benchmark(ApiModel):
     def source(self) -> tuple[str, SecretRef | None] | None:
         """What the pod fetches for this benchmark (its dataset, or its lm-eval task folder), with its Secret."""
         if self.dataset is not None:
-            return self.dataset.uri, self.dataset.secret_ref
+            return self.dataset.location, self.dataset.secret_ref
         if self.lm_eval is not None and self.lm_eval.include is not None:
             return self.lm_eval.include, self.lm_eval.secret_ref
         return None

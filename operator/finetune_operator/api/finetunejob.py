@@ -74,9 +74,15 @@ class Refinement(ApiModel):
 
 
 class DatasetSource(ApiModel):
-    """The training data: a file or folder of JSONL, JSON, CSV or Parquet."""
+    """The training data: a file or folder of JSONL, JSON, CSV or Parquet, or the train split of a Dataset."""
 
-    uri: Uri = Field(description="Location of the dataset file or folder. " + URI_HELP)
+    uri: Uri | None = Field(default=None, description="Location of the dataset file or folder. " + URI_HELP)
+    dataset_ref: LocalRef | None = Field(
+        default=None,
+        description="Train on the train split of this Dataset (same namespace), read with its output.secretRef: "
+        "the job waits (Pending, WaitingForDataset) until the Dataset is Ready, fails if it failed, and trains "
+        "again when it publishes anew. Set this or uri.",
+    )
     secret_ref: SecretRef | None = Field(default=None, description="Secret with the credentials for `uri`.")
     format: Literal["auto", "alpaca", "chat", "completion", "text", "preference"] = Field(
         default="auto",
@@ -101,7 +107,13 @@ class DatasetSource(ApiModel):
         default=True, description="Compute the loss on response tokens only, not on the prompt."
     )
 
-    __rules__ = (remote_secret_rule(),)
+    __rules__ = (exactly_one("uri", "dataset_ref"), remote_secret_rule(optional=True))
+
+    @property
+    def location(self) -> str:
+        """The URI read; only once a datasetRef is resolved (by the operator: kinds/finetunejob.py)."""
+        assert self.uri is not None, "resolve datasetRef first"
+        return self.uri
 
 
 class LoraSettings(ApiModel):

@@ -65,6 +65,16 @@ class JobTemplate(ApiModel):
 
     spec: FineTuneJobSpec = Field(description="The FineTuneJob spec of every run.")
 
+    __rules__ = (
+        Rule(
+            cel="!has(self.spec.dataset.datasetRef)",
+            message="a schedule's runs train on a training set its check prepares from spec.dataset.uri; "
+            "spec.dataset.datasetRef is not supported here (use the Dataset's published train split URI)",
+            check=lambda t: t.spec.dataset.dataset_ref is None,
+            field="spec.dataset.datasetRef",
+        ),
+    )
+
 
 class NewDataTrigger(ApiModel):
     """New training data: objects under `uri` the schedule has not consumed yet, in the template dataset's

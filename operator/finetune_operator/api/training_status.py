@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from .common import Condition, Phase
+from .common import Condition, Phase, ResolvedDataset
 from .evaluation import EvaluationStatus
 from .schema import ApiModel
 
@@ -161,6 +161,9 @@ class FineTuneJobStatus(ApiModel):
     )
     start_adapter: StartAdapterStatus | None = Field(
         default=None, description="The adapter the current attempt started from (spec.adapter)."
+    )
+    dataset: ResolvedDataset | None = Field(
+        default=None, description="The Dataset split the current attempt trains on (spec.dataset.datasetRef)."
     )
     job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
         default=None, description="Job of the current attempt."

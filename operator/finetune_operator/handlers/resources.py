@@ -11,8 +11,10 @@ import kopf
 from ..api import EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, GROUP, KINDS, VERSION, Kind
 from ..kinds import CONTROLLERS
 from ..kinds.base import (
+    EVALRUNS_BY_DATASET,
     EVALRUNS_BY_JOB,
     FINETUNEJOBS_BY_ADAPTER_JOB,
+    FINETUNEJOBS_BY_DATASET,
     FINETUNEJOBS_BY_MODEL,
     FINETUNEJOBS_BY_SCHEDULE,
     Packed,
@@ -20,6 +22,7 @@ from ..kinds.base import (
     needs_reconcile,
     watched_index,
 )
+from ..kinds.evalrun import dataset_names
 from ..reconciler import forget, wake, wake_dependents
 from ..runtime import MEMO_KEY, Runtime
 
@@ -70,6 +73,21 @@ async def finetunejobs_by_schedule(
 ) -> dict[tuple[str, str], str] | None:
     schedule = labels.get(FINETUNESCHEDULE.label)
     return {(namespace or "", schedule): name} if schedule else None
+
+
+@kopf.index(GROUP, VERSION, FINETUNEJOB.plural, id=FINETUNEJOBS_BY_DATASET)
+async def finetunejobs_by_dataset(
+    namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], str] | None:
+    ref = ((spec.get("dataset") or {}).get("datasetRef") or {}).get("name")
+    return {(namespace or "", ref): name} if ref else None
+
+
+@kopf.index(GROUP, VERSION, EVALRUN.plural, id=EVALRUNS_BY_DATASET)
+async def evalruns_by_dataset(
+    namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], str] | None:
+    return {(namespace or "", dataset): name for dataset in dataset_names(spec)} or None
 
 
 async def resource_event(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import evalrun, finetunejob, model, schedule
+from . import dataset, evalrun, finetunejob, model, schedule
 from .base import Controller
 
 CONTROLLERS: dict[str, Controller[Any]] = {
-    c.kind.kind: c for c in (finetunejob.CONTROLLER, evalrun.CONTROLLER, model.CONTROLLER, schedule.CONTROLLER)
+    c.kind.kind: c
+    for c in (finetunejob.CONTROLLER, evalrun.CONTROLLER, model.CONTROLLER, schedule.CONTROLLER, dataset.CONTROLLER)
 }
 """Every kind's controller by kind name; api.KINDS and this registry list the same kinds (a unit test checks)."""
 

@@ -8,7 +8,8 @@ The indices (kopf keeps them up to date from its watches, handlers/indices.py re
 trainer Jobs and Pods by their owner's uid, every resource of our kinds by (namespace, name) as
 watched, EvalRuns by the FineTuneJob their fineTuneJobRef names, and FineTuneJobs by the one whose
 adapter they start from (spec.adapter.fineTuneJobRef), FineTuneJobs by the Model they publish into
-(spec.output.model), and FineTuneJobs by the FineTuneSchedule whose run they are (its label). One more
+(spec.output.model), FineTuneJobs by the FineTuneSchedule whose run they are (its label), and FineTuneJobs
+and EvalRuns by the Datasets their datasetRefs name. One more
 "index" is not kopf's: `observed`, the objects of other projects
 a controller reads (Controller.observe: a KServe LLMInferenceService, whose CRD may not be installed,
 so no watch could be set up for it at start), read by the reconcile loop just before gather.
@@ -25,7 +26,8 @@ from typing import Any, Generic, TypeVar, cast
 from pydantic import ValidationError
 
 from ..api import KINDS, Kind
-from ..api.common import AdapterSource
+from ..api.common import AdapterSource, ResolvedDataset, SecretRef
+from ..api.dataset import DatasetSpec, split_uri
 from ..api.finetunejob import FineTuneJobSpec
 from ..config import OperatorSettings
 from ..plan import Plan
@@ -37,6 +39,8 @@ EVALRUNS_BY_JOB = "evalruns_by_job"
 FINETUNEJOBS_BY_ADAPTER_JOB = "finetunejobs_by_adapter_job"
 FINETUNEJOBS_BY_MODEL = "finetunejobs_by_model"
 FINETUNEJOBS_BY_SCHEDULE = "finetunejobs_by_schedule"
+FINETUNEJOBS_BY_DATASET = "finetunejobs_by_dataset"
+EVALRUNS_BY_DATASET = "evalruns_by_dataset"
 OBSERVED = "observed"
 
 
@@ -151,6 +155,8 @@ INDEX_NAMES: tuple[str, ...] = (
     FINETUNEJOBS_BY_ADAPTER_JOB,
     FINETUNEJOBS_BY_MODEL,
     FINETUNEJOBS_BY_SCHEDULE,
+    FINETUNEJOBS_BY_DATASET,
+    EVALRUNS_BY_DATASET,
     *(watched_index(k) for k in KINDS),
 )
 """Every index a reconcile reads (handlers/ registers each under this name)."""
@@ -191,3 +197,49 @@ def published_adapter(name: str, ftj: Mapping[str, Any] | None) -> PublishedAdap
     except ValidationError:
         return Outcome("Failed", "FineTuneJobFailed", f"FineTuneJob {name} has an invalid spec")
     return PublishedAdapter(AdapterSource(uri=adapter, secret_ref=job.output.secret_ref), job, status.get("attempt"))
+
+
+@dataclass(frozen=True)
+class DatasetSplit:
+    """A datasetRef resolved: the split file, the Secret that reads it, and what the status records."""
+
+    uri: str
+    secret_ref: SecretRef | None
+    record: ResolvedDataset
+
+
+def _failed_message(status: Mapping[str, Any]) -> str:
+    return str(next((c.get("message") for c in status.get("conditions") or [] if c.get("type") == "Failed"), ""))
+
+
+def dataset_split(
+    name: str,
+    split: str,
+    dataset: Mapping[str, Any] | None,
+    recorded: ResolvedDataset | None = None,
+    benchmark: str | None = None,
+) -> DatasetSplit | Outcome:
+    """The split of Dataset `name` to read, or why there is none yet (Pending) or will be none (Failed); what a
+    FineTuneJob's and an EvalRun's datasetRef wait for. `recorded`: what the reader's attempt in flight resolved
+    before, which it keeps even if the Dataset is being rebuilt meanwhile."""
+    secret = None
+    if dataset is not None:
+        try:
+            secret = DatasetSpec.model_validate(dataset.get("spec") or {}).output.secret_ref
+        except ValidationError:
+            return Outcome("Failed", "DatasetFailed", f"Dataset {name} has an invalid spec")
+    if recorded is not None and recorded.name == name:
+        return DatasetSplit(recorded.uri, secret, recorded)
+    if dataset is None:
+        return Outcome("Pending", "WaitingForDataset", f"Dataset {name} does not exist (yet)")
+    status = dataset.get("status") or {}
+    phase = status.get("phase")
+    if phase == "Failed":
+        return Outcome("Failed", "DatasetFailed", f"Dataset {name} failed: {_failed_message(status)}"[:2048])
+    prefix = (status.get("output") or {}).get("uri")
+    if phase != "Succeeded" or not prefix:
+        why = f"waiting for Dataset {name} to be Ready (it is {phase or 'new'})"
+        return Outcome("Pending", "WaitingForDataset", why)
+    uri = split_uri(prefix, split)
+    record = ResolvedDataset(name=name, uri=uri, attempt=status.get("attempt"), benchmark=benchmark)
+    return DatasetSplit(uri, secret, record)

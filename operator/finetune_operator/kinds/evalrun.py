@@ -3,25 +3,28 @@
     inputs = gather(body, indices, settings)   # its Jobs and Pods, the referenced FineTuneJob as watched
     plan(inputs, now) -> Plan                  # pure: the model, then attempts (attempts.py)
 
-Woken by its own events, its Jobs and Pods, and the FineTuneJob its fineTuneJobRef names finishing
-(that controller's `dependents`). An EvalRun owned by a FineTuneJob or a Model wakes its owner when its
+Woken by its own events, its Jobs and Pods, the FineTuneJob its fineTuneJobRef names finishing, and the
+Datasets its benchmarks' datasetRefs name changing (those controllers' `dependents`). An EvalRun owned by a
+FineTuneJob or a Model wakes its owner when its
 verdict changes (`mirrored`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..api import EVALRUN, FINETUNEJOB, MODEL, TERMINAL_PHASES, Kind, format_validation_error
+from ..api import DATASET, EVALRUN, FINETUNEJOB, MODEL, Kind, format_validation_error
+from ..api.common import ResolvedDataset
 from ..api.contract import TrainerResult
+from ..api.dataset import DATASET_COLUMNS
 from ..api.evalrun import EvalRunSpec, ResolvedModel
 from ..api.evaluation import MetricSummary, judge
-from ..attempts import Workload, invalid, observe, plan_attempts, waiting
+from ..attempts import Observed, Workload, invalid, observe, plan_attempts, waiting
 from ..conditions import make_condition
 from ..config import OperatorSettings
 from ..manifests import build_eval_children
@@ -29,21 +32,31 @@ from ..manifests.job import spec_hash
 from ..manifests.names import Owner
 from ..plan import Plan
 from ..status import Judge, Outcome
-from .base import Controller, Gathered, Indices, children_of, published_adapter, watched
+from .base import Controller, Gathered, Indices, children_of, dataset_split, published_adapter, watched
 
 
 @dataclass(frozen=True)
 class Inputs(Gathered):
     ftj: Mapping[str, Any] | None = None
     """The FineTuneJob named by spec.model.fineTuneJobRef, as watched (None if absent or not referenced)."""
+    datasets: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    """The Datasets its benchmarks' datasetRefs name, as watched (None: not seen), by name."""
+
+
+def dataset_names(spec: Mapping[str, Any]) -> list[str]:
+    """The Datasets an EvalRun spec's benchmarks read (datasetRef), each once."""
+    refs = (((b or {}).get("dataset") or {}).get("datasetRef") or {} for b in spec.get("benchmarks") or [])
+    return sorted({ref["name"] for ref in refs if ref.get("name")})
 
 
 def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings) -> Inputs:
     jobs, pods = children_of(indices, body)
-    ref = (((body.get("spec") or {}).get("model") or {}).get("fineTuneJobRef") or {}).get("name")
+    spec = body.get("spec") or {}
+    ref = ((spec.get("model") or {}).get("fineTuneJobRef") or {}).get("name")
     namespace = body["metadata"].get("namespace") or ""
     ftj = watched(indices, FINETUNEJOB, namespace, ref) if ref else None
-    return Inputs(body, jobs, pods, settings, ftj)
+    datasets = {name: watched(indices, DATASET, namespace, name) for name in dataset_names(spec)}
+    return Inputs(body, jobs, pods, settings, ftj, datasets)
 
 
 def plan(inputs: Inputs, now: datetime) -> Plan:
@@ -53,20 +66,44 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         spec = EvalRunSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         return invalid(format_validation_error(error), obs, now)
-    in_flight = obs.attempt > 0 and obs.status.get("phase") not in TERMINAL_PHASES
     recorded = obs.status.get("model")
-    if in_flight and recorded:
-        # A running attempt finishes with the model it started with, even if the job has moved on.
-        model = ResolvedModel.model_validate(recorded)
-    else:
-        resolved = resolve_model(spec, inputs.ftj)
-        if isinstance(resolved, Outcome):
-            if obs.attempt:
-                # The last verdict stands (e.g. the FineTuneJob is re-training); a new adapter brings a new attempt.
-                return Plan(status={"observedGeneration": obs.generation})
-            return waiting(obs, resolved, now, passed_too=True)
-        model = resolved
-    return plan_attempts(obs, evaluation_workload(obs.owner, spec, model, settings), inputs.pods, settings, now)
+    # A running attempt finishes with the model it started with, even if the job has moved on.
+    model = ResolvedModel.model_validate(recorded) if obs.in_flight and recorded else resolve_model(spec, inputs.ftj)
+    resolved = model if isinstance(model, Outcome) else resolve_datasets(spec, obs, inputs.datasets)
+    if isinstance(resolved, Outcome):
+        if obs.attempt:
+            # The last verdict stands (e.g. the FineTuneJob is re-training); a new adapter brings a new attempt.
+            return Plan(status={"observedGeneration": obs.generation})
+        return waiting(obs, resolved, now, passed_too=True)
+    assert not isinstance(model, Outcome)
+    spec, splits = resolved
+    work = evaluation_workload(obs.owner, spec, model, settings, splits)
+    return plan_attempts(obs, work, inputs.pods, settings, now)
+
+
+def resolve_datasets(
+    spec: EvalRunSpec, obs: Observed, datasets: Mapping[str, Mapping[str, Any] | None]
+) -> tuple[EvalRunSpec, list[ResolvedDataset]] | Outcome:
+    """(the spec with every datasetRef as its split's URI and the Dataset's columns, status.datasets), or the
+    Outcome to wait with."""
+    recorded = [ResolvedDataset.model_validate(r) for r in obs.status.get("datasets") or []] if obs.in_flight else []
+    before = {r.benchmark: r for r in recorded}
+    benchmarks, splits = [], []
+    for benchmark in spec.benchmarks:
+        ref = benchmark.dataset.dataset_ref if benchmark.dataset else None
+        if benchmark.dataset is None or ref is None:
+            benchmarks.append(benchmark)
+            continue
+        found = dataset_split(ref.name, ref.split, datasets.get(ref.name), before.get(benchmark.name), benchmark.name)
+        if isinstance(found, Outcome):
+            return found
+        columns = {f"{role}_column": column for role, column in DATASET_COLUMNS.items()}
+        data = benchmark.dataset.model_copy(
+            update={"uri": found.uri, "dataset_ref": None, "secret_ref": found.secret_ref, **columns}
+        )
+        benchmarks.append(benchmark.model_copy(update={"dataset": data}))
+        splits.append(found.record)
+    return spec.model_copy(update={"benchmarks": benchmarks}), splits
 
 
 # --- the evaluation attempt ----------------------------------------------------------------------
@@ -106,6 +143,7 @@ def evaluation_judge(thresholds: Mapping[str, float]) -> Judge:
 EVAL_ATTEMPT_FIELDS = (
     "progress",
     "model",
+    "datasets",
     "results",
     "summary",
     "score",
@@ -145,7 +183,13 @@ def evaluation_result_fields(outcome: Outcome, thresholds: Mapping[str, float]) 
     }
 
 
-def evaluation_workload(owner: Owner, spec: EvalRunSpec, model: ResolvedModel, settings: OperatorSettings) -> Workload:
+def evaluation_workload(
+    owner: Owner,
+    spec: EvalRunSpec,
+    model: ResolvedModel,
+    settings: OperatorSettings,
+    splits: Sequence[ResolvedDataset] = (),
+) -> Workload:
     thresholds: dict[str, float] = {str(k): v for k, v in spec.thresholds.items()}
     return Workload(
         spec=spec,
@@ -155,7 +199,7 @@ def evaluation_workload(owner: Owner, spec: EvalRunSpec, model: ResolvedModel, s
         attempt_fields=EVAL_ATTEMPT_FIELDS,
         result_fields=lambda outcome: evaluation_result_fields(outcome, thresholds),
         extra_conditions=lambda outcome: [passed_condition(outcome, thresholds)],
-        start_fields={"model": model.to_json_dict()},
+        start_fields={"model": model.to_json_dict(), "datasets": [split.to_json_dict() for split in splits]},
     )
 
 

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..api import EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, MODEL, TERMINAL_PHASES, Kind, format_validation_error
+from ..api import DATASET, EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, MODEL, TERMINAL_PHASES, Kind, format_validation_error
+from ..api.common import ResolvedDataset
 from ..api.contract import TrainerResult
 from ..api.evalrun import EvalRunSpec
 from ..api.finetunejob import FineTuneJobSpec, StartAdapter
@@ -39,6 +40,7 @@ from .base import (
     Gathered,
     Indices,
     children_of,
+    dataset_split,
     published_adapter,
     watched,
 )
@@ -51,6 +53,8 @@ class Inputs(Gathered):
     """Its own EvalRun (`<name>-eval`) as watched, when spec.evaluation is or was set."""
     adapter_job: Mapping[str, Any] | None = None
     """The FineTuneJob named by spec.adapter.fineTuneJobRef, as watched (None if absent or not referenced)."""
+    dataset: Mapping[str, Any] | None = None
+    """The Dataset named by spec.dataset.datasetRef, as watched (None if absent or not referenced)."""
 
 
 def _adapter_job_name(spec: Mapping[str, Any]) -> str | None:
@@ -66,7 +70,24 @@ def gather(body: Mapping[str, Any], indices: Indices, settings: OperatorSettings
         evalrun = watched(indices, EVALRUN, owner.namespace, evalrun_name(owner))
     ref = _adapter_job_name(body.get("spec") or {})
     adapter_job = watched(indices, FINETUNEJOB, owner.namespace, ref) if ref else None
-    return Inputs(body, jobs, pods, settings, evalrun, adapter_job)
+    data = (((body.get("spec") or {}).get("dataset") or {}).get("datasetRef") or {}).get("name")
+    dataset = watched(indices, DATASET, owner.namespace, data) if data else None
+    return Inputs(body, jobs, pods, settings, evalrun, adapter_job, dataset)
+
+
+def resolve_dataset(
+    spec: FineTuneJobSpec, obs: Observed, dataset: Mapping[str, Any] | None
+) -> tuple[FineTuneJobSpec, ResolvedDataset | None] | Outcome:
+    """(the spec with spec.dataset as the Dataset's train split, status.dataset), or the Outcome to wait with."""
+    ref = spec.dataset.dataset_ref
+    if ref is None:
+        return spec, None
+    recorded = obs.status.get("dataset") if obs.in_flight else None
+    found = dataset_split(ref.name, "train", dataset, ResolvedDataset.model_validate(recorded) if recorded else None)
+    if isinstance(found, Outcome):
+        return found
+    source = spec.dataset.model_copy(update={"uri": found.uri, "dataset_ref": None, "secret_ref": found.secret_ref})
+    return spec.model_copy(update={"dataset": source}), found.record
 
 
 def resolve_start(spec: FineTuneJobSpec, obs: Observed, adapter_job: Mapping[str, Any] | None) -> Any:
@@ -78,9 +99,8 @@ def resolve_start(spec: FineTuneJobSpec, obs: Observed, adapter_job: Mapping[str
         return spec, None
     if start.fine_tune_job_ref is None:
         return spec, StartAdapterStatus(uri=start.uri or "")
-    in_flight = obs.attempt > 0 and obs.status.get("phase") not in TERMINAL_PHASES
     recorded = obs.status.get("startAdapter")
-    if in_flight and recorded and recorded.get("fineTuneJob") == start.fine_tune_job_ref.name:
+    if obs.in_flight and recorded and recorded.get("fineTuneJob") == start.fine_tune_job_ref.name:
         status = StartAdapterStatus.model_validate(recorded)
         secret = None
     else:
@@ -106,15 +126,17 @@ def plan(inputs: Inputs, now: datetime) -> Plan:
         spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         return invalid(format_validation_error(error), obs, now)
-    resolved = resolve_start(spec, obs, inputs.adapter_job)
+    started = resolve_start(spec, obs, inputs.adapter_job)
+    resolved = started if isinstance(started, Outcome) else resolve_dataset(started[0], obs, inputs.dataset)
     if isinstance(resolved, Outcome):
         if obs.attempt:
-            # The last attempt's result stands (e.g. the referenced job is re-training); its new adapter
-            # brings a new attempt.
+            # The last attempt's result stands (e.g. the referenced job is re-training, the Dataset rebuilding);
+            # its new adapter or split brings a new attempt.
             return Plan(status={"observedGeneration": obs.generation})
         return waiting(obs, resolved, now)
-    spec, start = resolved
-    work = training_workload(obs.owner, spec, inputs.settings, start)
+    spec, split = resolved
+    start = started[1]
+    work = training_workload(obs.owner, spec, inputs.settings, start, split)
     result = plan_attempts(obs, work, inputs.pods, inputs.settings, now)
     _mirror_evaluation(result, obs, spec, inputs.evalrun, now)
     finalizers = _finalizers(body, spec)
@@ -156,6 +178,7 @@ TRAINING_JUDGE = Judge(
 
 TRAINING_ATTEMPT_FIELDS = (
     "progress",
+    "dataset",
     "adapter",
     "mergedModel",
     "checkpoint",
@@ -191,7 +214,11 @@ def result_fields(outcome: Outcome) -> dict[str, Any]:
 
 
 def training_workload(
-    owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings, start: StartAdapterStatus | None = None
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    settings: OperatorSettings,
+    start: StartAdapterStatus | None = None,
+    split: ResolvedDataset | None = None,
 ) -> Workload:
     return Workload(
         spec=spec,
@@ -206,6 +233,7 @@ def training_workload(
             "worldSize": spec.world_size,
             "restarts": 0 if spec.resources.nodes > 1 else None,
             "startAdapter": start.to_json_dict() if start else None,
+            "dataset": split.to_json_dict() if split else None,
         },
     )
 

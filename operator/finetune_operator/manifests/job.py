@@ -54,7 +54,7 @@ def _drop(payload: dict[str, Any], dotted: str) -> None:
         _drop(payload[head], rest)
 
 
-def spec_hash(spec: FineTuneJobSpec | EvalRunSpec, model: ResolvedModel | None = None) -> str:
+def spec_hash(spec: ApiModel, model: ResolvedModel | None = None) -> str:
     """Identity of what an attempt runs.
 
     Excluded: the kind's `attempt_neutral` fields, the same ones its CRD lets change mid-attempt
@@ -266,10 +266,10 @@ def build_training_job(
     output = run_spec.output
     secrets = [
         *secret_env("BASE_MODEL", spec.base_model.uri, spec.base_model.secret_ref, settings.storage_credentials),
-        *secret_env("DATASET", spec.dataset.uri, spec.dataset.secret_ref, settings.storage_credentials),
+        *secret_env("DATASET", spec.dataset.location, spec.dataset.secret_ref, settings.storage_credentials),
         *secret_env("OUTPUT", output.uri, spec.output.secret_ref, settings.storage_credentials),
     ]
-    sources = [(spec.base_model.uri, False), (spec.dataset.uri, False)]
+    sources = [(spec.base_model.uri, False), (spec.dataset.location, False)]
     if spec.adapter is not None:
         start = spec.adapter.source()  # resolved by the controller (kinds/finetunejob.py)
         secrets += secret_env("ADAPTER", start.uri, start.secret_ref, settings.storage_credentials)

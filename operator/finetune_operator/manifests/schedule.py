@@ -94,9 +94,9 @@ def build_check_job(
     )
     default = settings.storage_credentials
     secrets = secret_env("OUTPUT", prefix, template.output.secret_ref, default)
-    secrets += secret_env("DATASET", template.dataset.uri, template.dataset.secret_ref, default)
+    secrets += secret_env("DATASET", template.dataset.location, template.dataset.secret_ref, default)
     trigger_env, trigger_uris = _trigger_secrets(spec, default)
-    uris = [(prefix, True), (template.dataset.uri, False), *((uri, False) for uri in trigger_uris)]
+    uris = [(prefix, True), (template.dataset.location, False), *((uri, False) for uri in trigger_uris)]
     digest = hashlib.sha256(json.dumps(run_spec.to_json_dict(), sort_keys=True).encode()).hexdigest()[:16]
     pod = chore_plan(
         "check-schedule",

@@ -1,0 +1,61 @@
+"""Dataset -> the build Job of an attempt (`finetune-trainer build-dataset`), and where it publishes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.contract import DOCUMENTS_ROLE, GENERATOR_ROLE, DatasetBuildRunSpec
+from ..api.dataset import DatasetSpec
+from ..config import OperatorSettings
+from .job import PodPlan, build_job, secret_env, spec_hash
+from .launch import Run
+from .names import Owner
+from .rbac import build_trainer_identity
+from .runspec import attempt_prefix, resource_ref, storage_settings
+
+
+def build_run_spec(owner: Owner, spec: DatasetSpec, attempt: int, settings: OperatorSettings) -> DatasetBuildRunSpec:
+    return DatasetBuildRunSpec(
+        resource=resource_ref(owner),
+        attempt=attempt,
+        dataset=spec,
+        output_uri=attempt_prefix(owner, spec.output.uri, attempt, settings),
+        storage=storage_settings(settings),
+        trainer_image=spec.image or settings.trainer_image,
+    )
+
+
+def build_dataset_children(
+    owner: Owner, spec: DatasetSpec, run: Run, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """The build runs in one pod, which reports its progress as the trainer does (so it has the per-job identity)."""
+    run_spec = build_run_spec(owner, spec, run.attempt, settings)
+    default = settings.storage_credentials
+    documents = spec.documents
+    secrets = secret_env(DOCUMENTS_ROLE, documents.uri, documents.secret_ref, default)
+    uris: list[tuple[str, bool]] = [(documents.uri, False), (run_spec.output_uri, True)]
+    generator = spec.generation.model
+    if generator is not None:
+        secrets += secret_env(GENERATOR_ROLE, generator.model.uri, generator.model.secret_ref, default)
+        uris.append((generator.model.uri, False))
+    secrets += secret_env("OUTPUT", run_spec.output_uri, spec.output.secret_ref, default)
+    job = build_job(
+        owner,
+        run.attempt,
+        PodPlan(
+            command="build-dataset",
+            run_spec=run_spec,
+            image=run_spec.trainer_image,
+            secrets=secrets,
+            pvc_uris=uris,
+            resources=spec.resources,
+            queue_name=spec.queue_name,
+            suspend=spec.suspend,
+            backoff_limit=spec.backoff_limit,
+            active_deadline_seconds=spec.active_deadline_seconds,
+            spec_hash=spec_hash(spec),
+            component="dataset",
+        ),
+        settings,
+    )
+    return [*build_trainer_identity(owner), job]
