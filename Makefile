@@ -9,7 +9,7 @@ export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
 help:
 	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
 	@echo "make demo   - a FineTuneJob end to end on the local control plane"
-	@echo "make soak   - long reliability variants (operator crashes, pod loss, store outages; ~30 min)"
+	@echo "make soak   - long variants (operator crashes, pod loss, store outages, a 200 MB document; ~35 min)"
 	@echo "make demo-kind - the same on kind with the real images (needs Docker and kind)"
 	@echo "make lint   - ruff, mypy --strict on operator/, import-layer contracts, generated-file checks"
 	@echo "make crds   - regenerate crds/ and docs/api.md from the API models"
@@ -47,7 +47,7 @@ test: venv tools lint
 	$(PY) -m pytest
 
 soak: venv tools
-	$(PY) -m pytest -m soak -s tests/reliability
+	$(PY) -m pytest -m soak -s tests/reliability tests/trainer/test_build_dataset.py
 
 demo: venv tools
 	$(PY) hack/demo.py
@@ -75,6 +75,7 @@ bench: venv tools
 	$(PY) bench/operator_scale.py --jobs 1000 --suspended
 	$(PY) bench/operator_scale.py --jobs 1000 --suspended --rate 30
 	$(PY) bench/kube_writes.py
+	$(PY) bench/dataset_build.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

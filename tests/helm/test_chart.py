@@ -44,7 +44,7 @@ def test_default_render_is_a_restricted_single_replica_operator() -> None:
         [
             "ClusterRole",
             "ClusterRoleBinding",
-            *["CustomResourceDefinition"] * 4,  # FineTuneJob, EvalRun, Model, FineTuneSchedule
+            *["CustomResourceDefinition"] * 5,  # FineTuneJob, EvalRun, Model, FineTuneSchedule, Dataset
             "Deployment",
             "Service",
             "ServiceAccount",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api import EvalRunSpec, FineTuneJobSpec, FineTuneScheduleSpec, ModelSpec
+from finetune_operator.api import DatasetSpec, EvalRunSpec, FineTuneJobSpec, FineTuneScheduleSpec, ModelSpec
 from tests.kube import Kube
 
 pytestmark = pytest.mark.cluster
@@ -20,6 +20,7 @@ SPECS: dict[str, Any] = {
     "EvalRun": EvalRunSpec,
     "Model": ModelSpec,
     "FineTuneSchedule": FineTuneScheduleSpec,
+    "Dataset": DatasetSpec,
 }
 
 

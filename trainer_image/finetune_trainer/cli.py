@@ -1,5 +1,5 @@
-"""`finetune-trainer train|eval|cleanup|publish-model|check-schedule|build-dataset|prepare`: the trainer image's entry points
-(contract: exit codes, results)."""
+"""`finetune-trainer train|eval|cleanup|publish-model|check-schedule|build-dataset|prepare`: the trainer image's
+entry points (contract: exit codes, results)."""
 
 from __future__ import annotations
 

@@ -38,6 +38,7 @@ from ..storage import MANIFEST, publish, sha256_file, store_for
 
 log = logging.getLogger(__name__)
 LISTED_FAILURES = 10
+REPORT_SECONDS = 5.0
 GENERATE_BATCH_CHUNKS = 256
 """Chunks gathered before a model generates for them (in batches of generation.model.batchSize)."""
 
@@ -141,14 +142,19 @@ class Build:
         self.out.mkdir(parents=True)
         self.started = time.monotonic()
         self.bytes_total = 0
+        self.done = 0
+        self.total = 0
+        self.reported = self.started
 
     def execute(self) -> TrainerResult:
         documents = self.fetch_documents()
+        self.total = len(documents)
         self.bytes_total = sum(path.stat().st_size for _, path in documents) or 1
         with ExitStack() as stack:
             files = {split: stack.enter_context((self.out / f"{split}.jsonl").open("w")) for split in SPLITS}
             chunk_file = stack.enter_context((self.out / "chunks.jsonl").open("w"))
             for number, (name, path) in enumerate(documents):
+                self.done = number
                 self.read_document(name, path, files, chunk_file)
                 self.report(number + 1, len(documents))
         found = self.outcome
@@ -234,10 +240,16 @@ class Build:
         for chunk in chunk_blocks(blocks, spec.chunking.max_tokens, spec.chunking.overlap):
             pending.append(chunk)
             if len(pending) >= size:
-                self.emit(name, pending, files, tally)
+                self.emit_and_report(name, pending, files, tally)
                 pending = []
         if pending:
             self.emit(name, pending, files, tally)
+
+    def emit_and_report(self, name: str, chunks: Sequence[Chunk], files: Mapping[str, IO[str]], tally: Tally) -> None:
+        self.emit(name, chunks, files, tally)
+        if time.monotonic() - self.reported >= REPORT_SECONDS:
+            self.reported = time.monotonic()
+            self.report(self.done, self.total, tally)
 
     def emit(self, name: str, chunks: Sequence[Chunk], files: Mapping[str, IO[str]], tally: Tally) -> None:
         spec = self.run.dataset
@@ -273,17 +285,22 @@ class Build:
         log.warning("%s skipped: %s: %s", name, reason, message)
         self.problems.append(DocumentProblem(document=name[:200], reason=reason, message=message[:160]))
 
-    def report(self, done: int, total: int) -> None:
+    def report(self, done: int, total: int, reading: Tally | None = None) -> None:
+        """Progress so far; `reading`: the document being read (its characters count towards the share read, so a
+        single large document shows progress too). The reporter sends at most one patch every few seconds."""
         found = self.outcome
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        share = min(1.0, found.documents.bytes / self.bytes_total) if done < total else 1.0
+        partial = reading or Tally()
+        read = found.documents.bytes + partial.characters
+        share = min(0.99, read / self.bytes_total) if done < total else 1.0
+        pages = found.documents.pages + (partial.pages or partial.characters // PAGE_CHARS)
         progress = {
             "documentsDone": done,
             "documentsTotal": total,
             "percent": int(100 * share),
-            "chunks": found.chunks,
-            "pairs": found.pairs.generated,
-            "pagesPerSecond": round(found.documents.pages / elapsed, 2),
+            "chunks": found.chunks + partial.chunks,
+            "pairs": found.pairs.generated + partial.generated,
+            "pagesPerSecond": round(pages / elapsed, 2),
             "message": f"read {done} of {total} documents",
         }
         if 0 < share < 1:
