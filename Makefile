@@ -44,7 +44,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit tests/trainer/test_data.py
 
 test: venv tools lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 soak: venv tools
 	$(PY) -m pytest -m soak -s tests/reliability tests/trainer/test_build_dataset.py

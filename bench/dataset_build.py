@@ -7,7 +7,7 @@ of model generation batched versus one chunk at a time, in one run.
 
 Figures:
 - `pdf`: the real command's pipeline (pypdf text extraction, chunking, template pairs, every filter) on a
-  PDF of --pages pages written by fpdf2, one section of about 1,100 characters per page;
+  PDF of --pages pages written by fpdf2, one section of about 500 characters per page;
 - `text`: the same on a text file of --pages pages of 3,000 characters (what a page counts as for text);
 - `model`: pairs/s of self-instruct generation over --model-chunks chunks, batched (--batch-size) and one at
   a time, with the same model and prompts. On CPU with a random tiny model the replies are nonsense and pairs/s

@@ -2,8 +2,9 @@
 
 Near duplicates are found with MinHash over word 3-grams (32 permutations) and locality-sensitive hashing
 (8 bands of 4 rows: pairs of Jaccard 0.8 meet in some band with probability 0.985, of 0.5 with 0.40), then
-confirmed on the signatures' estimate. What the filters remember grows with the pairs kept (about 1 KB
-each, measured in bench/dataset_build.py), not with the documents' size.
+confirmed on the signatures' estimate. What the filters remember grows with the pairs kept (about 0.6 KB
+each: 255 MB peak for 280,452 pairs kept from a 200 MB document, docs/benchmarks.md), not with the
+documents' size.
 Language is told by the share of each language's most common words: enough for prose, not for a list of
 names or numbers (such a chunk counts as the language it is not sure of, and is kept).
 """
