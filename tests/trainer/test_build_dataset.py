@@ -122,6 +122,25 @@ def test_a_folder_of_only_bad_documents_fails_naming_them(tmp_path: Path) -> Non
     assert "documents.uri: no usable document" in result["message"] and "latin1.txt: NotUtf8" in result["message"]
 
 
+def test_a_build_whose_train_split_is_empty_fails_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "one.md").write_text(
+        "# Warranty\n\nA warranty is a promise that the product works for two years.\n"
+    )
+    spec = {
+        "kind": "DatasetBuildRun",
+        "attempt": 1,
+        "trainerImage": "t",
+        "dataset": {"documents": {"uri": f"file://{tmp_path}/docs/"}, "splits": {"test": 0.5, "validation": 0.49}},
+        "outputUri": f"file://{tmp_path}/out/",
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))  # seed 0 draws the one chunk into test (0.99 of draws)
+    code = main(["build-dataset", "--spec", str(tmp_path / "spec.json"), "--result", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert code == 2 and "landed in the train split" in result["message"], result
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_chunks_keep_to_sections_budget_and_overlap() -> None:
     sentence = "The desk answers every request within ten working days of arrival."
     blocks = [

@@ -95,6 +95,7 @@ def test_defaults_are_cpu_template_mode_with_every_filter() -> None:
             "spec.generation.model.prompt: prompt must contain {chunk}",
         ),
         ({"splits": {"test": 0.7}}, "spec.splits.test"),
+        ({"splits": {"test": 0.5, "validation": 0.5}}, "spec.splits.test: validation + test must leave a share"),
         ({"filters": {"languages": ["english"]}}, "spec.filters.languages.0"),
     ],
 )

@@ -24,7 +24,7 @@ from .common import (
     remote_secret_rule,
 )
 from .schema import DNS_LABEL, ApiModel, Quantity, Rule
-from .training_status import AttemptRecord
+from .training_status import AttemptFields
 
 DOCUMENT_TYPES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".jsonl")
 DATASET_COLUMNS = {"question": "instruction", "answer": "output", "context": "context"}
@@ -177,12 +177,21 @@ class Filters(ApiModel):
 
 
 class Splits(ApiModel):
-    """How kept pairs are divided: by document, so that a test question never comes from a document the model
-    trained on (a document too small to split goes to train)."""
+    """How kept pairs are divided: by chunk (all pairs of one chunk go to the same split, drawn from a hash of
+    its id and the seed), so that no test question comes from a chunk the model trained on. Train gets the rest."""
 
-    validation: float = Field(default=0.1, ge=0, le=0.5, description="Share of documents for the validation split.")
-    test: float = Field(default=0.1, ge=0, le=0.5, description="Share of documents for the test split.")
-    seed: int = Field(default=0, ge=0, description="Seed of the document shuffle (same seed, same splits).")
+    validation: float = Field(default=0.1, ge=0, le=0.5, description="Share of chunks for the validation split.")
+    test: float = Field(default=0.1, ge=0, le=0.5, description="Share of chunks for the test split.")
+    seed: int = Field(default=0, ge=0, description="Seed of the draw (same seed, same splits).")
+
+    __rules__ = (
+        Rule(
+            cel="(has(self.validation) ? self.validation : 0.1) + (has(self.test) ? self.test : 0.1) < 1.0",
+            message="validation + test must leave a share for train",
+            check=lambda s: s.validation + s.test < 1.0,
+            field="test",
+        ),
+    )
 
 
 class DatasetOutput(ApiModel):
@@ -341,7 +350,7 @@ class DatasetOutcome(ApiModel):
     samples: list[Sample] = Field(default_factory=list, max_length=10, description="Some kept pairs.")
 
 
-class DatasetStatus(DatasetOutcome):
+class DatasetStatus(DatasetOutcome, AttemptFields):
     """Observed state of the build."""
 
     phase: Phase | None = Field(default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
@@ -353,24 +362,6 @@ class DatasetStatus(DatasetOutcome):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     progress: DatasetProgress | None = Field(default=None, description="Live progress reported by the build pod.")
-    job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
-        default=None, description="Job running the build."
-    )
-    attempt: int | None = Field(default=None, ge=1, description="Current attempt; a new spec starts the next.")
-    pod_failures: int | None = Field(default=None, ge=0, description="Failed pods of the current attempt.")
-    start_time: str | None = Field(
-        default=None, description="When the Job started (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-    completion_time: str | None = Field(
-        default=None, description="When it finished (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
-    spec_hash: Annotated[str, StringConstraints(max_length=64)] | None = Field(
-        default=None, description="Hash of the spec the current attempt runs."
-    )
-    history: list[AttemptRecord] = Field(
-        default_factory=list, max_length=10, description="Earlier attempts, newest last (at most 10)."
-    )
 
 
 def split_uri(dataset_uri: str, split: str) -> str:

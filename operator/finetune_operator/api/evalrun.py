@@ -21,7 +21,7 @@ from .common import (
 )
 from .evaluation import EvaluationSettings, MetricResult, MetricSummary
 from .schema import DNS_LABEL, ApiModel, Rule, exactly_one
-from .training_status import AttemptRecord
+from .training_status import AttemptFields
 
 
 class EvalModel(ApiModel):
@@ -131,7 +131,7 @@ class Report(ApiModel):
     )
 
 
-class EvalRunStatus(ApiModel):
+class EvalRunStatus(AttemptFields):
     """Observed state of the evaluation."""
 
     phase: Phase | None = Field(default=None, description="Pending, Queued, Running, Succeeded, Failed or Suspended.")
@@ -162,23 +162,3 @@ class EvalRunStatus(ApiModel):
     score: float | None = Field(default=None, description="Headline score: the first metric's mean over benchmarks.")
     passed: bool | None = Field(default=None, description="Whether every threshold was met.")
     report: Report | None = Field(default=None, description="The published report.")
-    job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
-        default=None, description="Job running the evaluation."
-    )
-    attempt: int | None = Field(
-        default=None, ge=1, description="Current attempt; a new spec or a new adapter starts the next."
-    )
-    pod_failures: int | None = Field(default=None, ge=0, description="Failed pods of the current attempt.")
-    start_time: str | None = Field(
-        default=None, description="When the Job started (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-    completion_time: str | None = Field(
-        default=None, description="When it finished (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
-    spec_hash: Annotated[str, StringConstraints(max_length=64)] | None = Field(
-        default=None, description="Hash of the spec and resolved model the current attempt runs."
-    )
-    history: list[AttemptRecord] = Field(
-        default_factory=list, max_length=10, description="Earlier attempts, newest last (at most 10)."
-    )

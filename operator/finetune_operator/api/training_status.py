@@ -129,6 +129,32 @@ class AttemptRecord(ApiModel):
     )
 
 
+class AttemptFields(ApiModel):
+    """The status fields of a kind that runs its work in attempts of one Job (EvalRun, Dataset), as
+    attempts.py writes them."""
+
+    job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        default=None, description="Job of the current attempt."
+    )
+    attempt: int | None = Field(
+        default=None, ge=1, description="Current attempt; a new spec (or what it reads, resolved anew) starts the next."
+    )
+    pod_failures: int | None = Field(default=None, ge=0, description="Failed pods of the current attempt.")
+    start_time: str | None = Field(
+        default=None, description="When the Job started (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    completion_time: str | None = Field(
+        default=None, description="When it finished (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
+    spec_hash: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="Hash of what the current attempt runs: the spec and what it resolved."
+    )
+    history: list[AttemptRecord] = Field(
+        default_factory=list, max_length=10, description="Earlier attempts, newest last (at most 10)."
+    )
+
+
 class StartAdapterStatus(ApiModel):
     """The adapter the current attempt started from, resolved from spec.adapter."""
 

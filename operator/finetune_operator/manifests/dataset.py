@@ -7,7 +7,7 @@ from typing import Any
 from ..api.contract import DOCUMENTS_ROLE, GENERATOR_ROLE, DatasetBuildRunSpec
 from ..api.dataset import DatasetSpec
 from ..config import OperatorSettings
-from .job import PodPlan, build_job, secret_env, spec_hash
+from .job import attempt_pod, build_job, secret_env, spec_hash
 from .launch import Run
 from .names import Owner
 from .rbac import build_trainer_identity
@@ -39,23 +39,8 @@ def build_dataset_children(
         secrets += secret_env(GENERATOR_ROLE, generator.model.uri, generator.model.secret_ref, default)
         uris.append((generator.model.uri, False))
     secrets += secret_env("OUTPUT", run_spec.output_uri, spec.output.secret_ref, default)
-    job = build_job(
-        owner,
-        run.attempt,
-        PodPlan(
-            command="build-dataset",
-            run_spec=run_spec,
-            image=run_spec.trainer_image,
-            secrets=secrets,
-            pvc_uris=uris,
-            resources=spec.resources,
-            queue_name=spec.queue_name,
-            suspend=spec.suspend,
-            backoff_limit=spec.backoff_limit,
-            active_deadline_seconds=spec.active_deadline_seconds,
-            spec_hash=spec_hash(spec),
-            component="dataset",
-        ),
-        settings,
-    )
+    digest = spec_hash(spec)
+    image = run_spec.trainer_image
+    pod = attempt_pod("build-dataset", run_spec, image, secrets, uris, spec=spec, digest=digest, component="dataset")
+    job = build_job(owner, run.attempt, pod, settings)
     return [*build_trainer_identity(owner), job]

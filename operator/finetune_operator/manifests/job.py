@@ -24,6 +24,7 @@ from ..api.contract import (
     judge_role,
     secret_env_name,
 )
+from ..api.dataset import DatasetSpec
 from ..api.evalrun import EvalRunSpec, ResolvedModel
 from ..api.finetunejob import FineTuneJobSpec
 from ..api.schema import ApiModel
@@ -188,6 +189,34 @@ class PodPlan:
     """Runs as the trainer ServiceAccount (patches its resource's status); False: no API token at all."""
 
 
+def attempt_pod(
+    command: str,
+    run_spec: ApiModel,
+    image: str,
+    secrets: list[dict[str, Any]],
+    pvc_uris: list[tuple[str, bool]],
+    *,
+    spec: FineTuneJobSpec | EvalRunSpec | DatasetSpec,
+    digest: str,
+    component: str = "trainer",
+) -> PodPlan:
+    """The pod of an attempt: how it runs (resources, queue, suspend, retries, deadline) is the spec's."""
+    return PodPlan(
+        command=command,
+        run_spec=run_spec,
+        image=image,
+        secrets=secrets,
+        pvc_uris=pvc_uris,
+        resources=spec.resources,
+        queue_name=spec.queue_name,
+        suspend=spec.suspend,
+        backoff_limit=spec.backoff_limit,
+        active_deadline_seconds=spec.active_deadline_seconds,
+        spec_hash=digest,
+        component=component,
+    )
+
+
 def build_job(
     owner: Owner, attempt: int | None, plan: PodPlan, settings: OperatorSettings, name: str | None = None
 ) -> dict[str, Any]:
@@ -274,25 +303,9 @@ def build_training_job(
         start = spec.adapter.source()  # resolved by the controller (kinds/finetunejob.py)
         secrets += secret_env("ADAPTER", start.uri, start.secret_ref, settings.storage_credentials)
         sources.append((start.uri, False))
-    return build_job(
-        owner,
-        attempt,
-        PodPlan(
-            command="train",
-            run_spec=run_spec,
-            image=run_spec.trainer_image,
-            secrets=secrets,
-            pvc_uris=[*sources, (output.uri, True)],
-            resources=spec.resources,
-            queue_name=spec.queue_name,
-            suspend=spec.suspend,
-            backoff_limit=spec.backoff_limit,
-            active_deadline_seconds=spec.active_deadline_seconds,
-            spec_hash=spec_hash(spec),
-        ),
-        settings,
-        name=name,
-    )
+    uris = [*sources, (output.uri, True)]
+    pod = attempt_pod("train", run_spec, run_spec.trainer_image, secrets, uris, spec=spec, digest=spec_hash(spec))
+    return build_job(owner, attempt, pod, settings, name=name)
 
 
 def build_eval_job(
@@ -317,24 +330,9 @@ def build_eval_job(
             endpoint = benchmark.judge.endpoint
             secrets += secret_env(judge_role(index), endpoint.url, endpoint.secret_ref, None)
     secrets += secret_env("OUTPUT", run_spec.report_uri, spec.output_secret_ref, default)
-    return build_job(
-        owner,
-        attempt,
-        PodPlan(
-            command="eval",
-            run_spec=run_spec,
-            image=run_spec.trainer_image,
-            secrets=secrets,
-            pvc_uris=uris,
-            resources=spec.resources,
-            queue_name=spec.queue_name,
-            suspend=spec.suspend,
-            backoff_limit=spec.backoff_limit,
-            active_deadline_seconds=spec.active_deadline_seconds,
-            spec_hash=spec_hash(spec, model),
-        ),
-        settings,
-    )
+    digest = spec_hash(spec, model)
+    pod = attempt_pod("eval", run_spec, run_spec.trainer_image, secrets, uris, spec=spec, digest=digest)
+    return build_job(owner, attempt, pod, settings)
 
 
 CHORE_BACKOFF_LIMIT = 2

@@ -167,6 +167,11 @@ class Build:
             raise InputError(f"documents.uri: no usable document under {uri}: {_named(self.problems)}")
         if found.pairs.kept == 0:
             raise InputError(f"no pair passed the filters (dropped: {found.pairs.dropped}); loosen spec.filters")
+        if found.splits.train == 0:
+            raise InputError(
+                f"none of the {found.pairs.kept} pairs kept landed in the train split (validation "
+                f"{found.splits.validation}, test {found.splits.test}): add documents, or lower spec.splits"
+            )
         metadata = {
             "kind": "dataset",
             "attempt": self.run.attempt,
