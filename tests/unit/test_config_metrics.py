@@ -190,3 +190,14 @@ def test_every_metric_the_charts_dashboard_queries_is_one_the_operator_exports()
     }
     assert "finetune_schedule_drift_score" in queried
     assert queried <= exported, sorted(queried - exported)
+
+
+def test_datasets_by_phase() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe_resource("Dataset", "a", "docs", {"phase": "Running"})
+    metrics.observe_resource("Dataset", "a", "docs", {"phase": "Succeeded"})
+    metrics.observe_resource("Dataset", "a", "more", {"phase": "Failed"})
+    assert _sample(metrics, "finetune_datasets", {"phase": "Succeeded"}) == 1
+    assert _sample(metrics, "finetune_datasets", {"phase": "Running"}) == 0
+    metrics.forget_resource("Dataset", "a", "more")
+    assert _sample(metrics, "finetune_datasets", {"phase": "Failed"}) == 0
