@@ -3,8 +3,9 @@
 What this proves: the readers get the text out of real files of each type (the PDF and the .docx are made
 by fpdf2 and python-docx, not hand-written); template pairs are grounded in their chunk and unique; a bad
 document is named and costs only itself; memory does not follow the document's size; model mode batches
-its chunks and counts what the filters drop. What it cannot prove: that a model's generated pairs are any
-good. The tiny random model writes nonsense, so model mode is tested for plumbing only.
+its chunks with the real tiny model, and (with its replies scripted through `Generator.replies`, the seam the
+recipe defines) parses them and counts what the filters drop. What it cannot prove: that a model's generated
+pairs are any good. The tiny random model writes nonsense, so model mode is tested for plumbing only.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import json
 import resource
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from documents import write_bad_documents, write_documents, write_large_text
+from documents import write_bad_documents, write_documents, write_large_text, write_text
 from finetune_operator.api.contract import DatasetBuildRunSpec
 from finetune_operator.api.dataset import Filters
 from finetune_trainer.cli import main
@@ -230,6 +232,63 @@ def test_model_mode_batches_chunks_and_counts_drops(tmp_path: Path, tiny_model: 
     result = json.loads((tmp_path / "r.json").read_text())
     chunks = sum(1 for _ in chunk_blocks(_blocks(docs / "notes.txt"), 48, 0))
     assert code == 2 and f"'unparsed': {chunks}" in result["message"], result
+
+
+class ScriptedReplies(Generator):
+    """Model mode with the model's replies scripted (the seam `Generator.replies`): a grounded pair, an
+    ungrounded one, and every third chunk a reply with no pair at all."""
+
+    def replies(self, prompts: Sequence[str]) -> list[str]:
+        self.calls += 1
+        out = []
+        for number, prompt in enumerate(prompts):
+            passage = prompt.split("Passage:\n", 1)[1].strip()
+            first = passage.split(". ")[0].rstrip(".") + "."
+            if number % 3 == 2:
+                out.append("I cannot think of a question.")
+            else:
+                grounded = f"Q: What does this passage say first?\nA: {first}"
+                out.append(f"{grounded}\nQ: Who wrote it?\nA: Nobody knows anything here.")
+        return out
+
+
+def test_model_mode_filters_and_counts_what_the_model_wrote(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_text(docs / "notes.txt", count=6)
+    run = DatasetBuildRunSpec.model_validate(
+        {
+            "attempt": 1,
+            "trainerImage": "t",
+            "dataset": {
+                "documents": {"uri": f"file://{docs}/"},
+                "generation": {"mode": "model", "model": {"model": {"uri": "file:///unused"}}},
+                "chunking": {"maxTokens": 64, "overlap": 0},
+                "splits": {"test": 0.0, "validation": 0.0},
+            },
+            "outputUri": f"file://{tmp_path}/out/",
+        }
+    )
+    scripted = ScriptedReplies(run, tmp_path / "work", {})
+    found = build_dataset_with(run, tmp_path / "work", scripted)
+    chunks = found.chunks
+    unparsed = sum(1 for n in range(chunks) if n % 3 == 2)
+    assert found.pairs.dropped["unparsed"] == unparsed
+    assert found.pairs.generated == 2 * (chunks - unparsed)
+    assert found.pairs.dropped["ungrounded"] == chunks - unparsed  # "Nobody knows anything here."
+    assert found.pairs.kept == found.pairs.generated - sum(v for k, v in found.pairs.dropped.items() if k != "unparsed")
+    assert scripted.calls == 1  # one document's chunks went to the model together
+    kept = rows(tmp_path / "out", "train")
+    assert all(r["instruction"] == "What does this passage say first?" and r["output"] in r["context"] for r in kept)
+
+
+def build_dataset_with(run: DatasetBuildRunSpec, workdir: Path, generator: Generator) -> Any:
+    from finetune_trainer.recipes.build_dataset import Build
+    from finetune_trainer.report import ProgressReporter
+
+    result = Build(run, workdir, {}, ProgressReporter(None), generator=generator).execute()
+    assert result.dataset is not None
+    return result.dataset
 
 
 def _blocks(path: Path) -> Any:

@@ -77,16 +77,25 @@ class Generator:
         self.prompter = Prompter(load_tokenizer(fetched.path, source.trust_remote_code), chat_template=True)
 
     def _generate(self, chunks: Sequence[Chunk]) -> list[list[Pair]]:
+        from ..data.synth import render_prompt
+
+        settings = self.run.dataset.generation.model
+        assert settings is not None
+        prompts = [render_prompt(settings.prompt, chunk, settings.pairs_per_chunk) for chunk in chunks]
+        found = [parse_reply(reply)[: settings.pairs_per_chunk] for reply in self.replies(prompts)]
+        self.unparsed += sum(1 for pairs in found if not pairs)
+        return found
+
+    def replies(self, prompts: Sequence[str]) -> list[str]:
+        """The model's reply to each prompt, generated generation.model.batchSize at a time."""
         from finetune_operator.api.evaluation import GenerationSettings
 
-        from ..data.synth import render_prompt
         from ..evaluate.generate import generate
 
         settings = self.run.dataset.generation.model
         assert settings is not None
         if self.model is None:
             self._load()
-        prompts = [render_prompt(settings.prompt, chunk, settings.pairs_per_chunk) for chunk in chunks]
         options = GenerationSettings(
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, batch_size=settings.batch_size
         )
@@ -94,10 +103,7 @@ class Generator:
         def counted(_: int) -> None:
             self.calls += 1
 
-        replies = generate(self.model, self.prompter, prompts, options, on_batch=counted)
-        found = [parse_reply(reply)[: settings.pairs_per_chunk] for reply in replies]
-        self.unparsed += sum(1 for pairs in found if not pairs)
-        return found
+        return generate(self.model, self.prompter, list(prompts), options, on_batch=counted)
 
 
 @dataclass
@@ -133,10 +139,12 @@ class Build:
     outcome: DatasetOutcome = field(default_factory=DatasetOutcome)
     problems: list[DocumentProblem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    generator: Generator | None = None
+    """Makes the pairs (default: the spec's templates or model)."""
 
     def __post_init__(self) -> None:
         self.filter = PairFilter(self.run.dataset.filters)
-        self.generator = Generator(self.run, self.workdir, self.environ)
+        self.maker = self.generator or Generator(self.run, self.workdir, self.environ)
         self.out = self.workdir / "dataset"
         shutil.rmtree(self.out, ignore_errors=True)
         self.out.mkdir(parents=True)
@@ -158,7 +166,7 @@ class Build:
                 self.read_document(name, path, files, chunk_file)
                 self.report(number + 1, len(documents))
         found = self.outcome
-        unparsed = {"unparsed": self.generator.unparsed} if self.generator.unparsed else {}
+        unparsed = {"unparsed": self.maker.unparsed} if self.maker.unparsed else {}
         found.pairs.dropped = {**dict(self.filter.dropped), **unparsed}
         found.failures = self.problems[:LISTED_FAILURES]
         found.documents.failed = len(self.problems)
@@ -258,7 +266,7 @@ class Build:
 
     def emit(self, name: str, chunks: Sequence[Chunk], files: Mapping[str, IO[str]], tally: Tally) -> None:
         spec = self.run.dataset
-        for chunk, pairs in zip(chunks, self.generator.pairs(chunks), strict=True):
+        for chunk, pairs in zip(chunks, self.maker.pairs(chunks), strict=True):
             chunk_id = f"{name}#{chunk.index}"
             key = int.from_bytes(hashlib.blake2b(chunk_id.encode(), digest_size=8).digest(), "big")
             source = f"{name} {chunk.place}".strip()
