@@ -134,6 +134,7 @@ def _pod_loss(demo: Quickstart, name: str, faults: list[str], steps: int) -> lis
     return lost
 
 
+@pytest.mark.soak  # the short form of the soak variant below; make test keeps the node suite's deleted pod
 def test_deleted_and_killed_pods_resume_from_the_last_checkpoint(demo: Quickstart) -> None:
     _pod_loss(demo, "preempted", ["delete", "kill"], steps=400)
 
@@ -169,11 +170,13 @@ def _outage_run(demo: Quickstart, name: str, target: str, seconds: float, backof
     return phase, reason
 
 
+@pytest.mark.soak  # a short form of test_soak_store_outages (a checkpoint PUT outage)
 def test_store_outage_during_a_checkpoint_sync(demo: Quickstart) -> None:
     phase, _ = _outage_run(demo, "outage-checkpoint", "checkpoints/checkpoint-", 30, backoff_limit=2)
     assert phase == "Succeeded"  # the retries, or the Job's next pod, outlast a 30 s outage
 
 
+@pytest.mark.soak  # a short form of test_soak_store_outages (an adapter PUT outage)
 def test_store_outage_during_the_final_publish(demo: Quickstart) -> None:
     _outage_run(demo, "outage-publish", "adapter/", 30, backoff_limit=0)
 
