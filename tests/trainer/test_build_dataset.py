@@ -106,6 +106,28 @@ def test_bad_documents_are_named_and_the_good_ones_still_used(tmp_path: Path) ->
     assert "line 1" in next(f["message"] for f in found["failures"] if f["document"] == "latin1.txt")
     sources = {r["source"].split()[0] for s in ("train", "validation", "test") for r in rows(out, s)}
     assert not sources & set(named)
+    published = {p.name for p in out.iterdir()}
+    assert published == {"train.jsonl", "validation.jsonl", "test.jsonl", "chunks.jsonl", "manifest.json"}
+
+
+def test_a_generator_failure_fails_the_build_instead_of_blaming_the_document(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_text(docs / "notes.txt", count=2)
+    spec = {
+        "kind": "DatasetBuildRun",
+        "attempt": 1,
+        "trainerImage": "t",
+        "dataset": {
+            "documents": {"uri": f"file://{docs}/"},
+            "generation": {"mode": "model", "model": {"model": {"uri": f"file://{tmp_path}/no-model/"}}},
+        },
+        "outputUri": f"file://{tmp_path}/out/",
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    code = main(["build-dataset", "--spec", str(tmp_path / "spec.json"), "--result", str(tmp_path / "r.json")])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert code != 0 and "no-model" in result["message"] and "dataset" not in result, result
 
 
 def test_a_folder_of_only_bad_documents_fails_naming_them(tmp_path: Path) -> None:

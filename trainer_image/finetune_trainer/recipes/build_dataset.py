@@ -213,17 +213,18 @@ class Build:
         """One document into the split files; nothing of it if it fails (its rows go to scratch files first)."""
         bad_lines: list[str] = []
         tally = Tally()
-        parts = {split: self.out / f".{split}.part" for split in (*SPLITS, "chunks")}
+        scratch_dir = self.workdir / "scratch"
+        scratch_dir.mkdir(exist_ok=True)
+        parts = {split: scratch_dir / f"{split}.part" for split in (*SPLITS, "chunks")}
         try:
             with ExitStack() as stack:
                 scratch = {split: stack.enter_context(path_.open("w")) for split, path_ in parts.items()}
-                blocks = self.counted(read_blocks(path, bad_lines), tally)
+                blocks = self.counted(_parsed(read_blocks(path, bad_lines)), tally)
                 self.write_pairs(name, blocks, scratch, tally)
         except DocumentError as error:
+            for part in parts.values():
+                part.unlink(missing_ok=True)
             self.fail(name, error.reason, str(error))
-            return
-        except Exception as error:  # a parser library's own failure on a corrupt file
-            self.fail(name, "Unreadable", f"{type(error).__name__}: {error}")
             return
         for line in bad_lines:
             log.warning("%s: %s (the line is skipped)", name, line)
@@ -319,6 +320,17 @@ class Build:
         if 0 < share < 1:
             progress["etaSeconds"] = int(elapsed * (1 - share) / share)
         self.reporter.report(progress, force=done == total)
+
+
+def _parsed(blocks: Iterator[Block]) -> Iterator[Block]:
+    """The blocks, with a parser library's own failure on a corrupt file as the document's Unreadable. Only what
+    the parsing raises lands here: a failure of the generation (a model that does not load) fails the build."""
+    try:
+        yield from blocks
+    except DocumentError:
+        raise
+    except Exception as error:
+        raise DocumentError("Unreadable", f"{type(error).__name__}: {error}") from error
 
 
 def _append(target: IO[str], part: Path) -> None:
