@@ -105,6 +105,21 @@ def test_a_finished_cleanup_releases_only_our_finalizer() -> None:
     assert "StorageUnavailable: endpoint 10.0.0.1:9000 unreachable" in event.message and PREFIX in event.message
 
 
+def test_a_failed_cleanup_is_believed_only_once_its_pod_has_stopped() -> None:
+    """Past its deadline the Job is FailureTarget while its pod still retries the store (found in CI:
+    the store came back, the stopping pod deleted the objects the Warning said were left)."""
+    past_deadline = _cleanup_job(FailureTarget="DeadlineExceeded")
+    stopping = _cleanup_pod("")
+    stopping["status"]["phase"] = "Running"
+    waiting = plan_deletion(_deleting(), [past_deadline], [stopping], SETTINGS, NOW)
+    assert finalizers_of(waiting) is None and waiting.events == [] and waiting.recheck_after is not None
+    stopped = plan_deletion(_deleting(), [past_deadline], [], SETTINGS, NOW)
+    assert finalizers_of(stopped) == [] and [e.reason for e in stopped.events] == ["ArtifactCleanupFailed"]
+    limit = SETTINGS.cleanup_deadline_seconds + CLEANUP_GRACE_SECONDS
+    late = plan_deletion(_deleting(seconds_ago=limit), [past_deadline], [stopping], SETTINGS, NOW)
+    assert finalizers_of(late) == [] and "may yet delete" in late.events[0].message
+
+
 def test_deletion_never_waits_past_the_cleanup_deadline() -> None:
     limit = SETTINGS.cleanup_deadline_seconds + CLEANUP_GRACE_SECONDS
     running = plan_deletion(_deleting(seconds_ago=limit - 30), [_cleanup_job()], [], SETTINGS, NOW)

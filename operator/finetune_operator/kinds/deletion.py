@@ -4,7 +4,10 @@ The artifacts finalizer holds the FineTuneJob while, in order: its running train
 its pods are gone (a trainer still writing would re-create what the cleanup removed), a cleanup Job
 deletes `<output>/<namespace>/<name>/<uid>/`, and the finalizer is released. Deletion never hangs
 on the store: a failed cleanup, or none finished within the cleanup deadline, releases the
-finalizer too, with a Warning event naming what was left behind.
+finalizer too, with a Warning event naming what was left behind. A failed cleanup is believed only
+once its pod has stopped: the Job controller marks a Job past its deadline failed (FailureTarget)
+while the pod is still being terminated, and a pod still retrying could delete the objects the
+Warning says were left, the moment the store came back.
 """
 
 from __future__ import annotations
@@ -58,12 +61,13 @@ def plan_deletion(
     name = cleanup_job_name(owner)
     cleanup = next((view_job(j) for j in jobs if j["metadata"]["name"] == name), None)
     cleanup_pods = [p for p in pods if _component(p) == "cleanup"]
+    stopping = [p for p in cleanup_pods if view_pod(p).phase not in _POD_DONE]
     left = f"the objects under {prefix} are left in the store; delete them by hand"
 
     if cleanup is not None and cleanup.complete:
         done = f"deleted the objects under {prefix}"
         return Plan(actions=[Delete("Job", name), release], events=[Event("Normal", "ArtifactsDeleted", done)])
-    if cleanup is not None and cleanup.finished:
+    if cleanup is not None and cleanup.finished and not stopping:
         why = _failure(cleanup_pods, cleanup.failed_message)
         message = f"cleanup failed ({why}); {left}"
         failed = Event("Warning", "ArtifactCleanupFailed", message)
@@ -72,7 +76,8 @@ def plan_deletion(
     limit = settings.cleanup_deadline_seconds + CLEANUP_GRACE_SECONDS
     waited = (now - deleted_at).total_seconds()
     if waited >= limit:
-        message = f"cleanup did not finish within {limit}s; {left}"
+        still = "; its pod was still stopping and may yet delete some of them" if stopping else ""
+        message = f"cleanup did not finish within {limit}s; {left}{still}"
         actions: list[Action] = [Delete("Job", name)] if cleanup is not None else []
         return Plan(actions=[*actions, release], events=[Event("Warning", "ArtifactCleanupFailed", message)])
 
