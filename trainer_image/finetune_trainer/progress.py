@@ -3,15 +3,52 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from finetune_operator.api.training_status import HISTORY_POINTS
 
 from .errors import Interrupted
 from .report import ProgressReporter, last_logged
 
 log = logging.getLogger("finetune_trainer")
+
+
+def _evenly(points: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """`limit` of `points`, evenly spaced, the first and the last always among them."""
+    if len(points) <= limit:
+        return points
+    if limit <= 1:
+        return points[-limit:] if limit else []
+    return [points[round(i * (len(points) - 1) / (limit - 1))] for i in range(limit)]
+
+
+def loss_history(log_history: Sequence[Mapping[str, Any]], limit: int = HISTORY_POINTS) -> list[dict[str, Any]]:
+    """status.progress.history: the Trainer's log_history as at most `limit` {step, loss, evalLoss} points.
+
+    Computed afresh from the whole log each time, rather than kept as a running buffer, so a resumed
+    attempt (whose Trainer restores log_history from the checkpoint) draws the same curve as one that
+    never stopped. Validation points are rarer and worth more, so they get up to a quarter of the
+    budget first; a step logged with both losses is one point.
+    """
+    by_step: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if not isinstance(step, int):
+            continue
+        for key, name in (("loss", "loss"), ("eval_loss", "evalLoss")):
+            value = entry.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                by_step.setdefault(step, {"step": step})[name] = round(float(value), 6)
+    points = [by_step[step] for step in sorted(by_step)]
+    evaluated = _evenly([p for p in points if "evalLoss" in p], limit // 4)
+    trained = [p for p in points if "evalLoss" not in p]
+    kept = evaluated + _evenly(trained, limit - len(evaluated))
+    return sorted(kept, key=lambda point: int(point["step"]))
 
 
 class TrainerProgress:
@@ -47,6 +84,9 @@ class TrainerProgress:
         if rewards:  # TRL's preference trainers log them (dpo, orpo)
             fields["rewardAccuracy"] = round(float(rewards["rewards/accuracies"]), 4)
             fields["rewardMargin"] = round(float(rewards.get("rewards/margins", 0.0)), 6)
+        history = loss_history(state.log_history)
+        if history:
+            fields["history"] = history
         evaluation = last_logged(state.log_history, "eval_loss")
         if evaluation:
             fields["evalLoss"] = round(float(evaluation["eval_loss"]), 6)

@@ -11,6 +11,18 @@ from .evaluation import EvaluationStatus
 from .schema import ApiModel
 
 
+HISTORY_POINTS = 64
+"""Points in status.progress.history: a loss curve in a few KiB of status, whatever the run's length."""
+
+
+class LossPoint(ApiModel):
+    """One point of the loss curve."""
+
+    step: int = Field(ge=0, description="Optimizer step.")
+    loss: float | None = Field(default=None, description="Training loss logged at this step.")
+    eval_loss: float | None = Field(default=None, description="Validation loss computed at this step.")
+
+
 class Progress(ApiModel):
     """Live training progress, patched by the trainer itself at most every few seconds."""
 
@@ -35,6 +47,14 @@ class Progress(ApiModel):
         default=None, ge=0, description="Training throughput over the last interval."
     )
     eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds until training finishes.")
+    history: list[LossPoint] | None = Field(
+        default=None,
+        max_length=HISTORY_POINTS,
+        description="The loss curve so far, downsampled to at most 64 points (oldest first; the first and the "
+        "newest logged step are always kept, and validation points are kept before training points), so a "
+        "dashboard draws it with no store credentials. The whole log history is published beside the adapter "
+        "(trainer_state.json).",
+    )
     message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
         default=None,
         description="What the trainer is doing (e.g. downloading the model, retrying with a smaller batch).",
