@@ -39,6 +39,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(PY) -m finetune_operator.crdgen --check
 	$(PY) -m finetune_operator.apidocs --check
+	$(PY) -m finetune_operator.plugin.advice --check
 
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/trainer/test_data.py

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from devcluster import KSERVE_CRDS, apply_objects, install_crds, wait_for
 from finetune_operator.api import MODEL
 from tests.integration.conftest import GROUP, VERSION, Kube, quick_spec
+from tests.plugin_runner import kubectl_finetune
 
 pytestmark = pytest.mark.cluster
 BASE = "file:///models/tiny"
@@ -147,8 +148,22 @@ def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
     table = kube.kubectl("get", "ftm", "support").stdout.split("\n")
     assert table[0].split() == ["NAME", "STABLE", "CANDIDATE", "VERSIONS", "AGE"]
     assert table[1].split()[:3] == ["support", "2", "3"]  # no candidate: that column is blank
+    # `kubectl finetune` checks a pin before writing it, as the operator would judge it.
+    rejected = kubectl_finetune(kube.kubeconfig, "promote", "model/support", "v3", "-n", kube.namespace)
+    assert rejected.returncode == 1
+    assert rejected.stderr.strip() == (
+        "error: spec.pin: v3 was rejected (exact_match 0.65 <= stable v2 0.7 + 0.01); pin a version that passed"
+    )
     pinned_at = time.monotonic()
-    kube.kubectl("patch", "ftm", "support", "--type=merge", "-p", '{"spec": {"pin": 1}}')
+    # rollback with no version: the one stable before v2, written as spec.pin (what GitOps users see).
+    rollback = kubectl_finetune(kube.kubeconfig, "rollback", "model/support", "-n", kube.namespace)
+    assert (rollback.returncode, rollback.stdout) == (0, "model/support pinned to v1 (spec.pin)\nstable is v1\n"), (
+        rollback.stderr
+    )
+    assert (
+        kube.custom.get_namespaced_custom_object(GROUP, VERSION, kube.namespace, "models", "support")["spec"]["pin"]
+        == 1
+    )
     wait_for(
         lambda: json.loads((configmap(kube, "support-lora") or {})["stable.json"])["version"] == 1, 30, "v1 served"
     )
@@ -176,6 +191,17 @@ def test_promotion_rejection_rollback_and_serving(kube: Kube) -> None:
         kube.kubectl("delete", "ftj", name, "--wait=true")
     time.sleep(3)
     assert model_status(kube, "support")["versions"] == before
+
+    # promote names a version; unpin hands stable back to the gate, whose latest promotion was v2.
+    promote = kubectl_finetune(kube.kubeconfig, "promote", "model/support", "v2", "-n", kube.namespace)
+    assert (promote.returncode, promote.stdout) == (0, "model/support pinned to v2 (spec.pin)\nstable is v2\n")
+    kube.kubectl("patch", "ftm", "support", "--type=merge", "-p", '{"spec": {"pin": 1}}')
+    wait_model(kube, "support", "v1 pinned again", lambda s: s.get("stable") == 1)
+    unpin = kubectl_finetune(kube.kubeconfig, "unpin", "model/support", "-n", kube.namespace)
+    assert unpin.returncode == 0, unpin.stderr
+    wait_model(kube, "support", "the gate's v2 back", lambda s: s.get("stable") == 2)
+    shown = kubectl_finetune(kube.kubeconfig, "get", "model", "-n", kube.namespace).stdout.splitlines()
+    assert shown[1].split()[:3] == ["ftm/support", "2", "3"]  # stable v2, no candidate (blank), 3 versions
 
 
 def test_twenty_jobs_finishing_together_get_twenty_distinct_versions(kube: Kube) -> None:
