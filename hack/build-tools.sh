@@ -25,6 +25,9 @@ COREDNS_VERSION="v1.14.7"
 # Kueue's manager, run on the local node by tests/e2e/test_kueue.py (hack/devcluster/kueue.py).
 KUEUE_VERSION="v0.17.0"
 NODE_PACKAGES=(containerd runc containernetworking-plugins iptables iproute2 mmdebstrap docker.io gcc libc6-dev)
+# Headless Chromium for the dashboard's browser test (tests/e2e/test_quickstart.py); Playwright drives
+# it, and downloads no browser of its own.
+NODE_PACKAGES+=(chromium)
 
 # The real node's packages: installed when missing, if this is root on a Debian-like system. Elsewhere
 # hack/devcluster/node.py names what is missing when a test or `make demo` needs the node.
@@ -107,6 +110,19 @@ if [[ ! -e "$LAYER_STAMP" ]]; then
   rm -rf "$tmp"
   rm -f "$BIN"/.kubectl-layer-*
   touch "$LAYER_STAMP"
+fi
+# Grafana's dashboard schema as Grafana publishes it (types generated from its CUE kinds), and the
+# TypeScript compiler that checks the chart's dashboard.json against it (tests/helm/test_grafana_dashboard.py).
+GRAFANA_SCHEMA="@grafana/schema@13.2.3 typescript@5.9.3"
+SCHEMA_DIR="$CACHE/grafana-schema"
+SCHEMA_STAMP="$SCHEMA_DIR/.${GRAFANA_SCHEMA//[@\/ ]/_}"
+if [[ ! -e "$SCHEMA_STAMP" ]]; then
+  echo "fetching $GRAFANA_SCHEMA"
+  rm -rf "$SCHEMA_DIR" && mkdir -p "$SCHEMA_DIR"
+  # shellcheck disable=SC2086 # two packages
+  (cd "$SCHEMA_DIR" && echo '{"private": true}' >package.json \
+    && npm install --silent --ignore-scripts --no-audit --no-fund $GRAFANA_SCHEMA >/dev/null)
+  touch "$SCHEMA_STAMP"
 fi
 KUEUE_STAMP="$BIN/.kueue-$KUEUE_VERSION"
 if [[ ! -e "$KUEUE_STAMP" ]]; then

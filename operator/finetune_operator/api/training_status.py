@@ -10,7 +10,6 @@ from .common import Condition, Phase, ResolvedDataset
 from .evaluation import EvaluationStatus
 from .schema import ApiModel
 
-
 HISTORY_POINTS = 64
 """Points in status.progress.history: a loss curve in a few KiB of status, whatever the run's length."""
 

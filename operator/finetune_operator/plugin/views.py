@@ -142,7 +142,8 @@ def steps(job: Mapping[str, Any], models: Sequence[Mapping[str, Any]] = ()) -> l
         evaluation.get("phase") in {"Succeeded", "Failed"},
     ]
     percent = progress.get("percent")
-    running = f"{percent}%{_eta(progress.get('etaSeconds'))}" if percent is not None else ""
+    eta = _eta(progress.get("etaSeconds")) if percent is not None and percent < 100 else ""
+    running = f"{percent}%{eta}" if percent is not None else ""
     version = _version_of(job, models)
     details = [
         validated.get("message", "") if validated.get("status") == "False" else "",
