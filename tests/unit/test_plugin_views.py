@@ -86,6 +86,25 @@ def _version(n: int, state: str, *, job: str = "j", promoted: str | None = None)
     return {**version, **({"promotedTime": promoted} if promoted else {})}
 
 
+def test_describe_of_a_model_names_a_refused_pin_and_what_to_do() -> None:
+    model = {
+        "metadata": {"name": "support", "namespace": "team-a"},
+        "spec": {"pin": 3},
+        "status": {
+            "stable": 2,
+            "latest": 3,
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Serving", "message": "v2 is stable"},
+                {"type": "Pinned", "status": "False", "reason": "PinRejected", "message": "spec.pin: v3 was rejected"},
+            ],
+        },
+    }
+    text = views.describe_other(MODEL, model, NOW)
+    assert "Stable:     2" in text and "Pinned:     3" in text
+    assert "  Pinned=False PinRejected: spec.pin: v3 was rejected" in text
+    assert "Why (PinRejected):" in text and "What to do:" in text
+
+
 def test_rollback_defaults_to_the_version_stable_before_this_one() -> None:
     versions = [
         _version(1, "Superseded", promoted="2026-11-20T00:00:00Z"),

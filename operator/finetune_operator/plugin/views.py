@@ -241,13 +241,20 @@ def _reasons(body: Mapping[str, Any]) -> list[str]:
         f"  {c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}".rstrip(": ")
         for c in conditions
     ]
-    failed = next((c for c in conditions if c.get("type") == "Failed" and c.get("status") == "True"), None)
-    stuck = next((c for c in conditions if c.get("type") == "Running" and c.get("status") == "False"), None)
-    why = failed or stuck
-    known = advice(why.get("reason", "")) if why else None
-    if why and known:
-        lines += [
-            f"Why ({why.get('reason')}):  {known['what']}",
+    # A failure first; else a condition that is False for a reason (waiting, a refused pin, not Ready).
+    # Succeeded=False and Failed=False only say "not yet".
+    failed = [c for c in conditions if c.get("type") == "Failed" and c.get("status") == "True"]
+    held = [c for c in conditions if c.get("status") == "False" and c.get("type") not in {"Succeeded", "Failed"}]
+    if (body.get("status") or {}).get("phase") == "Succeeded":
+        held = []  # Running=False TrainingComplete is the good news, not something to fix
+    for condition in failed + held:
+        reason = str(condition.get("reason", ""))
+        known = advice(reason)
+        if known is None:
+            continue
+        return [
+            *lines,
+            f"Why ({reason}):  {known['what']}",
             f"What to do:  {known['todo']}",
             "(from docs/troubleshooting.md)",
         ]
