@@ -4,8 +4,8 @@ Grafana publishes its dashboard schema (generated from its CUE kinds) as TypeScr
 package @grafana/schema; hack/build-tools.sh installs it with the TypeScript compiler, and tsc checks
 dashboard.json as an object literal of type `Dashboard`: every field's type, and no field the schema
 does not know. A real Grafana is not run here: it is not packaged for Debian, no container registry
-is reachable, and building it from source needs its frontend too (docs/operations.md, "Metrics"). That its
-queries name metrics the operator really exports is tests/unit/test_config_metrics.py's check.
+is reachable, and the Go module proxy refuses github.com/grafana/grafana (403; docs/operations.md).
+That its queries name metrics the operator really exports is tests/unit/test_config_metrics.py's check.
 """
 
 from __future__ import annotations
