@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FINETUNE_CACHE ?= $(HOME)/.cache/finetune-operator
 
-.PHONY: help venv tools crds lint test test-unit soak demo demo-kind e2e-kind bench-gpu bench-eval bench clean
+.PHONY: help venv tools crds lint test test-unit soak demo demo-kind e2e-kind bench-gpu bench-eval bench plugin-dist clean
 
 help:
 	@echo "make test   - lint, unit and integration tests (builds the local control plane on first run)"
 	@echo "make demo   - a FineTuneJob end to end on the local control plane"
+	@echo "make plugin-dist - the kubectl-finetune krew archive and manifest in dist/"
 	@echo "make soak   - long variants (operator crashes, pod loss, store outages, a 200 MB document; ~35 min)"
 	@echo "make demo-kind - the same on kind with the real images (needs Docker and kind)"
 	@echo "make lint   - ruff, mypy --strict on operator/, import-layer contracts, generated-file checks"
@@ -77,6 +78,9 @@ bench: venv tools
 	$(PY) bench/operator_scale.py --jobs 1000 --suspended --rate 30
 	$(PY) bench/kube_writes.py
 	$(PY) bench/dataset_build.py
+
+plugin-dist: venv
+	bash hack/plugin-dist.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

