@@ -87,6 +87,8 @@ What just happened ({time.monotonic() - started:.0f}s):
 
 Next steps:
   - kubectl explain finetunejob.spec --recursive        (every field is documented)
+  - kubectl finetune describe ftj/quickstart            (its pipeline steps; docs/plugin.md)
+  - kubectl finetune dashboard                          (steps and the loss curve, live in a browser)
   - examples/qlora-llama-3.1-8b.yaml                    (the same on a GPU with a real model)
   - docs/install.md                                     (build both images for your registry)
 """)
