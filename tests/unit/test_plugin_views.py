@@ -45,7 +45,15 @@ def test_steps_follow_the_job_from_validation_to_publishing() -> None:
     assert steps["publishing"].state == "waiting"
     done = {**running, "phase": "Succeeded", "adapter": {"uri": "s3://a/adapter/"}, "evaluation": {"phase": "Running"}}
     states = _states(finetunejob(MODELLED, done))
-    assert states["publishing"] == "done" and states["evaluating"] == "waiting" and states["registered"] == "current"
+    assert states["publishing"] == "done" and states["evaluating"] == "current" and states["registered"] == "current"
+    judged = {"evalRun": "support-bot-eval", "phase": "Succeeded", "passed": False, "score": 0.41}
+    steps = {s.name: s for s in views.steps(finetunejob(MODELLED, {**done, "evaluation": judged}))}
+    assert (steps["evaluating"].state, steps["evaluating"].detail) == (
+        "failed",
+        "support-bot-eval did not pass, score 0.41",
+    )
+    passed = {**judged, "passed": True}
+    assert _states(finetunejob(MODELLED, {**done, "evaluation": passed}))["evaluating"] == "done"
 
 
 def test_a_failed_job_marks_the_step_it_stopped_at_and_skips_what_it_does_not_ask_for() -> None:

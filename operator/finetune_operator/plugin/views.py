@@ -134,12 +134,14 @@ def steps(job: Mapping[str, Any], models: Sequence[Mapping[str, Any]] = ()) -> l
     evaluation = status.get("evaluation") or {}
     wants_eval = bool(spec.get("evaluation"))
     wants_model = bool((spec.get("output") or {}).get("model"))
+    evaluated = evaluation.get("phase") == "Succeeded" and evaluation.get("passed") is not False
+    evaluation_failed = evaluation.get("phase") == "Failed" or evaluation.get("passed") is False
     reached = [
         validated.get("status") == "True" or started,
         started,
         trained or progress.get("percent") == 100,
         trained,
-        evaluation.get("phase") in {"Succeeded", "Failed"},
+        evaluated,
     ]
     percent = progress.get("percent")
     eta = _eta(progress.get("etaSeconds")) if percent is not None and percent < 100 else ""
@@ -157,12 +159,13 @@ def steps(job: Mapping[str, Any], models: Sequence[Mapping[str, Any]] = ()) -> l
     for i, name in enumerate(names):
         if name == "evaluating" and not wants_eval:
             out.append(Step(name, "skipped", "no spec.evaluation"))
-            continue
-        if reached[i] and (name != "evaluating" or evaluation.get("phase") == "Succeeded"):
+        elif reached[i]:
             out.append(Step(name, "done", details[i]))
+        elif name == "evaluating" and evaluation_failed:
+            out.append(Step(name, "failed", details[i]))
         elif failed and all(s.state != "failed" for s in out):
             out.append(Step(name, "failed", _condition(job, "Failed").get("reason", "")))
-        elif all(s.state in {"done", "skipped"} for s in out) and phase not in {"Succeeded"}:
+        elif all(s.state in {"done", "skipped"} for s in out):
             out.append(Step(name, "current", details[i]))
         else:
             out.append(Step(name, "waiting", details[i]))
