@@ -46,26 +46,44 @@ class AdoptionConflictError(RuntimeError):
     """An object with the deterministic name exists but belongs to someone else."""
 
 
+def open_request(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    *,
+    timeout: float | None = None,
+) -> Any:
+    """A call through the client's connection pool and credentials, without its generated methods; the
+    urllib3 response, its body not read yet (a watch or a log is read as it streams).
+
+    Those methods validate every argument with pydantic and build the body into client models (a Job is
+    some 40 of them) only to serialise them back, and build models from the response too: a sixth of the
+    operator's interpreter time in a burst of 1000 jobs (py-spy profiles and bench/kube_writes.py's
+    figures in docs/benchmarks.md, "Operator scale"). The body goes out as the JSON it is. A non-2xx
+    answer raises ApiException, as the generated methods do."""
+    headers = {"Accept": "application/json", "Content-Type": content_type, **api.default_headers}
+    api.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)  # refreshes expiring tokens
+    response = api.call_api(method, api.configuration.host + path, headers, body, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        try:
+            response.read()  # type: ignore[no-untyped-call]
+        finally:
+            response.response.release_conn()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response.response
+
+
 def _request(
     api: client.ApiClient, method: str, path: str, body: Any = None, content_type: str = "application/json"
 ) -> bytes:
-    """A call through the client's connection pool and credentials, without its generated methods.
-
-    Those validate every argument with pydantic and build the body into client models (a Job is some
-    40 of them) only to serialise them back, and build models from the response too: a sixth of the
-    operator's interpreter time in a burst of 1000 jobs (py-spy profiles and bench/kube_writes.py's
-    figures in docs/benchmarks.md, "Operator scale"). The body goes out as the JSON it is; the raw response
-    body comes back. A non-2xx answer raises ApiException, as the generated methods do."""
-    headers = {"Accept": "application/json", "Content-Type": content_type, **api.default_headers}
-    api.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)  # refreshes expiring tokens
-    response = api.call_api(method, api.configuration.host + path, headers, body)
+    """open_request, read whole: the raw response body."""
+    response = open_request(api, method, path, body, content_type)
     try:
-        data = cast(bytes, response.read())  # type: ignore[no-untyped-call]
+        return cast(bytes, response.read())
     finally:
-        response.response.release_conn()
-    if not 200 <= response.status <= 299:
-        raise ApiException.from_response(http_resp=response, body=None, data=None)
-    return data
+        response.release_conn()
 
 
 _COLLECTIONS = {

@@ -9,10 +9,12 @@ from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 from kubernetes import config
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from .. import __version__
 from ..api import GROUP, KINDS, VERSION, Kind
+from ..kube import MERGE_PATCH, open_request
 
 
 class Refused(Exception):  # noqa: N818 - a refusal is the normal answer, not a bug
@@ -72,25 +74,19 @@ class Cluster:
 
     def request(self, method: str, path: str, body: Any = None, *, stream: bool = False, timeout: float = 30) -> Any:
         """One call with the user's credentials; the raw urllib3 response when `stream`, else parsed JSON."""
-        content = "application/merge-patch+json" if method == "PATCH" else "application/json"
-        headers = {"Accept": "application/json", "Content-Type": content, **self.api.default_headers}
-        self.api.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        content = MERGE_PATCH if method == "PATCH" else "application/json"
         try:
-            response = self.api.call_api(
-                method, self.api.configuration.host + path, headers, body, _request_timeout=None if stream else timeout
-            )
+            response = open_request(self.api, method, path, body, content, timeout=None if stream else timeout)
+        except ApiException as error:
+            raise Refused(refusal(error.status, error.body or b""), error.status) from error
         except Exception as error:  # urllib3's connection errors: the cluster is not there
             raise Refused(f"error: cannot reach {self.api.configuration.host}: {error}", 502) from error
-        if not 200 <= response.status <= 299:
-            data = response.read()
-            response.response.release_conn()
-            raise Refused(refusal(response.status, data), response.status)
         if stream:
-            return response.response
+            return response
         try:
             return json.loads(response.read())
         finally:
-            response.response.release_conn()
+            response.release_conn()
 
     def collection(self, kind: Kind, namespace: str | None) -> str:
         where = f"/namespaces/{quote(namespace, safe='')}" if namespace else ""
@@ -122,18 +118,15 @@ class Cluster:
             response.release_conn()
 
 
-def refusal(status: int, data: bytes) -> str:
+def refusal(status: int, data: bytes | str) -> str:
     """kubectl's wording: `Error from server (Forbidden): <the apiserver's message>`."""
+    text = data if isinstance(data, str) else data.decode(errors="replace")
     try:
-        body = json.loads(data)
+        body = json.loads(text)
         reason, message = body.get("reason") or str(status), body.get("message") or ""
     except ValueError:
-        reason, message = str(status), data.decode(errors="replace")[:500]
+        reason, message = str(status), text[:500]
     return f"Error from server ({reason}): {message}"
 
 
-def forbidden(error: Refused) -> bool:
-    return str(error).startswith("Error from server (Forbidden)")
-
-
-__all__ = ["Cluster", "Refused", "Target", "forbidden", "resolve_kind", "split_ref"]
+__all__ = ["Cluster", "Refused", "Target", "resolve_kind", "split_ref"]
