@@ -9,6 +9,7 @@ by the local node as the pods.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from devcluster.vllm import vllm_python as installed_vllm
 from devcluster.vllm import vllm_server
 from finetune_operator.api import EVALRUN, FINETUNEJOB, MODEL
 from tests.e2e.resources import get, wait
+from tests.plugin_runner import browser_page, dashboard
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = REPO_ROOT / "examples" / "evaluation"
@@ -242,3 +244,41 @@ def _check_store_copy(demo: Quickstart, model: Callable[[], dict[str, Any]]) -> 
     pointer = json.loads(read("stable.json"))
     assert (pointer["version"], pointer["folder"]) == (1, prefix + "v1/")
     print(f"store copy: {prefix}v1/ holds {len(manifest['files'])} files; stable.json -> v1")
+
+
+def test_the_dashboard_shows_evaluations_against_thresholds_and_the_models_stable_version(
+    demo: Quickstart, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """After the tests above (they leave an evaluated job registered as v1 of Model capitals, and an
+    EvalRun of the base model that missed its threshold): what the dashboard draws of them in headless
+    Chromium. Proves the page's evaluation and model tables show the resources' verdicts; the quickstart
+    module proves it follows a job live."""
+    assert demo.cluster
+    shots = Path(os.environ.get("FINETUNE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    base = get(demo, EVALRUN.plural, "capitals-base")["status"]
+    with dashboard(demo.cluster.kubeconfig, "-n", "default") as url, browser_page(url) as (page, outside):
+        job = '.job[data-name="capitals"]'
+        page.wait_for_selector(f'{job} li[data-step="promoted"][data-state="done"]', timeout=30_000)
+        page.wait_for_selector('tr.evalrun[data-name="capitals-base"]', timeout=30_000)
+        page.screenshot(path=str(shots / "dashboard-evaluation.png"), full_page=True)
+        evaluating = page.text_content(f'{job} li[data-step="evaluating"]') or ""
+        promoted = page.text_content(f'{job} li[data-step="promoted"]') or ""
+        missed = page.query_selector('tr.evalrun[data-name="capitals-base"]')
+        assert missed
+        cells = [c.text_content() or "" for c in missed.query_selector_all("td")]
+        unmet = [s.text_content() for s in missed.query_selector_all("span.unmet")]
+        passed_cells = [c.text_content() for c in page.query_selector_all('tr.evalrun[data-name="capitals-eval"] td')]
+        version = page.query_selector('.model[data-name="capitals"] tr[data-version="1"]')
+        assert version
+        version_text = version.text_content() or ""
+    assert evaluating.startswith("evaluating") and "capitals-eval passed" in evaluating, evaluating
+    assert promoted == "promotedcapitals v1: Stable", promoted
+    assert cells[1:3] == ["Succeeded", "did not pass"], cells
+    exact = next(s["value"] for s in base["summary"] if s["metric"] == "exact_match")
+    shown = f"{float(format(exact, '.4g')):g}"  # the page's num(): four significant digits
+    assert unmet == [f"exact_match {shown} ≥ 0.6 ✖"], unmet
+    assert cells[4] == f"{base['report']['uri']}report.html"
+    assert passed_cells[2] == "passed", passed_cells
+    assert version_text.startswith("v1 stable") and "Stable" in version_text, version_text
+    assert outside == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 
 from devcluster import tool_path
 from devcluster.quickstart import BUCKET, Quickstart
-from tests.plugin_runner import PLUGIN_DIR
+from tests.plugin_runner import browser_page, dashboard
 
 pytestmark = pytest.mark.cluster
 
@@ -25,15 +24,6 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]
     demo.stop()
 
 
-def _chromium() -> str:
-    """The system's Chromium (hack/build-tools.sh apt-installs it): Playwright drives it over CDP and
-    downloads no browser of its own (nothing but package registries is reachable here)."""
-    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    if found is None:
-        pytest.fail("no Chromium on PATH: `apt-get install chromium` (hack/build-tools.sh does it as root)")
-    return found
-
-
 def test_the_dashboard_shows_the_quickstart_live_in_headless_chromium(
     quickstart: Quickstart, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -41,59 +31,38 @@ def test_the_dashboard_shows_the_quickstart_live_in_headless_chromium(
 
     Proves the page follows a real job through its steps from watches alone and draws the status
     history; it does not judge the look of the page (the screenshots are for people)."""
-    from playwright.sync_api import sync_playwright
-
     assert quickstart.cluster
     shots = Path(os.environ.get("FINETUNE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen(
-        [str(PLUGIN_DIR / "kubectl-finetune"), "dashboard", "--port", "0", "-n", "default"],
-        env={**os.environ, "KUBECONFIG": str(quickstart.cluster.kubeconfig)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout
-        url = server.stdout.readline().split(" at ")[1].split()[0]
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            outside: list[str] = []
-            page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
-            page.goto(url)
-            page.wait_for_selector("#live")
-            quickstart.apply_example()
-            card = '.job[data-name="quickstart"]'
-            seen: list[str] = []
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                phase = page.get_attribute(card, "data-phase") if page.query_selector(card) else None
-                current = page.query_selector(f"{card} li.current")
-                where = f"{phase}:{current.get_attribute('data-step') if current else '-'}"
-                if phase and (not seen or seen[-1] != where):
-                    seen.append(where)
-                    page.screenshot(path=str(shots / f"dashboard-{len(seen):02d}-{where.replace(':', '-')}.png"))
-                if phase in {"Succeeded", "Failed"}:
-                    break
-                time.sleep(0.5)
-            status = quickstart.finetunejob()["status"]
-            assert status["phase"] == "Succeeded", (seen, status.get("conditions"))
-            page.wait_for_function(
-                f"document.querySelector('{card} svg.curve').dataset.points == {len(status['progress']['history'])}"
-            )
-            page.screenshot(path=str(shots / "dashboard-final.png"), full_page=True)
-            states = {
-                li.get_attribute("data-step"): li.get_attribute("data-state")
-                for li in page.query_selector_all(f"{card} li")
-            }
-            circles = len(page.query_selector_all(f"{card} svg.curve circle"))
-            points = status["progress"]["history"]
-            drawn_points = int(page.get_attribute(f"{card} svg.curve", "data-points") or 0)
-            adapter = page.text_content(f"{card} .adapter")
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(10)
+    with dashboard(quickstart.cluster.kubeconfig, "-n", "default") as url, browser_page(url) as (page, outside):
+        quickstart.apply_example()
+        card = '.job[data-name="quickstart"]'
+        seen: list[str] = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            phase = page.get_attribute(card, "data-phase") if page.query_selector(card) else None
+            current = page.query_selector(f"{card} li.current")
+            where = f"{phase}:{current.get_attribute('data-step') if current else '-'}"
+            if phase and (not seen or seen[-1] != where):
+                seen.append(where)
+                page.screenshot(path=str(shots / f"dashboard-{len(seen):02d}-{where.replace(':', '-')}.png"))
+            if phase in {"Succeeded", "Failed"}:
+                break
+            time.sleep(0.5)
+        status = quickstart.finetunejob()["status"]
+        assert status["phase"] == "Succeeded", (seen, status.get("conditions"))
+        page.wait_for_function(
+            f"document.querySelector('{card} svg.curve').dataset.points == {len(status['progress']['history'])}"
+        )
+        page.screenshot(path=str(shots / "dashboard-final.png"), full_page=True)
+        states = {
+            li.get_attribute("data-step"): li.get_attribute("data-state")
+            for li in page.query_selector_all(f"{card} li")
+        }
+        circles = len(page.query_selector_all(f"{card} svg.curve circle"))
+        points = status["progress"]["history"]
+        drawn_points = int(page.get_attribute(f"{card} svg.curve", "data-points") or 0)
+        adapter = page.text_content(f"{card} .adapter")
     print(f"dashboard: states seen {seen}; {len(points)} history points; screenshots in {shots}")
     # It moved through its steps as it ran, seen live (a watch, not a reload).
     assert len(seen) >= 3 and any(s.endswith(":running") for s in seen) and seen[-1] == "Succeeded:-", seen

@@ -11,8 +11,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import yaml
 from kubernetes import client
 
 from tests.integration.conftest import Kube, quick_spec
-from tests.plugin_runner import PLUGIN_DIR, kubectl_finetune
+from tests.plugin_runner import dashboard, kubectl_finetune
 
 pytestmark = pytest.mark.cluster
 
@@ -103,24 +101,6 @@ def _read_only_kubeconfig(kube: Kube, path: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@contextmanager
-def dashboard(kubeconfig: Path, *args: str) -> Iterator[str]:
-    process = subprocess.Popen(
-        [str(PLUGIN_DIR / "kubectl-finetune"), "dashboard", "--port", "0", "--kubeconfig", str(kubeconfig), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout
-        line = process.stdout.readline()
-        assert "Dashboard for" in line, line + (process.stderr.read() if process.stderr else "")
-        yield line.split(" at ")[1].split()[0]
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _fetch(url: str, host: str | None = None) -> tuple[int, bytes]:

@@ -174,13 +174,21 @@ def test_the_dashboard_serves_loopback_only_and_forwards_only_list_and_watch() -
 
 
 def test_evaluations_are_shown_against_their_thresholds() -> None:
-    run = {
-        "spec": {"thresholds": {"exact_match": 0.5}},
-        "status": {"summary": [{"metric": "exact_match", "value": 0.4}, {"metric": "f1", "value": 0.7}]},
-    }
-    assert [(r["metric"], r["threshold"], r["met"]) for r in views.thresholds(run)] == [
-        ("exact_match", 0.5, False),
-        ("f1", None, None),
+    summary = [
+        {"metric": "exact_match", "value": 0.4},
+        {"metric": "f1", "value": 0.7},
+        {"metric": "judge_unparsed", "value": 1.0},
+        {"metric": "perplexity", "value": 12.0},
+    ]
+    run = {"spec": {"thresholds": {"exact_match": 0.5, "judge_unparsed": 0.1, "perplexity": 20}}}
+    run["status"] = {"summary": summary}
+    # Lower is better for a perplexity and for unparsed verdicts: the operator's own rule (a screenshot
+    # showed "judge_unparsed 1 >= 1" where the threshold is a maximum).
+    assert [(r["metric"], r["threshold"], r["bound"], r["met"]) for r in views.thresholds(run)] == [
+        ("exact_match", 0.5, ">=", False),
+        ("f1", None, ">=", None),
+        ("judge_unparsed", 0.1, "<=", False),
+        ("perplexity", 20, "<=", True),
     ]
 
 

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 from ..api import Kind, PrinterColumn
+from ..api.evaluation import LOWER_IS_BETTER, MetricSummary, judge
 
 _INDEX = re.compile(r"^(\w+)\[(\d+)\]$")
 
@@ -191,13 +192,15 @@ def _eval_detail(evaluation: Mapping[str, Any]) -> str:
 
 
 def thresholds(evalrun: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each summarised metric with its threshold (if any) and whether it met it."""
+    """Each summarised metric with its threshold (if any), which way it bounds (`>=`, or `<=` for a
+    lower-is-better metric), and whether it met it, by the operator's own `judge`."""
     wanted = (evalrun.get("spec") or {}).get("thresholds") or {}
     rows = []
     for summary in (evalrun.get("status") or {}).get("summary") or []:
-        minimum = wanted.get(summary["metric"])
-        met = None if minimum is None else summary["value"] >= minimum
-        rows.append({**summary, "threshold": minimum, "met": met})
+        metric, limit = summary["metric"], wanted.get(summary["metric"])
+        met = None if limit is None else not judge([MetricSummary.model_validate(summary)], {metric: limit})
+        bound = "<=" if metric in LOWER_IS_BETTER else ">="
+        rows.append({**summary, "threshold": limit, "bound": bound, "met": met})
     return rows
 
 
